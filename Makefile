@@ -1,0 +1,52 @@
+# bridgetun — see README.md. Every target installs what it needs.
+GO        ?= go
+BIN       ?= bin
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X github.com/bridgetun/bridgetun/internal/version.Version=$(VERSION)
+GOTEST    ?= $(GO) test
+E2E_TIMEOUT ?= 45m
+
+.PHONY: all build deps test e2e ci bench bench-dataplane lint cluster-up cluster-down images demo clean
+
+all: build
+
+deps:
+	@hack/deps.sh
+
+build:
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/bridgetun ./cmd/bridgetun-agent
+
+# Unit and namespace tests. Namespace tests need root; as root they must run, not skip.
+test: deps
+	$(GOTEST) -count=1 -timeout 20m $$(go list ./... | grep -v /e2e)
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+cluster-up:
+	e2e/cluster/up.sh
+
+cluster-down:
+	e2e/cluster/down.sh
+
+images: build
+	e2e/cluster/images.sh
+
+# e2e: start (or reuse) the real cluster, run the suite, tear down what it started.
+e2e: deps build
+	e2e/run.sh $(E2E_TIMEOUT)
+
+# What CI runs (README's test command).
+ci: lint test e2e
+
+bench: bench-dataplane
+
+bench-dataplane: deps
+	$(GO) run ./bench/dataplane
+
+demo: deps build
+	e2e/demo.sh
+
+clean:
+	rm -rf $(BIN) bench/results

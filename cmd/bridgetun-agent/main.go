@@ -1,0 +1,39 @@
+// Command bridgetun-agent is bridgetun's in-cluster side: the gateway that
+// terminates workstation tunnels, and the intercept sidecar.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bridgetun/bridgetun/internal/version"
+)
+
+func main() {
+	if err := newRootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "bridgetun-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "bridgetun-agent",
+		Short: "bridgetun's in-cluster agent (gateway and sidecar)",
+		Long: `bridgetun-agent runs inside the cluster. "gateway" terminates the WireGuard
+tunnels of workstations and forwards their flows to real pod and service IPs.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "Print the agent version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(cmd.OutOrStdout(), "bridgetun-agent", version.Version)
+		},
+	})
+	return root
+}

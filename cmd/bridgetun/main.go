@@ -1,0 +1,43 @@
+// Command bridgetun puts a workstation inside a Kubernetes cluster's network.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bridgetun/bridgetun/internal/version"
+)
+
+func main() {
+	if err := newRootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "bridgetun:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "bridgetun",
+		Short: "Join your workstation to a Kubernetes cluster's network",
+		Long: `bridgetun gives this machine the cluster's pod and service IPs over a userspace
+WireGuard tunnel to an in-cluster gateway, so code running locally can be
+debugged against the rest of the application without building or deploying it.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newVersionCmd())
+	return root
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the client version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(cmd.OutOrStdout(), "bridgetun", version.Version)
+		},
+	}
+}
