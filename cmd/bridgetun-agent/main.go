@@ -27,6 +27,7 @@ tunnels of workstations and forwards their flows to real pod and service IPs.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.AddCommand(newGatewayCmd())
 	root.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the agent version",

@@ -1,0 +1,142 @@
+// Package agent is bridgetun's in-cluster side. Gateway terminates the
+// WireGuard tunnels of workstations and forwards their flows to real
+// destinations through a gVisor netstack, so it needs no privileges.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/bridgetun/bridgetun/netstack"
+	"github.com/bridgetun/bridgetun/tunnel"
+)
+
+// GatewayConfig describes one gateway. At least one of UDPPort and
+// StreamListener must be set.
+type GatewayConfig struct {
+	PrivateKey tunnel.Key
+	Addr       netip.Addr          // the gateway's own tunnel address
+	Peers      []tunnel.PeerConfig // workstations known at start; more via AddPeer
+	// UseUDP listens for WireGuard over UDP on UDPPort (0 = any free port).
+	UseUDP  bool
+	UDPPort int
+	// StreamListener accepts stream-transport connections; nil = no stream transport.
+	// The gateway closes it on Close.
+	StreamListener net.Listener
+	// BindUDP opens the UDP bind; nil = tunnel.NewUDPBind. Tests use it to
+	// open the socket inside a network namespace.
+	BindUDP func() conn.Bind
+	MTU     int // 0 = 1420
+	// Dial dials real destinations for peers; nil = net.Dialer.
+	Dial       func(ctx context.Context, network, address string) (net.Conn, error)
+	Deny       []netip.Prefix        // extra destinations never dialled for peers
+	Log        *slog.Logger          // nil discards
+	Registerer prometheus.Registerer // nil = no metrics
+}
+
+// Gateway is a running gateway: WireGuard device, binds and forwarding stack.
+type Gateway struct {
+	dev       *tunnel.Device
+	stack     *netstack.Gateway
+	listener  net.Listener
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewGateway starts a gateway; on error nothing is left running.
+func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
+	if !cfg.Addr.IsValid() {
+		return nil, errors.New("gateway: addr: a tunnel address is required")
+	}
+	if !cfg.UseUDP && cfg.StreamListener == nil {
+		return nil, errors.New("gateway: enable UDP or give a stream listener (no transport configured)")
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "gateway")
+	stack, err := netstack.NewGateway(netstack.GatewayConfig{
+		Addrs:      []netip.Addr{cfg.Addr},
+		MTU:        cfg.MTU,
+		Log:        log,
+		Registerer: cfg.Registerer,
+		Dial:       cfg.Dial,
+		Deny:       cfg.Deny,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway stack: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = stack.Close()
+		}
+	}()
+	bind := &dualBind{}
+	if cfg.UseUDP {
+		if cfg.BindUDP != nil {
+			bind.udp = cfg.BindUDP()
+		} else {
+			bind.udp = tunnel.NewUDPBind()
+		}
+	}
+	if cfg.StreamListener != nil {
+		bind.stream = tunnel.NewStreamServerBind(tunnel.StreamServerConfig{
+			Listener:   cfg.StreamListener,
+			Log:        log,
+			Registerer: cfg.Registerer,
+		})
+	}
+	dev, err := tunnel.NewDevice(tunnel.DeviceConfig{
+		TUN:  stack.TUN(),
+		Bind: bind,
+		Config: tunnel.Config{
+			PrivateKey: cfg.PrivateKey,
+			ListenPort: cfg.UDPPort,
+			Peers:      cfg.Peers,
+		},
+		Log:        log,
+		Registerer: cfg.Registerer,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway device: %w", err)
+	}
+	log.Info("gateway up", "addr", cfg.Addr, "public_key", cfg.PrivateKey.PublicKey().String(),
+		"udp", cfg.UseUDP, "stream", cfg.StreamListener != nil)
+	return &Gateway{dev: dev, stack: stack, listener: cfg.StreamListener}, nil
+}
+
+// AddPeer admits a workstation.
+func (g *Gateway) AddPeer(p tunnel.PeerConfig) error { return g.dev.AddPeer(p) }
+
+// RemovePeer forgets a workstation.
+func (g *Gateway) RemovePeer(pub tunnel.Key) error { return g.dev.RemovePeer(pub) }
+
+// Status reports each peer's handshake and traffic.
+func (g *Gateway) Status() ([]tunnel.PeerStatus, error) { return g.dev.Status() }
+
+// Stack exposes the forwarding stack (to dial into a workstation's tunnel address).
+func (g *Gateway) Stack() *netstack.Gateway { return g.stack }
+
+// Close stops the device, then the stack, then the stream listener. Idempotent.
+func (g *Gateway) Close() error {
+	g.closeOnce.Do(func() {
+		var errs []error
+		errs = append(errs, g.dev.Close(), g.stack.Close())
+		if g.listener != nil {
+			if err := g.listener.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, err)
+			}
+		}
+		g.closeErr = errors.Join(errs...)
+	})
+	return g.closeErr
+}

@@ -1,0 +1,200 @@
+// Package client is the workstation side of the tunnel: it joins this machine
+// to a gateway over WireGuard, either through a kernel TUN device (root; the
+// whole machine gets the routes) or through a gVisor netstack (no root;
+// programs reach the cluster through the client's dialer).
+package client
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/bridgetun/bridgetun/netstack"
+	"github.com/bridgetun/bridgetun/tunnel"
+)
+
+// Mode says how the workstation's packets reach WireGuard.
+type Mode string
+
+const (
+	ModeTUN      Mode = "tun"      // kernel TUN device and routes; needs CAP_NET_ADMIN
+	ModeNetstack Mode = "netstack" // userspace stack; no privileges
+)
+
+// Transport says how WireGuard datagrams reach the gateway.
+type Transport string
+
+const (
+	TransportUDP    Transport = "udp"    // plain UDP to GatewayEndpoint
+	TransportStream Transport = "stream" // framed over a reliable stream from StreamDial
+)
+
+// Config describes one connection to a gateway.
+type Config struct {
+	PrivateKey tunnel.Key
+	Addr       netip.Prefix // this workstation's tunnel address, e.g. 100.96.0.2/32
+	GatewayKey tunnel.Key   // the gateway's public key
+	// Routes are the destinations sent into the tunnel (cluster CIDRs and the
+	// gateway's tunnel address); they become the gateway peer's AllowedIPs
+	// and, in TUN mode, kernel routes.
+	Routes    []netip.Prefix
+	Mode      Mode
+	Transport Transport
+	// GatewayEndpoint is "host:port" of the gateway's UDP listener (udp transport).
+	GatewayEndpoint string
+	// StreamDial opens a stream to the gateway (stream transport).
+	StreamDial tunnel.DialFunc
+	// BindUDP opens the UDP bind; nil = tunnel.NewUDPBind. Tests use it to
+	// open the socket inside a network namespace.
+	BindUDP        func() conn.Bind
+	TUNName        string        // TUN mode; "" = bt0
+	MTU            int           // 0 = 1420
+	AllowConflicts bool          // TUN mode: route even where an existing route overlaps
+	Keepalive      time.Duration // 0 = 25s; keeps NAT and port-forward paths warm
+	Log            *slog.Logger  // nil discards
+	Registerer     prometheus.Registerer
+}
+
+// Client is a live connection to a gateway.
+type Client struct {
+	dev       *tunnel.Device
+	kernelTUN *tunnel.TUN      // TUN mode
+	stack     *netstack.Client // netstack mode
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Start joins the gateway. On error nothing is left behind (no device, no route).
+func Start(cfg Config) (_ *Client, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "client")
+	c := &Client{}
+	defer func() {
+		if err != nil {
+			_ = c.Close()
+		}
+	}()
+	var td tun.Device
+	switch cfg.Mode {
+	case ModeTUN:
+		c.kernelTUN, err = tunnel.CreateTUN(tunnel.TUNConfig{
+			Name: cfg.TUNName, MTU: cfg.MTU, Addr: cfg.Addr, Routes: cfg.Routes,
+			AllowConflicts: cfg.AllowConflicts, Log: log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		td = c.kernelTUN.Device()
+	case ModeNetstack:
+		c.stack, err = netstack.NewClient(netstack.ClientConfig{
+			Addrs: []netip.Addr{cfg.Addr.Addr()}, MTU: cfg.MTU, Log: log, Registerer: cfg.Registerer,
+		})
+		if err != nil {
+			return nil, err
+		}
+		td = c.stack.TUN()
+	}
+	var bind conn.Bind
+	peer := tunnel.PeerConfig{PublicKey: cfg.GatewayKey, AllowedIPs: cfg.Routes, PersistentKeepalive: cfg.Keepalive}
+	if peer.PersistentKeepalive == 0 {
+		peer.PersistentKeepalive = 25 * time.Second
+	}
+	switch cfg.Transport {
+	case TransportUDP:
+		if cfg.BindUDP != nil {
+			bind = cfg.BindUDP()
+		} else {
+			bind = tunnel.NewUDPBind()
+		}
+		peer.Endpoint = cfg.GatewayEndpoint
+	case TransportStream:
+		bind = tunnel.NewStreamBind(tunnel.StreamBindConfig{Dial: cfg.StreamDial, Log: log, Registerer: cfg.Registerer})
+		peer.Endpoint = "stream"
+	}
+	c.dev, err = tunnel.NewDevice(tunnel.DeviceConfig{
+		TUN:        td,
+		Bind:       bind,
+		Config:     tunnel.Config{PrivateKey: cfg.PrivateKey, Peers: []tunnel.PeerConfig{peer}},
+		Log:        log,
+		Registerer: cfg.Registerer,
+	})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("tunnel up", "mode", cfg.Mode, "transport", cfg.Transport, "addr", cfg.Addr, "routes", len(cfg.Routes))
+	return c, nil
+}
+
+func (cfg Config) validate() error {
+	switch {
+	case cfg.PrivateKey.IsZero():
+		return errors.New("client config: private_key is empty: generate one with tunnel.GenerateKey")
+	case cfg.GatewayKey.IsZero():
+		return errors.New("client config: gateway_public_key is empty")
+	case !cfg.Addr.IsValid():
+		return errors.New("client config: address: a tunnel address such as 100.96.0.2/32 is required")
+	case cfg.Mode != ModeTUN && cfg.Mode != ModeNetstack:
+		return fmt.Errorf("client config: mode %q: want %q or %q", cfg.Mode, ModeTUN, ModeNetstack)
+	case cfg.Transport == TransportUDP && cfg.GatewayEndpoint == "":
+		return errors.New("client config: gateway_endpoint: the udp transport needs host:port of the gateway")
+	case cfg.Transport == TransportStream && cfg.StreamDial == nil:
+		return errors.New("client config: the stream transport needs a dialer")
+	case cfg.Transport != TransportUDP && cfg.Transport != TransportStream:
+		return fmt.Errorf("client config: transport %q: want %q or %q", cfg.Transport, TransportUDP, TransportStream)
+	}
+	return nil
+}
+
+// Netstack returns the userspace stack in netstack mode, nil in TUN mode.
+func (c *Client) Netstack() *netstack.Client { return c.stack }
+
+// TUNName returns the kernel interface in TUN mode, "" otherwise.
+func (c *Client) TUNName() string {
+	if c.kernelTUN == nil {
+		return ""
+	}
+	return c.kernelTUN.Name()
+}
+
+// Status reports the gateway peer's handshake and traffic.
+func (c *Client) Status() (tunnel.PeerStatus, error) {
+	st, err := c.dev.Status()
+	if err != nil {
+		return tunnel.PeerStatus{}, err
+	}
+	if len(st) == 0 {
+		return tunnel.PeerStatus{}, errors.New("status: no gateway peer configured")
+	}
+	return st[0], nil
+}
+
+// Close tears down in order: device (and transport), then routes and TUN or stack. Idempotent.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		var errs []error
+		if c.dev != nil {
+			errs = append(errs, c.dev.Close())
+		}
+		if c.kernelTUN != nil {
+			errs = append(errs, c.kernelTUN.Close())
+		}
+		if c.stack != nil {
+			errs = append(errs, c.stack.Close())
+		}
+		c.closeErr = errors.Join(errs...)
+	})
+	return c.closeErr
+}

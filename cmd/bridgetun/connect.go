@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bridgetun/bridgetun/client"
+	"github.com/bridgetun/bridgetun/internal/obs"
+)
+
+func newConnectCmd() *cobra.Command {
+	var (
+		configPath, metricsAddr, logLevel string
+		netstackMode, allowConflicts      bool
+		forwards                          []string
+	)
+	cmd := &cobra.Command{
+		Use:   "connect --config FILE",
+		Short: "Join a gateway from a static config file (no Kubernetes; for tests and experiments)",
+		Long: `Join a bridgetun gateway directly, with keys and addresses from a config file
+instead of from the cluster. TUN mode (default) needs root and routes the
+config's prefixes through a kernel TUN device; --netstack needs no privileges
+and reaches the tunnel through local TCP forwards (--forward).
+
+Config file (JSON):
+  {"private_key": "<base64>", "address": "100.96.0.2/32",
+   "gateway_public_key": "<base64>", "transport": "udp",
+   "gateway_endpoint": "10.0.0.1:51820", "routes": ["10.96.0.0/16"]}`,
+		Example: `  sudo bridgetun connect --config client.json
+  bridgetun connect --config client.json --netstack --forward 127.0.0.1:8080=10.96.0.20:80`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := obs.NewLogger(os.Stderr, logLevel)
+			if err != nil {
+				return err
+			}
+			cfg, _, err := client.ReadFile(configPath)
+			if err != nil {
+				return err
+			}
+			cfg.Mode, cfg.AllowConflicts, cfg.Log = client.ModeTUN, allowConflicts, log
+			if netstackMode {
+				cfg.Mode = client.ModeNetstack
+			} else if len(forwards) > 0 {
+				return errors.New("--forward needs --netstack (in TUN mode, dial the destination directly)")
+			}
+			if cfg.Transport == client.TransportStream {
+				endpoint := cfg.GatewayEndpoint
+				cfg.StreamDial = func(ctx context.Context) (net.Conn, error) {
+					var d net.Dialer
+					return d.DialContext(ctx, "tcp", endpoint)
+				}
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			reg := obs.NewRegistry()
+			cfg.Registerer = reg
+			if metricsAddr != "" {
+				if _, err := obs.ServeMetrics(ctx, metricsAddr, reg, log); err != nil {
+					return err
+				}
+			}
+			start := time.Now()
+			c, err := client.Start(cfg)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for _, spec := range forwards {
+				if err := startForward(ctx, c, spec, log); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "connected (%s, %s) in %d ms; Ctrl-C to disconnect\n",
+				cfg.Mode, cfg.Transport, time.Since(start).Milliseconds())
+			<-ctx.Done()
+			return c.Close()
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", "", "client config file (JSON; see above)")
+	cmd.Flags().BoolVar(&netstackMode, "netstack", false, "use a userspace network stack instead of a TUN device (no root)")
+	cmd.Flags().BoolVar(&allowConflicts, "allow-conflicts", false, "route prefixes even where they overlap existing routes")
+	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "netstack mode: LOCAL=REMOTE TCP forward, e.g. 127.0.0.1:8080=10.96.0.20:80 (repeatable)")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address; empty = off")
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	_ = cmd.MarkFlagRequired("config")
+	return cmd
+}
+
+// startForward listens on LOCAL and relays each connection through the tunnel to REMOTE.
+func startForward(ctx context.Context, c *client.Client, spec string, log *slog.Logger) error {
+	local, remote, ok := strings.Cut(spec, "=")
+	if !ok || local == "" || remote == "" {
+		return fmt.Errorf("--forward %q: want LOCAL=REMOTE, e.g. 127.0.0.1:8080=10.96.0.20:80", spec)
+	}
+	ln, err := net.Listen("tcp", local)
+	if err != nil {
+		return fmt.Errorf("--forward %q: %w", spec, err)
+	}
+	go func() {
+		<-ctx.Done()
+		_ = ln.Close()
+	}()
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer in.Close()
+				out, err := c.Netstack().DialContext(ctx, "tcp", remote)
+				if err != nil {
+					log.Warn("forward dial failed", "remote", remote, "err", err)
+					return
+				}
+				defer out.Close()
+				relay(in, out)
+			}()
+		}
+	}()
+	return nil
+}
+
+// relay copies both ways, passing half-closes on, until both directions end.
+func relay(a, b net.Conn) {
+	var wg sync.WaitGroup
+	cp := func(dst, src net.Conn) {
+		defer wg.Done()
+		_, _ = io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		} else {
+			_ = dst.Close()
+		}
+	}
+	wg.Add(2)
+	go cp(a, b)
+	go cp(b, a)
+	wg.Wait()
+}

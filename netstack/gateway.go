@@ -1,0 +1,302 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.zx2c4.com/wireguard/tun"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+const (
+	dialTimeout           = 5 * time.Second
+	defaultUDPIdleTimeout = 60 * time.Second
+	// tcpMaxInFlight bounds SYNs whose real destination is still being dialled.
+	tcpMaxInFlight = 1024
+)
+
+// GatewayConfig configures NewGateway.
+type GatewayConfig struct {
+	Addrs          []netip.Addr          // the gateway's own tunnel addresses: answered (ping), never dialled on a peer's behalf
+	MTU            int                   // 0 = 1420
+	Log            *slog.Logger          // nil discards
+	Registerer     prometheus.Registerer // nil = no metrics
+	Dial           func(ctx context.Context, network, address string) (net.Conn, error) // nil = net.Dialer{Timeout: 5s}
+	Deny           []netip.Prefix        // extra destinations never dialled; loopback, unspecified, link-local, multicast and Addrs are always denied
+	UDPIdleTimeout time.Duration         // 0 = 60s
+
+	// pingHost replaces the host pinger (tests); nil = hostPing.
+	pingHost pingFunc
+}
+
+// Gateway terminates every TCP and UDP flow a peer sends into the tunnel and
+// relays it over a connection the gateway dials from the host to the flow's
+// real destination. It answers pings to its own addresses and relays echo
+// requests for other hosts (icmp.go).
+type Gateway struct {
+	cfg   GatewayConfig
+	log   *slog.Logger
+	ep    *linkEndpoint
+	stack *stack.Stack
+	m     *metrics
+	deny  []netip.Prefix
+	own   map[netip.Addr]bool
+	icmp  *echoRelay
+
+	ctx    context.Context // cancelled by Close; parent of every dial
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	closed bool
+	conns  map[io.Closer]struct{} // every open relay conn, closed by Close
+	wg     sync.WaitGroup         // every goroutine the gateway runs
+}
+
+// NewGateway builds the gateway's stack; hand TUN() to wireguard-go.
+func NewGateway(cfg GatewayConfig) (*Gateway, error) {
+	if cfg.MTU == 0 {
+		cfg.MTU = defaultMTU
+	}
+	if cfg.UDPIdleTimeout == 0 {
+		cfg.UDPIdleTimeout = defaultUDPIdleTimeout
+	}
+	if cfg.Dial == nil {
+		d := &net.Dialer{Timeout: dialTimeout}
+		cfg.Dial = d.DialContext
+	}
+	if cfg.pingHost == nil {
+		cfg.pingHost = hostPing
+	}
+	log := cfg.Log
+	if log == nil {
+		log = discardLogger()
+	}
+	g := &Gateway{
+		cfg:   cfg,
+		log:   log.With("component", "netstack_gateway"),
+		ep:    newLinkEndpoint(cfg.MTU),
+		own:   make(map[netip.Addr]bool),
+		conns: make(map[io.Closer]struct{}),
+	}
+	g.deny = append(alwaysDenied(), cfg.Deny...)
+	for _, a := range cfg.Addrs {
+		a = a.Unmap()
+		g.own[a] = true
+		g.deny = append(g.deny, netip.PrefixFrom(a, a.BitLen()))
+	}
+	m, err := newMetrics(cfg.Registerer, func() float64 { return float64(g.ep.dropped.Load()) })
+	if err != nil {
+		return nil, fmt.Errorf("new gateway: %w", err)
+	}
+	g.m = m
+	s, err := newStack(g.ep, cfg.Addrs, stackOptions{promiscuous: true})
+	if err != nil {
+		m.unregister(cfg.Registerer)
+		return nil, fmt.Errorf("new gateway: %w", err)
+	}
+	g.stack = s
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.icmp = &echoRelay{g: g, sem: make(chan struct{}, echoMaxInFlight)}
+	g.ep.intercept = g.icmp.intercept
+
+	tcpFwd := tcp.NewForwarder(s, 0, tcpMaxInFlight, g.handleTCP)
+	s.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
+	udpFwd := udp.NewForwarder(s, g.handleUDP)
+	s.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
+	return g, nil
+}
+
+// alwaysDenied are destinations a peer may never reach through the gateway:
+// the gateway host itself and addresses that mean nothing off this host.
+func alwaysDenied() []netip.Prefix {
+	return []netip.Prefix{
+		netip.MustParsePrefix("127.0.0.0/8"),
+		netip.MustParsePrefix("::1/128"),
+		netip.MustParsePrefix("0.0.0.0/32"),
+		netip.MustParsePrefix("::/128"),
+		netip.MustParsePrefix("169.254.0.0/16"),
+		netip.MustParsePrefix("fe80::/10"),
+		netip.MustParsePrefix("224.0.0.0/4"),
+		netip.MustParsePrefix("255.255.255.255/32"),
+		netip.MustParsePrefix("ff00::/8"),
+	}
+}
+
+// TUN returns the device to hand to wireguard-go.
+func (g *Gateway) TUN() tun.Device { return tunDevice{g.ep} }
+
+// DialContext dials INTO the tunnel from the gateway's own address, e.g. to a
+// workstation's tunnel address for an intercept. network is tcp/tcp4/tcp6/udp/udp4/udp6
+// and the host must be an IP literal. The deny list does not apply.
+func (g *Gateway) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	c, err := dialStack(ctx, g.stack, network, address)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	return c, nil
+}
+
+// Close stops the stack, closes every relayed flow and waits for the
+// gateway's goroutines. Idempotent.
+func (g *Gateway) Close() error {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return nil
+	}
+	g.closed = true
+	for c := range g.conns {
+		c.Close()
+	}
+	g.mu.Unlock()
+	g.cancel()
+	// Order: the link first, so gVisor writers blocked on a full queue return;
+	// then the stack (closes endpoints, stops its goroutines); then ours.
+	g.ep.Close()
+	g.stack.Close()
+	g.stack.Wait()
+	g.wg.Wait()
+	g.m.unregister(g.cfg.Registerer)
+	return nil
+}
+
+// enter registers a goroutine with the WaitGroup; false once Close has begun.
+func (g *Gateway) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.wg.Add(1)
+	return true
+}
+
+// track remembers c so Close can close it; false (and c closed) after Close.
+func (g *Gateway) track(c io.Closer) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		c.Close()
+		return false
+	}
+	g.conns[c] = struct{}{}
+	return true
+}
+
+func (g *Gateway) untrack(c io.Closer) {
+	g.mu.Lock()
+	delete(g.conns, c)
+	g.mu.Unlock()
+	c.Close()
+}
+
+// denied reports whether a peer may not reach a.
+func (g *Gateway) denied(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range g.deny {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// handleTCP runs in its own goroutine per SYN (gVisor starts it). It dials the
+// real destination before accepting, so a refused or unreachable destination
+// becomes an RST to the peer instead of an accepted connection that dies.
+func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
+	if !g.enter() {
+		r.Complete(true)
+		return
+	}
+	defer g.wg.Done()
+	id := r.ID()
+	src := netip.AddrPortFrom(netipAddr(id.RemoteAddress), id.RemotePort)
+	dst := netip.AddrPortFrom(netipAddr(id.LocalAddress), id.LocalPort)
+	log := g.log.With("proto", "tcp", "src", src, "dst", dst)
+	if g.denied(dst.Addr()) {
+		g.m.denied.Inc()
+		log.Debug("destination denied")
+		r.Complete(true)
+		return
+	}
+	ctx, cancel := context.WithTimeout(g.ctx, dialTimeout)
+	out, err := g.cfg.Dial(ctx, "tcp", dst.String())
+	cancel()
+	if err != nil {
+		g.m.dialErrors.WithLabelValues("tcp").Inc()
+		log.Debug("dial failed", "err", err)
+		r.Complete(true)
+		return
+	}
+	var wq waiter.Queue
+	ep, tErr := r.CreateEndpoint(&wq)
+	if tErr != nil {
+		out.Close()
+		log.Debug("create endpoint failed", "err", tErr.String())
+		r.Complete(true)
+		return
+	}
+	r.Complete(false)
+	ep.SocketOptions().SetKeepAlive(true)
+	in := gonet.NewTCPConn(&wq, ep)
+	if !g.track(in) {
+		out.Close()
+		return
+	}
+	if !g.track(out) {
+		g.untrack(in)
+		return
+	}
+	g.m.flowsTotal.WithLabelValues("tcp").Inc()
+	active := g.m.flowsActive.WithLabelValues("tcp")
+	active.Inc()
+	defer active.Dec()
+	log.Debug("flow open")
+	relayTCP(in, out)
+	g.untrack(in)
+	g.untrack(out)
+	log.Debug("flow closed")
+}
+
+// closeWriter is implemented by TCP conns that can half-close.
+type closeWriter interface{ CloseWrite() error }
+
+// relayTCP copies both ways until both directions are done. EOF in one
+// direction half-closes the other side (a peer's shutdown(SHUT_WR) reaches the
+// server, which may still answer); an error in either direction ends both.
+func relayTCP(a, b net.Conn) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	half := func(dst, src net.Conn) {
+		defer wg.Done()
+		_, err := io.Copy(dst, src)
+		if cw, ok := dst.(closeWriter); err == nil && ok {
+			if cw.CloseWrite() == nil {
+				return
+			}
+		}
+		// Error (reset, Close), or no way to half-close: tear both down so the
+		// other direction's Read returns.
+		a.Close()
+		b.Close()
+	}
+	go half(a, b)
+	go half(b, a)
+	wg.Wait()
+}
+
+// errDenied marks flows refused by the deny list.
+var errDenied = errors.New("destination denied")

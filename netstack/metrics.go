@@ -1,0 +1,78 @@
+package netstack
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the gateway's Prometheus series. They are always created, so
+// code never checks for nil; they are registered only when a Registerer is given.
+type metrics struct {
+	flowsActive *prometheus.GaugeVec   // {proto}
+	flowsTotal  *prometheus.CounterVec // {proto}
+	dialErrors  *prometheus.CounterVec // {proto}
+	denied      prometheus.Counter
+	icmpEcho    *prometheus.CounterVec // {result}
+	linkDropped prometheus.CounterFunc
+}
+
+// newMetrics builds the gateway metrics and registers them with reg (nil: not
+// registered). dropped reports the link endpoint's dropped packet count.
+func newMetrics(reg prometheus.Registerer, dropped func() float64) (*metrics, error) {
+	m := &metrics{
+		flowsActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bridgetun_gateway_flows_active", Help: "Flows from peers currently relayed, by protocol.",
+		}, []string{"proto"}),
+		flowsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridgetun_gateway_flows_total", Help: "Flows from peers relayed since start, by protocol.",
+		}, []string{"proto"}),
+		dialErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridgetun_gateway_dial_errors_total", Help: "Failed dials to a flow's real destination, by protocol.",
+		}, []string{"proto"}),
+		denied: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridgetun_gateway_denied_total", Help: "Flows refused because their destination is denied.",
+		}),
+		icmpEcho: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridgetun_gateway_icmp_echo_total", Help: "ICMP echo requests for remote hosts, by result (replied, timeout, denied, dropped, error).",
+		}, []string{"result"}),
+		linkDropped: prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "bridgetun_gateway_link_dropped_packets_total", Help: "Outbound packets dropped between gVisor and WireGuard (queue full or oversized).",
+		}, dropped),
+	}
+	for _, p := range []string{"tcp", "udp"} {
+		m.flowsActive.WithLabelValues(p)
+		m.flowsTotal.WithLabelValues(p)
+		m.dialErrors.WithLabelValues(p)
+	}
+	if reg == nil {
+		return m, nil
+	}
+	var done []prometheus.Collector
+	for _, c := range m.collectors() {
+		if err := reg.Register(c); err != nil {
+			// Undo only our own registrations: Unregister matches by
+			// descriptor, so it would remove another gateway's series too.
+			for _, d := range done {
+				reg.Unregister(d)
+			}
+			return nil, fmt.Errorf("register gateway metrics: %w", err)
+		}
+		done = append(done, c)
+	}
+	return m, nil
+}
+
+// unregister removes the metrics from reg so a closed gateway can be replaced.
+func (m *metrics) unregister(reg prometheus.Registerer) {
+	if reg == nil {
+		return
+	}
+	for _, c := range m.collectors() {
+		reg.Unregister(c)
+	}
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.flowsActive, m.flowsTotal, m.dialErrors, m.denied, m.icmpEcho, m.linkDropped}
+}

@@ -1,0 +1,252 @@
+package tunnel
+
+import (
+	"bufio"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// DeviceConfig holds what NewDevice needs. The Device takes ownership of
+// TUN and Bind: Close closes both.
+type DeviceConfig struct {
+	TUN        tun.Device
+	Bind       conn.Bind
+	Config     Config
+	Log        *slog.Logger          // nil discards
+	Registerer prometheus.Registerer // nil = no metrics
+}
+
+// Device is a running wireguard-go device with bridgetun's configuration,
+// logging and metrics around it.
+type Device struct {
+	wg   *device.Device
+	bind conn.Bind // the caller's bind, unwrapped
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	closed bool
+}
+
+// endpointRewriter is implemented by binds whose endpoints are not UDP
+// addresses: the stream client always sends into its one stream, the
+// server only learns endpoints from the streams peers dial in on.
+type endpointRewriter interface {
+	peerEndpoint(configured string) string
+}
+
+// shutdowner is implemented by binds that own resources beyond Close,
+// which wireguard-go also calls on every bind update (StreamServerBind's
+// listener).
+type shutdowner interface {
+	Shutdown() error
+}
+
+// NewDevice validates cfg, builds the wireguard-go device, configures it and
+// brings it up. On failure nothing is left running, and cfg.TUN and
+// cfg.Bind are closed.
+func NewDevice(cfg DeviceConfig) (*Device, error) {
+	if cfg.TUN == nil || cfg.Bind == nil {
+		return nil, errors.New("new device: TUN and Bind must be set")
+	}
+	if err := cfg.Config.Validate(); err != nil {
+		return nil, fmt.Errorf("new device: invalid config: %w", err)
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("new device: %w", err)
+	}
+	log := discardLogger(cfg.Log).With("component", "tunnel")
+	d := &Device{bind: cfg.Bind, log: log}
+	d.wg = device.NewDevice(cfg.TUN, &metricsBind{Bind: cfg.Bind, m: m},
+		newWGLogger(log.With("component", "wireguard"), m))
+	uapi, err := d.uapi(cfg.Config)
+	if err == nil {
+		err = d.wg.IpcSet(uapi)
+	}
+	if err == nil {
+		err = d.wg.Up()
+	}
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("new device: configure: %w", err)
+	}
+	log.Info("device up", "public_key", cfg.Config.PrivateKey.PublicKey().String(), "peers", len(cfg.Config.Peers))
+	return d, nil
+}
+
+func (d *Device) uapi(c Config) (string, error) {
+	var firstErr error
+	s := c.uapi(func(ep string) string {
+		ep, err := d.endpoint(ep)
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+		return ep
+	})
+	return s, firstErr
+}
+
+// endpoint adapts a configured endpoint to the bind: streams rewrite it, and
+// UDP names are resolved here because wireguard-go only accepts ip:port.
+func (d *Device) endpoint(ep string) (string, error) {
+	if r, ok := d.bind.(endpointRewriter); ok {
+		return r.peerEndpoint(ep), nil
+	}
+	if ep == "" {
+		return "", nil
+	}
+	if _, err := netip.ParseAddrPort(ep); err == nil {
+		return ep, nil
+	}
+	ua, err := net.ResolveUDPAddr("udp", ep)
+	if err != nil {
+		return "", fmt.Errorf("resolve endpoint %q: %w", ep, err)
+	}
+	return ua.AddrPort().String(), nil
+}
+
+// AddPeer adds p, or updates it if it exists; other peers and their
+// sessions are untouched.
+func (d *Device) AddPeer(p PeerConfig) error {
+	if err := p.validate(); err != nil {
+		return fmt.Errorf("add peer %s: %w", p.PublicKey, err)
+	}
+	ep, err := d.endpoint(p.Endpoint)
+	if err != nil {
+		return fmt.Errorf("add peer %s: %w", p.PublicKey, err)
+	}
+	var b strings.Builder
+	p.writeUAPI(&b, ep)
+	if err := d.wg.IpcSet(b.String()); err != nil {
+		return fmt.Errorf("add peer %s: %w", p.PublicKey, err)
+	}
+	return nil
+}
+
+// RemovePeer removes the peer with public key pub; removing an unknown peer
+// is not an error.
+func (d *Device) RemovePeer(pub Key) error {
+	if err := d.wg.IpcSet(fmt.Sprintf("public_key=%s\nremove=true\n", pub.hex())); err != nil {
+		return fmt.Errorf("remove peer %s: %w", pub, err)
+	}
+	return nil
+}
+
+// PeerStatus is one peer's state as wireguard-go reports it.
+type PeerStatus struct {
+	PublicKey     Key
+	Endpoint      string
+	LastHandshake time.Time // zero: never
+	RxBytes       uint64
+	TxBytes       uint64
+	AllowedIPs    []netip.Prefix
+}
+
+// Status reports every peer's state.
+func (d *Device) Status() ([]PeerStatus, error) {
+	s, err := d.wg.IpcGet()
+	if err != nil {
+		return nil, fmt.Errorf("device status: %w", err)
+	}
+	peers, err := parseStatus(s)
+	if err != nil {
+		return nil, fmt.Errorf("device status: %w", err)
+	}
+	return peers, nil
+}
+
+// parseStatus parses wireguard-go IpcGet text.
+func parseStatus(s string) ([]PeerStatus, error) {
+	var (
+		peers      []PeerStatus
+		sec, nsec  int64
+		cur        *PeerStatus
+		lineNumber int
+	)
+	flush := func() {
+		if cur != nil && (sec != 0 || nsec != 0) {
+			cur.LastHandshake = time.Unix(sec, nsec)
+		}
+		sec, nsec = 0, 0
+	}
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		lineNumber++
+		key, val, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			continue
+		}
+		var err error
+		switch key {
+		case "public_key":
+			flush()
+			peers = append(peers, PeerStatus{})
+			cur = &peers[len(peers)-1]
+			var b []byte
+			if b, err = hex.DecodeString(val); err == nil && len(b) != len(Key{}) {
+				err = fmt.Errorf("key has %d bytes", len(b))
+			}
+			if err == nil {
+				cur.PublicKey = Key(b)
+			}
+		case "endpoint", "last_handshake_time_sec", "last_handshake_time_nsec", "rx_bytes", "tx_bytes", "allowed_ip":
+			if cur == nil {
+				return nil, fmt.Errorf("line %d: %s before public_key", lineNumber, key)
+			}
+			switch key {
+			case "endpoint":
+				cur.Endpoint = val
+			case "last_handshake_time_sec":
+				sec, err = strconv.ParseInt(val, 10, 64)
+			case "last_handshake_time_nsec":
+				nsec, err = strconv.ParseInt(val, 10, 64)
+			case "rx_bytes":
+				cur.RxBytes, err = strconv.ParseUint(val, 10, 64)
+			case "tx_bytes":
+				cur.TxBytes, err = strconv.ParseUint(val, 10, 64)
+			case "allowed_ip":
+				var p netip.Prefix
+				if p, err = netip.ParsePrefix(val); err == nil {
+					cur.AllowedIPs = append(cur.AllowedIPs, p)
+				}
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %s=%q: %w", lineNumber, key, val, err)
+		}
+	}
+	flush()
+	return peers, sc.Err()
+}
+
+// Close stops the device and closes its TUN and bind, and shuts down a
+// bind that owns a listener. It is idempotent.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	d.wg.Close()
+	if s, ok := d.bind.(shutdowner); ok {
+		if err := s.Shutdown(); err != nil {
+			return fmt.Errorf("close device: %w", err)
+		}
+	}
+	d.log.Info("device closed")
+	return nil
+}
