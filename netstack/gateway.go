@@ -2,7 +2,7 @@ package netstack
 
 import (
 	"context"
-	"errors"
+
 	"fmt"
 	"io"
 	"log/slog"
@@ -29,13 +29,13 @@ const (
 
 // GatewayConfig configures NewGateway.
 type GatewayConfig struct {
-	Addrs          []netip.Addr          // the gateway's own tunnel addresses: answered (ping), never dialled on a peer's behalf
-	MTU            int                   // 0 = 1420
-	Log            *slog.Logger          // nil discards
-	Registerer     prometheus.Registerer // nil = no metrics
+	Addrs          []netip.Addr                                                         // the gateway's own tunnel addresses: answered (ping), never dialled on a peer's behalf
+	MTU            int                                                                  // 0 = 1420
+	Log            *slog.Logger                                                         // nil discards
+	Registerer     prometheus.Registerer                                                // nil = no metrics
 	Dial           func(ctx context.Context, network, address string) (net.Conn, error) // nil = net.Dialer{Timeout: 5s}
-	Deny           []netip.Prefix        // extra destinations never dialled; loopback, unspecified, link-local, multicast and Addrs are always denied
-	UDPIdleTimeout time.Duration         // 0 = 60s
+	Deny           []netip.Prefix                                                       // extra destinations never dialled; loopback, unspecified, link-local, multicast and Addrs are always denied
+	UDPIdleTimeout time.Duration                                                        // 0 = 60s
 
 	// pingHost replaces the host pinger (tests); nil = hostPing.
 	pingHost pingFunc
@@ -297,6 +297,3 @@ func relayTCP(a, b net.Conn) {
 	go half(b, a)
 	wg.Wait()
 }
-
-// errDenied marks flows refused by the deny list.
-var errDenied = errors.New("destination denied")

@@ -235,7 +235,7 @@ func (e *linkEndpoint) enqueue(pkt *stack.PacketBuffer) tcpip.Error {
 // WritePackets queues gVisor's outbound packets, blocking while the queue is full.
 func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
-	for _, pkt := range pkts.AsSlices() {
+	for _, pkt := range pkts.AsSlice() {
 		if err := e.enqueue(pkt); err != nil {
 			if n == 0 {
 				return 0, err

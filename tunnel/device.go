@@ -55,8 +55,8 @@ type shutdowner interface {
 }
 
 // NewDevice validates cfg, builds the wireguard-go device, configures it and
-// brings it up. On failure nothing is left running, and cfg.TUN and
-// cfg.Bind are closed.
+// brings it up. If validation fails, cfg.TUN and cfg.Bind are untouched; a
+// later failure closes them and leaves nothing running.
 func NewDevice(cfg DeviceConfig) (*Device, error) {
 	if cfg.TUN == nil || cfg.Bind == nil {
 		return nil, errors.New("new device: TUN and Bind must be set")

@@ -1,0 +1,82 @@
+package tunnel
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// MaxFrameSize is the largest packet a frame can carry: the length prefix
+// is 16 bits, which also bounds a WireGuard message (wireguard-go's
+// MaxMessageSize).
+const MaxFrameSize = 65535
+
+// ErrFrameTooLarge reports a frame that does not fit: a packet longer than
+// MaxFrameSize to write, or a length prefix longer than the read buffer.
+var ErrFrameTooLarge = errors.New("frame too large")
+
+// WriteFrame writes pkt as one frame: a 2-byte big-endian length, then pkt.
+// It issues a single Write so frames from concurrent callers sharing a
+// locked writer never interleave.
+func WriteFrame(w io.Writer, pkt []byte) error {
+	if len(pkt) > MaxFrameSize {
+		return fmt.Errorf("write frame of %d bytes: %w", len(pkt), ErrFrameTooLarge)
+	}
+	if bw, ok := w.(interface {
+		io.Writer
+		Available() int
+		WriteByte(byte) error
+	}); ok && bw.Available() >= 2 {
+		// bufio.Writer: no temporary buffer, bytes coalesce with other frames.
+		bw.WriteByte(byte(len(pkt) >> 8))
+		bw.WriteByte(byte(len(pkt)))
+		_, err := bw.Write(pkt)
+		return err
+	}
+	buf := make([]byte, 2+len(pkt))
+	binary.BigEndian.PutUint16(buf, uint16(len(pkt)))
+	copy(buf[2:], pkt)
+	_, err := w.Write(buf)
+	return err
+}
+
+// ReadFrame reads one frame into buf and returns the packet length. A
+// length prefix larger than buf returns ErrFrameTooLarge without reading
+// the body; a stream that ends inside a frame returns io.ErrUnexpectedEOF;
+// a stream that ends between frames returns io.EOF. After an error the
+// stream is out of step and must be closed.
+func ReadFrame(r io.Reader, buf []byte) (int, error) {
+	var hdr [2]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, err
+	}
+	n := int(binary.BigEndian.Uint16(hdr[:]))
+	if n > len(buf) {
+		return 0, fmt.Errorf("read frame of %d bytes into %d-byte buffer: %w", n, len(buf), ErrFrameTooLarge)
+	}
+	if _, err := io.ReadFull(r, buf[:n]); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, err
+	}
+	return n, nil
+}
+
+// bufferedFrameLen returns the length of the next frame if the reader
+// already holds all of it, so batch reads never block mid-batch.
+func bufferedFrameLen(r interface {
+	Buffered() int
+	Peek(int) ([]byte, error)
+}) (int, bool) {
+	if r.Buffered() < 2 {
+		return 0, false
+	}
+	hdr, err := r.Peek(2)
+	if err != nil {
+		return 0, false
+	}
+	n := int(binary.BigEndian.Uint16(hdr))
+	return n, r.Buffered() >= 2+n
+}

@@ -1,0 +1,381 @@
+package tunnel
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// Stream transport: WireGuard datagrams over one reliable byte stream (in
+// production a Kubernetes port-forward to the gateway pod), each framed by
+// WriteFrame. The WireGuard session lives above the stream, so a broken
+// stream is redialled without a new handshake being needed.
+
+const (
+	streamBatchSize = conn.IdealBatchSize
+	// writeTimeout bounds how long Send may block on a stalled stream
+	// before the stream is declared broken and redialled.
+	writeTimeout = 5 * time.Second
+	// stableAfter is how long a stream must live for the dial backoff to
+	// reset; shorter-lived streams keep backing off, so a gateway that
+	// accepts and immediately drops is not hammered.
+	stableAfter = time.Second
+	streamBufSize = 64 << 10
+)
+
+// DialFunc opens a new stream to the other side.
+type DialFunc func(ctx context.Context) (net.Conn, error)
+
+// StreamBindConfig configures the client side of the stream transport.
+type StreamBindConfig struct {
+	Dial       DialFunc              // must return promptly once ctx is done
+	Log        *slog.Logger          // nil discards
+	Registerer prometheus.Registerer // nil = no metrics
+	MinBackoff time.Duration         // 0 = 100ms; first redial delay after a failure
+	MaxBackoff time.Duration         // 0 = 5s; cap of the doubling backoff
+}
+
+// StreamBind is the client side of the stream transport: it keeps one
+// stream dialled and carries every peer's datagrams over it.
+type StreamBind struct {
+	cfg StreamBindConfig
+	log *slog.Logger
+	m   *metrics
+
+	mu   sync.Mutex
+	sess *clientSession // nil while closed
+}
+
+var (
+	_ conn.Bind        = (*StreamBind)(nil)
+	_ endpointRewriter = (*StreamBind)(nil)
+	_ conn.Endpoint    = clientEndpoint{}
+)
+
+// NewStreamBind returns a closed client bind; wireguard-go opens it.
+func NewStreamBind(cfg StreamBindConfig) *StreamBind {
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 5 * time.Second
+	}
+	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.MinBackoff)
+	return &StreamBind{
+		cfg: cfg,
+		log: discardLogger(cfg.Log).With("component", "stream_bind"),
+		m:   mustMetrics(cfg.Registerer),
+	}
+}
+
+// clientSession is one Open..Close period. wireguard-go closes and reopens
+// binds on updates, so everything a period started hangs off its session.
+type clientSession struct {
+	b      *StreamBind
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the dial loop has exited
+
+	mu      sync.Mutex
+	cur     *streamConn   // nil or dead while reconnecting
+	changed chan struct{} // closed and replaced when cur is set
+}
+
+// Open starts dialling in the background and returns immediately; packets
+// sent before the stream is up are dropped, as UDP would lose them. The
+// port is meaningless for a stream and returned unchanged.
+func (b *StreamBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sess != nil {
+		return nil, 0, conn.ErrBindAlreadyOpen
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &clientSession{b: b, ctx: ctx, cancel: cancel, done: make(chan struct{}), changed: make(chan struct{})}
+	b.sess = s
+	go s.dialLoop()
+	return []conn.ReceiveFunc{s.receive}, port, nil
+}
+
+// Close closes the stream, stops the dial loop and waits for it, and makes
+// this period's ReceiveFunc return net.ErrClosed. The bind can be reopened.
+func (b *StreamBind) Close() error {
+	b.mu.Lock()
+	s := b.sess
+	b.sess = nil
+	b.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	s.cancel()
+	if sc := s.current(); sc != nil {
+		sc.fail(net.ErrClosed)
+	}
+	<-s.done
+	return nil
+}
+
+// SetMark is a no-op: the stream's own socket is the dialler's business.
+func (b *StreamBind) SetMark(uint32) error { return nil }
+
+// BatchSize lets wireguard-go hand over up to 128 packets per Send, which
+// become one write on the stream.
+func (b *StreamBind) BatchSize() int { return streamBatchSize }
+
+// ParseEndpoint accepts any string: there is only one place to send to.
+func (b *StreamBind) ParseEndpoint(string) (conn.Endpoint, error) { return clientEndpoint{}, nil }
+
+// peerEndpoint gives every peer the stream as its endpoint, whatever was
+// configured, so the client can initiate handshakes.
+func (b *StreamBind) peerEndpoint(string) string { return clientEndpoint{}.DstToString() }
+
+// Send writes bufs as frames in one write. While the stream is down the
+// packets are dropped (and counted) and Send returns nil: WireGuard
+// retransmits handshakes itself and the inner protocols recover data, so
+// queueing would only add latency and memory.
+func (b *StreamBind) Send(bufs [][]byte, _ conn.Endpoint) error {
+	b.mu.Lock()
+	s := b.sess
+	b.mu.Unlock()
+	if s == nil {
+		return net.ErrClosed
+	}
+	sc := s.current()
+	if sc == nil {
+		b.m.dropped.WithLabelValues(dropStreamDown).Add(float64(len(bufs)))
+		return nil
+	}
+	if err := sc.writeBatch(bufs); err != nil {
+		b.m.dropped.WithLabelValues(dropStreamDown).Add(float64(len(bufs)))
+		if s.ctx.Err() == nil {
+			b.log.Warn("stream write failed, reconnecting", "remote", sc.c.RemoteAddr().String(), "err", err)
+		}
+		sc.fail(err)
+	}
+	return nil
+}
+
+// current returns the live stream, or nil while reconnecting.
+func (s *clientSession) current() *streamConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur == nil || s.cur.isDead() {
+		return nil
+	}
+	return s.cur
+}
+
+func (s *clientSession) setConn(sc *streamConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cur = sc
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// waitConn blocks until a live stream exists or the session is closed.
+func (s *clientSession) waitConn() (*streamConn, error) {
+	for {
+		s.mu.Lock()
+		sc, changed := s.cur, s.changed
+		s.mu.Unlock()
+		if s.ctx.Err() != nil {
+			return nil, net.ErrClosed
+		}
+		if sc != nil && !sc.isDead() {
+			return sc, nil
+		}
+		select {
+		case <-changed:
+		case <-s.ctx.Done():
+			return nil, net.ErrClosed
+		}
+	}
+}
+
+// receive is the session's ReceiveFunc. It reads straight into
+// wireguard-go's buffers: one blocking frame, then every further frame
+// already buffered, so a burst costs one call.
+func (s *clientSession) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+	for {
+		sc, err := s.waitConn()
+		if err != nil {
+			return 0, err
+		}
+		n, err := sc.readBatch(bufs, sizes)
+		if n > 0 {
+			for i := range n {
+				eps[i] = clientEndpoint{}
+			}
+			return n, nil
+		}
+		if errors.Is(err, ErrFrameTooLarge) {
+			s.b.m.dropped.WithLabelValues(dropOversized).Inc()
+		}
+		if s.ctx.Err() == nil {
+			s.b.log.Warn("stream read failed, reconnecting", "remote", sc.c.RemoteAddr().String(), "err", err)
+		}
+		sc.fail(err)
+	}
+}
+
+// dialLoop keeps one stream up until the session closes.
+func (s *clientSession) dialLoop() {
+	defer close(s.done)
+	min, max := s.b.cfg.MinBackoff, s.b.cfg.MaxBackoff
+	backoff := min
+	first := true
+	for {
+		c, err := s.b.cfg.Dial(s.ctx)
+		if s.ctx.Err() != nil {
+			if err == nil {
+				c.Close()
+			}
+			return
+		}
+		if err != nil {
+			s.b.log.Warn("stream dial failed", "err", err, "retry_in", backoff)
+			if !s.sleep(backoff) {
+				return
+			}
+			backoff = nextBackoff(backoff, max)
+			continue
+		}
+		if nd, ok := c.(interface{ SetNoDelay(bool) error }); ok {
+			// Each frame is a whole datagram already batched by
+			// wireguard-go; Nagle would only add latency.
+			nd.SetNoDelay(true)
+		}
+		if !first {
+			s.b.m.reconnects.Inc()
+		}
+		first = false
+		sc := newStreamConn(c)
+		start := time.Now()
+		s.b.log.Info("stream connected", "remote", c.RemoteAddr().String())
+		s.setConn(sc)
+		select {
+		case <-sc.dead:
+		case <-s.ctx.Done():
+			sc.fail(net.ErrClosed)
+			return
+		}
+		if time.Since(start) >= stableAfter {
+			backoff = min
+			continue
+		}
+		if !s.sleep(backoff) {
+			return
+		}
+		backoff = nextBackoff(backoff, max)
+	}
+}
+
+func nextBackoff(cur, max time.Duration) time.Duration { return min(2*cur, max) }
+
+// sleep waits d or until the session closes, reporting whether to go on.
+func (s *clientSession) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.ctx.Done():
+		return false
+	}
+}
+
+// streamConn is one stream with buffered, serialised I/O. A failure on
+// either direction kills it for both.
+type streamConn struct {
+	c   net.Conn
+	r   *bufio.Reader // only the single reader goroutine touches it
+	wmu sync.Mutex
+	w   *bufio.Writer
+
+	dead chan struct{}
+	once sync.Once
+}
+
+func newStreamConn(c net.Conn) *streamConn {
+	return &streamConn{
+		c:    c,
+		r:    bufio.NewReaderSize(c, streamBufSize),
+		w:    bufio.NewWriterSize(c, streamBufSize),
+		dead: make(chan struct{}),
+	}
+}
+
+// fail closes the stream once; readers and writers then error out.
+func (sc *streamConn) fail(error) {
+	sc.once.Do(func() {
+		close(sc.dead)
+		sc.c.Close()
+	})
+}
+
+func (sc *streamConn) isDead() bool {
+	select {
+	case <-sc.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+// writeBatch writes bufs as frames and flushes once, coalescing the batch
+// into as few writes as the buffer allows.
+func (sc *streamConn) writeBatch(bufs [][]byte) error {
+	sc.wmu.Lock()
+	defer sc.wmu.Unlock()
+	if err := sc.c.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil {
+		return fmt.Errorf("set write deadline: %w", err)
+	}
+	for _, p := range bufs {
+		if err := WriteFrame(sc.w, p); err != nil {
+			return err
+		}
+	}
+	return sc.w.Flush()
+}
+
+// readBatch reads one frame, blocking, then any frames already buffered.
+func (sc *streamConn) readBatch(bufs [][]byte, sizes []int) (int, error) {
+	k, err := ReadFrame(sc.r, bufs[0])
+	if err != nil {
+		return 0, err
+	}
+	sizes[0] = k
+	n := 1
+	for n < len(bufs) {
+		l, ok := bufferedFrameLen(sc.r)
+		if !ok || l > len(bufs[n]) {
+			break // an oversized frame errors on the next call
+		}
+		if k, err = ReadFrame(sc.r, bufs[n]); err != nil {
+			break
+		}
+		sizes[n] = k
+		n++
+	}
+	return n, nil
+}
+
+// clientEndpoint is the stream client's one endpoint.
+type clientEndpoint struct{}
+
+func (clientEndpoint) ClearSrc()           {}
+func (clientEndpoint) SrcToString() string { return "" }
+func (clientEndpoint) DstToString() string { return "stream" }
+func (clientEndpoint) DstToBytes() []byte  { return []byte("stream") }
+func (clientEndpoint) DstIP() netip.Addr   { return netip.Addr{} }
+func (clientEndpoint) SrcIP() netip.Addr   { return netip.Addr{} }
