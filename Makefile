@@ -43,7 +43,7 @@ ci: lint test e2e
 bench: bench-dataplane
 
 bench-dataplane: deps
-	$(GO) run ./bench/dataplane
+	$(GO) run ./bench/dataplane $(BENCH_ARGS)
 
 demo: deps build
 	e2e/demo.sh

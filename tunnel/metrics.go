@@ -19,8 +19,6 @@ const (
 	dropOversized     = "oversized_frame" // stream frame larger than the receive buffer
 	dropUnknownPeer   = "unknown_peer"    // handshake from a key this device does not know
 	dropStreamDown    = "stream_down"     // sent while the stream was reconnecting
-	dropStreamGone    = "stream_gone"     // server reply for a stream that has closed
-	dropStreamTimeout = "write_timeout"   // stream write stalled past writeTimeout
 )
 
 // metrics are the tunnel's Prometheus counters. A Device and the binds it

@@ -49,6 +49,20 @@ func (t *Topology) startServers() error {
 	}
 	go acceptLoop(pong, func(c net.Conn) { _, _ = io.Copy(c, c) })
 	t.servers = append(t.servers, pong)
+
+	source, err := t.SVC.Listen("tcp", SvcIP+":5003")
+	if err != nil {
+		return err
+	}
+	go acceptLoop(source, func(c net.Conn) {
+		buf := make([]byte, 128<<10)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	})
+	t.servers = append(t.servers, source)
 	return nil
 }
 

@@ -9,8 +9,8 @@
 // listening on UDP 51820 and stream TCP 51821, metrics on 10.200.1.2:9100;
 // the workstations' clients run in-process with their sockets and TUN
 // devices inside ws/ws2. svc runs HTTP (:80, /blob streams 64 MiB with a
-// SHA-256 trailer), UDP echo (:7), a TCP sink (:5001) and a TCP
-// ping-pong (:5002).
+// SHA-256 trailer), UDP echo (:7), a TCP sink (:5001), a TCP
+// ping-pong (:5002) and an endless TCP source (:5003).
 package dptopo
 
 import (
