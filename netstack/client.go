@@ -66,7 +66,10 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 			return nil, fmt.Errorf("new netstack client: register metrics: %w", err)
 		}
 	}
-	s, err := newStack(c.ep, cfg.Addrs, stackOptions{})
+	// acceptLoopback: the gateway refuses loopback destinations with an RST
+	// from that address; dropping it as a martian would turn a prompt
+	// "connection refused" into a timeout.
+	s, err := newStack(c.ep, cfg.Addrs, stackOptions{acceptLoopback: true})
 	if err != nil {
 		if cfg.Registerer != nil {
 			cfg.Registerer.Unregister(c.drop)

@@ -101,7 +101,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		return nil, fmt.Errorf("new gateway: %w", err)
 	}
 	g.m = m
-	s, err := newStack(g.ep, cfg.Addrs, stackOptions{promiscuous: true})
+	s, err := newStack(g.ep, cfg.Addrs, stackOptions{promiscuous: true, acceptLoopback: true})
 	if err != nil {
 		m.unregister(cfg.Registerer)
 		return nil, fmt.Errorf("new gateway: %w", err)

@@ -30,6 +30,10 @@ type stackOptions struct {
 	// promiscuous accepts packets for any destination and lets the stack send
 	// from any source: the gateway terminates flows addressed to anywhere.
 	promiscuous bool
+	// acceptLoopback lets packets addressed to loopback reach the transport
+	// layer instead of being dropped as martians, so the gateway's deny list
+	// can refuse them with an RST (prompt for the peer, and counted).
+	acceptLoopback bool
 }
 
 // newStack builds a gVisor stack with one NIC on ep, the given local
@@ -37,7 +41,10 @@ type stackOptions struct {
 // receive-buffer ceiling.
 func newStack(ep *linkEndpoint, addrs []netip.Addr, opts stackOptions) (*stack.Stack, error) {
 	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		NetworkProtocols: []stack.NetworkProtocolFactory{
+			ipv4.NewProtocolWithOptions(ipv4.Options{AllowExternalLoopbackTraffic: opts.acceptLoopback}),
+			ipv6.NewProtocolWithOptions(ipv6.Options{AllowExternalLoopbackTraffic: opts.acceptLoopback}),
+		},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 		// HandleLocal stays false: with promiscuous mode on it makes gVisor
 		// drop every packet as InvalidSourceAddressesReceived (PERF-NOTES).

@@ -35,6 +35,7 @@ type Device struct {
 	wg   *device.Device
 	bind conn.Bind // the caller's bind, unwrapped
 	log  *slog.Logger
+	m    *metrics
 
 	mu     sync.Mutex
 	closed bool
@@ -69,7 +70,7 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 		return nil, fmt.Errorf("new device: %w", err)
 	}
 	log := discardLogger(cfg.Log).With("component", "tunnel")
-	d := &Device{bind: cfg.Bind, log: log}
+	d := &Device{bind: cfg.Bind, log: log, m: m}
 	d.wg = device.NewDevice(cfg.TUN, &metricsBind{Bind: cfg.Bind, m: m},
 		newWGLogger(log.With("component", "wireguard"), m))
 	uapi, err := d.uapi(cfg.Config)
@@ -250,3 +251,6 @@ func (d *Device) Close() error {
 	d.log.Info("device closed")
 	return nil
 }
+
+// metricsFor exposes the device's counters to tests in this package.
+func (d *Device) metricsFor() *metrics { return d.m }

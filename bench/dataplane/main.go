@@ -217,7 +217,7 @@ func latency(dial dialFunc, addr string) (p50, p99 float64) {
 			break
 		}
 		if i >= 100 { // warm-up excluded
-			samples = append(samples, float64(time.Since(t0).Microseconds()))
+			samples = append(samples, float64(time.Since(t0).Nanoseconds())/1e3)
 		}
 	}
 	if len(samples) == 0 {

@@ -1,52 +1,63 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/bridgetun/bridgetun/agent"
 	"github.com/bridgetun/bridgetun/internal/obs"
+	"github.com/bridgetun/bridgetun/tunnel"
+)
+
+// In-cluster listeners. Control and stream bind loopback so only a
+// Kubernetes port-forward (RBAC-checked by the API server) reaches them.
+const (
+	inClusterControl = "127.0.0.1:8081"
+	inClusterStream  = "127.0.0.1:8082"
+	inClusterUDPPort = 51820
 )
 
 func newGatewayCmd() *cobra.Command {
-	var configPath, metricsAddr, logLevel string
+	var (
+		configPath, metricsAddr, logLevel string
+		inCluster                         bool
+	)
 	cmd := &cobra.Command{
-		Use:   "gateway --config FILE",
+		Use:   "gateway (--in-cluster | --config FILE)",
 		Short: "Run the gateway: terminate workstation tunnels and forward their flows",
 		Long: `Run the gateway. It terminates the WireGuard tunnels of workstations (over UDP
 and/or the stream transport) and forwards every TCP/UDP flow and ICMP echo to the
 real destination from this host, through a userspace network stack: no privileges.
 
-The config file (JSON) names the key, tunnel address, listeners and peers:
+--in-cluster is how bridgetun installs it: the key comes from $BRIDGETUN_PRIVATE_KEY,
+the control API listens on ` + inClusterControl + ` and the stream transport on ` + inClusterStream + `
+(both reached only through port-forward), WireGuard UDP on :51820, and the
+cluster resolver is read from /etc/resolv.conf.
+
+--config runs it standalone (tests, experiments); the file (JSON) names the key,
+tunnel address, listeners and static peers:
   {"private_key": "<base64>", "address": "100.96.0.1", "udp_port": 51820,
    "stream_listen": "0.0.0.0:51821",
    "peers": [{"public_key": "<base64>", "allowed_ips": ["100.96.0.2/32"]}]}`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if inCluster == (configPath != "") {
+				return errors.New("gateway: pass exactly one of --in-cluster and --config FILE")
+			}
 			log, err := obs.NewLogger(os.Stderr, logLevel)
 			if err != nil {
 				return err
-			}
-			f, err := agent.ReadGatewayFile(configPath)
-			if err != nil {
-				return err
-			}
-			key, err := f.Key()
-			if err != nil {
-				return fmt.Errorf("gateway config %s: %w", configPath, err)
-			}
-			addr, err := f.Addr()
-			if err != nil {
-				return fmt.Errorf("gateway config %s: %w", configPath, err)
-			}
-			peers, err := f.PeerConfigs()
-			if err != nil {
-				return fmt.Errorf("gateway config %s: %w", configPath, err)
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -58,34 +69,97 @@ The config file (JSON) names the key, tunnel address, listeners and peers:
 				}
 				log.Info("metrics", "addr", bound.String())
 			}
-			cfg := agent.GatewayConfig{
-				PrivateKey: key, Addr: addr, Peers: peers, MTU: f.MTU,
-				UseUDP: f.UDPPort != 0, UDPPort: f.UDPPort,
-				Log: log, Registerer: reg,
+			if inCluster {
+				return runInCluster(ctx, log, reg)
 			}
-			if f.StreamListen != "" {
-				ln, err := net.Listen("tcp", f.StreamListen)
-				if err != nil {
-					return fmt.Errorf("stream_listen %s: %w", f.StreamListen, err)
-				}
-				cfg.StreamListener = ln
-			}
-			gw, err := agent.NewGateway(cfg)
-			if err != nil {
-				if cfg.StreamListener != nil {
-					_ = cfg.StreamListener.Close()
-				}
-				return err
-			}
-			log.Info("ready", "public_key", key.PublicKey().String())
-			<-ctx.Done()
-			log.Info("shutting down")
-			return gw.Close()
+			return runFromFile(ctx, configPath, log, reg)
 		},
 	}
-	cmd.Flags().StringVar(&configPath, "config", "", "gateway config file (JSON; see above)")
-	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address (e.g. :9090); empty = off")
+	cmd.Flags().BoolVar(&inCluster, "in-cluster", false, "run as the in-cluster gateway (key from $BRIDGETUN_PRIVATE_KEY)")
+	cmd.Flags().StringVar(&configPath, "config", "", "standalone: gateway config file (JSON; see above)")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (e.g. :9090); empty = off")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	_ = cmd.MarkFlagRequired("config")
 	return cmd
+}
+
+func runFromFile(ctx context.Context, path string, log *slog.Logger, reg *prometheus.Registry) error {
+	f, err := agent.ReadGatewayFile(path)
+	if err != nil {
+		return err
+	}
+	key, err := f.Key()
+	if err != nil {
+		return fmt.Errorf("gateway config %s: %w", path, err)
+	}
+	addr, err := f.Addr()
+	if err != nil {
+		return fmt.Errorf("gateway config %s: %w", path, err)
+	}
+	peers, err := f.PeerConfigs()
+	if err != nil {
+		return fmt.Errorf("gateway config %s: %w", path, err)
+	}
+	cfg := agent.GatewayConfig{
+		PrivateKey: key, Addr: addr, Peers: peers, MTU: f.MTU,
+		UseUDP: f.UDPPort != 0, UDPPort: f.UDPPort,
+		Log: log, Registerer: reg,
+	}
+	gw, err := startGateway(cfg, f.StreamListen)
+	if err != nil {
+		return err
+	}
+	log.Info("ready", "public_key", key.PublicKey().String())
+	<-ctx.Done()
+	log.Info("shutting down")
+	return gw.Close()
+}
+
+func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registry) error {
+	key, err := tunnel.ParseKey(os.Getenv("BRIDGETUN_PRIVATE_KEY"))
+	if err != nil {
+		return fmt.Errorf("$BRIDGETUN_PRIVATE_KEY: %w (the gateway Secret is missing or damaged: run `bridgetun install --upgrade`)", err)
+	}
+	dns, domain := agent.ReadClusterDNS("/etc/resolv.conf")
+	gw, err := startGateway(agent.GatewayConfig{
+		PrivateKey: key, Addr: agent.GatewayTunnelAddr,
+		UseUDP: true, UDPPort: inClusterUDPPort,
+		// Loopback is denied by the stack already; the control and stream
+		// ports are named here too so no peer can reach them through us.
+		Deny: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		Log:  log, Registerer: reg,
+	}, inClusterStream)
+	if err != nil {
+		return err
+	}
+	defer gw.Close()
+	ctl := agent.NewControl(agent.ControlConfig{
+		Gateway: gw, GatewayKey: key, ClusterDNS: dns, ClusterDomain: domain,
+		Namespace: os.Getenv("POD_NAMESPACE"), Log: log,
+	})
+	ln, err := net.Listen("tcp", inClusterControl)
+	if err != nil {
+		return fmt.Errorf("control API listen %s: %w", inClusterControl, err)
+	}
+	log.Info("ready", "public_key", key.PublicKey().String(), "cluster_dns", dns, "cluster_domain", domain)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return ctl.Run(gctx, ln) })
+	err = g.Wait()
+	log.Info("shutting down")
+	return errors.Join(err, gw.Close())
+}
+
+// startGateway opens the stream listener (if any) and starts the gateway.
+func startGateway(cfg agent.GatewayConfig, streamListen string) (*agent.Gateway, error) {
+	if streamListen != "" {
+		ln, err := net.Listen("tcp", streamListen)
+		if err != nil {
+			return nil, fmt.Errorf("stream listener %s: %w", streamListen, err)
+		}
+		cfg.StreamListener = ln
+	}
+	gw, err := agent.NewGateway(cfg)
+	if err != nil && cfg.StreamListener != nil {
+		_ = cfg.StreamListener.Close()
+	}
+	return gw, err
 }

@@ -1,0 +1,248 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/bridgetun/bridgetun/internal/version"
+	"github.com/bridgetun/bridgetun/tunnel"
+)
+
+// TunnelNetwork is where workstation tunnel addresses come from. It is a
+// benchmarking range (RFC 2544) that real networks rarely route, unlike the
+// CGNAT range that other VPNs already claim.
+var TunnelNetwork = netip.MustParsePrefix("198.19.0.0/16")
+
+// GatewayTunnelAddr is the gateway's own address in TunnelNetwork.
+var GatewayTunnelAddr = netip.MustParseAddr("198.19.0.1")
+
+// RegisterRequest asks the gateway to admit a workstation.
+type RegisterRequest struct {
+	PublicKey string `json:"public_key"` // base64 WireGuard public key
+	Version   string `json:"version"`    // client version, for mismatch reports
+}
+
+// RegisterResponse tells a workstation how to join.
+type RegisterResponse struct {
+	Address          string `json:"address"`            // the workstation's tunnel address, /32
+	GatewayPublicKey string `json:"gateway_public_key"` // base64
+	GatewayAddress   string `json:"gateway_address"`    // the gateway's tunnel address (also its DNS listener)
+	ClusterDNS       string `json:"cluster_dns"`        // the cluster resolver the gateway uses
+	ClusterDomain    string `json:"cluster_domain"`
+	Namespace        string `json:"namespace"`   // the gateway's namespace
+	Version          string `json:"version"`     // gateway version
+	TTLSeconds       int    `json:"ttl_seconds"` // register again within this
+}
+
+// Control is the gateway's control API. It listens on loopback inside the
+// gateway pod, so only a Kubernetes port-forward (RBAC: pods/portforward)
+// reaches it: the API server is the door, no extra authentication needed.
+type Control struct {
+	gw     peerAdmitter
+	pub    tunnel.Key
+	info   RegisterResponse
+	ttl    time.Duration
+	log    *slog.Logger
+	now    func() time.Time
+	mu     sync.Mutex
+	leases map[tunnel.Key]*lease
+	byAddr map[netip.Addr]tunnel.Key
+}
+
+type lease struct {
+	addr     netip.Addr
+	lastSeen time.Time
+}
+
+// peerAdmitter is the part of the gateway the control API drives.
+type peerAdmitter interface {
+	AddPeer(tunnel.PeerConfig) error
+	RemovePeer(tunnel.Key) error
+	Status() ([]tunnel.PeerStatus, error)
+}
+
+// ControlConfig configures the control API.
+type ControlConfig struct {
+	Gateway       peerAdmitter
+	GatewayKey    tunnel.Key // the gateway's private key
+	ClusterDNS    string     // "" = unknown
+	ClusterDomain string     // "" = cluster.local
+	Namespace     string
+	TTL           time.Duration // 0 = 10 minutes: peers silent (no register, no handshake) this long are forgotten
+	Log           *slog.Logger  // nil discards
+	Now           func() time.Time
+}
+
+// NewControl returns the control API handler.
+func NewControl(cfg ControlConfig) *Control {
+	c := &Control{
+		gw:  cfg.Gateway,
+		pub: cfg.GatewayKey.PublicKey(),
+		ttl: cfg.TTL,
+		log: cfg.Log,
+		now: cfg.Now,
+		info: RegisterResponse{
+			GatewayPublicKey: cfg.GatewayKey.PublicKey().String(),
+			GatewayAddress:   GatewayTunnelAddr.String(),
+			ClusterDNS:       cfg.ClusterDNS,
+			ClusterDomain:    cfg.ClusterDomain,
+			Namespace:        cfg.Namespace,
+			Version:          version.Version,
+		},
+		leases: map[tunnel.Key]*lease{},
+		byAddr: map[netip.Addr]tunnel.Key{},
+	}
+	if c.ttl == 0 {
+		c.ttl = 10 * time.Minute
+	}
+	if c.info.ClusterDomain == "" {
+		c.info.ClusterDomain = "cluster.local"
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	c.info.TTLSeconds = int(c.ttl / time.Second)
+	return c
+}
+
+// ServeHTTP serves POST /v1/register and GET /v1/info.
+func (c *Control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.URL.Path == "/v1/register" && r.Method == http.MethodPost:
+		var req RegisterRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+			http.Error(w, "register: bad JSON: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		resp, err := c.Register(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(resp)
+	case r.URL.Path == "/v1/info" && r.Method == http.MethodGet:
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(c.info)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// Register admits (or refreshes) a peer and returns its stable address.
+func (c *Control) Register(req RegisterRequest) (RegisterResponse, error) {
+	pub, err := tunnel.ParseKey(req.PublicKey)
+	if err != nil {
+		return RegisterResponse{}, fmt.Errorf("register: public_key: %w", err)
+	}
+	if pub == c.pub {
+		return RegisterResponse{}, errors.New("register: public_key is the gateway's own key")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l, ok := c.leases[pub]
+	if !ok {
+		addr := c.pickAddr(pub)
+		if err := c.gw.AddPeer(tunnel.PeerConfig{PublicKey: pub, AllowedIPs: []netip.Prefix{netip.PrefixFrom(addr, 32)}}); err != nil {
+			return RegisterResponse{}, fmt.Errorf("register: add peer: %w", err)
+		}
+		l = &lease{addr: addr}
+		c.leases[pub], c.byAddr[addr] = l, pub
+		c.log.Info("peer registered", "public_key", pub.String(), "addr", addr, "client_version", req.Version)
+	}
+	l.lastSeen = c.now()
+	resp := c.info
+	resp.Address = netip.PrefixFrom(l.addr, 32).String()
+	return resp, nil
+}
+
+// pickAddr derives the address from the key, so a workstation keeps its
+// address across reconnects and gateway restarts; collisions probe onward.
+func (c *Control) pickAddr(pub tunnel.Key) netip.Addr {
+	sum := sha256.Sum256(pub[:])
+	base := TunnelNetwork.Addr().As4()
+	hostBits := 32 - TunnelNetwork.Bits()
+	size := uint32(1) << hostBits
+	start := binary.BigEndian.Uint32(sum[:4]) % size
+	netBase := binary.BigEndian.Uint32(base[:])
+	for i := uint32(0); i < size; i++ {
+		host := (start + i) % size
+		if host < 2 || host == size-1 { // network, gateway (.0.1) and broadcast are never handed out
+			continue
+		}
+		var b [4]byte
+		binary.BigEndian.PutUint32(b[:], netBase|host)
+		a := netip.AddrFrom4(b)
+		if _, taken := c.byAddr[a]; !taken {
+			return a
+		}
+	}
+	panic("tunnel network exhausted") // 65k peers on one gateway: not a real situation
+}
+
+// Expire forgets peers that neither registered nor completed a handshake within the TTL.
+func (c *Control) Expire() {
+	st, err := c.gw.Status()
+	if err != nil {
+		c.log.Warn("expire: status", "err", err)
+		return
+	}
+	hs := map[tunnel.Key]time.Time{}
+	for _, p := range st {
+		hs[p.PublicKey] = p.LastHandshake
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	for pub, l := range c.leases {
+		seen := l.lastSeen
+		if h := hs[pub]; h.After(seen) {
+			seen = h
+		}
+		if now.Sub(seen) <= c.ttl {
+			continue
+		}
+		if err := c.gw.RemovePeer(pub); err != nil {
+			c.log.Warn("expire: remove peer", "public_key", pub.String(), "err", err)
+			continue
+		}
+		delete(c.leases, pub)
+		delete(c.byAddr, l.addr)
+		c.log.Info("peer expired", "public_key", pub.String(), "addr", l.addr)
+	}
+}
+
+// Run serves the control API on ln and expires peers until ctx ends.
+func (c *Control) Run(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: c, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		t := time.NewTicker(c.ttl / 4)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				_ = srv.Close()
+				return
+			case <-t.C:
+				c.Expire()
+			}
+		}
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("control API: %w", err)
+	}
+	return nil
+}

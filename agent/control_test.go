@@ -1,0 +1,147 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/bridgetun/bridgetun/tunnel"
+)
+
+type fakePeers struct {
+	peers map[tunnel.Key]tunnel.PeerConfig
+	hs    map[tunnel.Key]time.Time
+}
+
+func (f *fakePeers) AddPeer(p tunnel.PeerConfig) error { f.peers[p.PublicKey] = p; return nil }
+func (f *fakePeers) RemovePeer(k tunnel.Key) error     { delete(f.peers, k); return nil }
+func (f *fakePeers) Status() ([]tunnel.PeerStatus, error) {
+	var out []tunnel.PeerStatus
+	for k := range f.peers {
+		out = append(out, tunnel.PeerStatus{PublicKey: k, LastHandshake: f.hs[k]})
+	}
+	return out, nil
+}
+
+func newTestControl(t *testing.T) (*Control, *fakePeers, *time.Time) {
+	t.Helper()
+	gwKey, err := tunnel.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := &fakePeers{peers: map[tunnel.Key]tunnel.PeerConfig{}, hs: map[tunnel.Key]time.Time{}}
+	now := time.Unix(1_800_000_000, 0)
+	c := NewControl(ControlConfig{Gateway: fp, GatewayKey: gwKey, ClusterDNS: "10.96.0.10", TTL: time.Minute, Now: func() time.Time { return now }})
+	return c, fp, &now
+}
+
+func pubKey(t *testing.T) tunnel.Key {
+	k, err := tunnel.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.PublicKey()
+}
+
+func TestRegisterAddressIsStableAndUnique(t *testing.T) {
+	c, fp, _ := newTestControl(t)
+	seen := map[string]bool{}
+	for range 200 {
+		k := pubKey(t)
+		r1, err := c.Register(RegisterRequest{PublicKey: k.String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r2, err := c.Register(RegisterRequest{PublicKey: k.String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r1.Address != r2.Address {
+			t.Fatalf("re-register: got %s then %s, want the same address", r1.Address, r2.Address)
+		}
+		if seen[r1.Address] {
+			t.Fatalf("address %s handed out twice", r1.Address)
+		}
+		seen[r1.Address] = true
+		p := netip.MustParsePrefix(r1.Address)
+		if !TunnelNetwork.Contains(p.Addr()) || p.Addr() == GatewayTunnelAddr || p.Bits() != 32 {
+			t.Fatalf("address %s: want a /32 inside %s other than the gateway's", r1.Address, TunnelNetwork)
+		}
+		if got := fp.peers[k].AllowedIPs; len(got) != 1 || got[0] != p {
+			t.Fatalf("peer allowed IPs: got %v, want [%s]", got, p)
+		}
+	}
+	// A fresh control API (gateway restart) derives the same address for the same key.
+	k := pubKey(t)
+	c2, _, _ := newTestControl(t)
+	a, _ := c.Register(RegisterRequest{PublicKey: k.String()})
+	b, _ := c2.Register(RegisterRequest{PublicKey: k.String()})
+	if a.Address != b.Address {
+		t.Errorf("after restart: got %s, want %s", b.Address, a.Address)
+	}
+}
+
+func TestRegisterRejectsBadKeys(t *testing.T) {
+	c, _, _ := newTestControl(t)
+	for _, tc := range []struct{ name, key string }{
+		{"empty", ""},
+		{"not base64", "!!!"},
+		{"short", "AAAA"},
+		{"gateway's own", c.info.GatewayPublicKey},
+	} {
+		if _, err := c.Register(RegisterRequest{PublicKey: tc.key}); err == nil {
+			t.Errorf("%s: got nil error, want a rejection", tc.name)
+		}
+	}
+}
+
+func TestExpireForgetsSilentPeers(t *testing.T) {
+	c, fp, now := newTestControl(t)
+	quiet, chatty := pubKey(t), pubKey(t)
+	for _, k := range []tunnel.Key{quiet, chatty} {
+		if _, err := c.Register(RegisterRequest{PublicKey: k.String()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	*now = now.Add(50 * time.Second)
+	fp.hs[chatty] = *now // handshakes count as activity
+	*now = now.Add(30 * time.Second)
+	c.Expire()
+	if _, ok := fp.peers[quiet]; ok {
+		t.Errorf("quiet peer: still present after TTL, want removed")
+	}
+	if _, ok := fp.peers[chatty]; !ok {
+		t.Errorf("chatty peer: removed, want kept (handshake 30s ago, TTL 1m)")
+	}
+}
+
+func TestControlHTTP(t *testing.T) {
+	c, _, _ := newTestControl(t)
+	srv := httptest.NewServer(c)
+	defer srv.Close()
+	body, _ := json.Marshal(RegisterRequest{PublicKey: pubKey(t).String(), Version: "test"})
+	resp, err := http.Post(srv.URL+"/v1/register", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var rr RegisterResponse
+	if err := json.NewDecoder(resp.Body).Decode(&rr); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("register: status %d err %v", resp.StatusCode, err)
+	}
+	if rr.ClusterDNS != "10.96.0.10" || rr.ClusterDomain != "cluster.local" || rr.GatewayAddress != GatewayTunnelAddr.String() || rr.TTLSeconds != 60 {
+		t.Errorf("register response: got %+v", rr)
+	}
+	resp2, err := http.Post(srv.URL+"/v1/register", "application/json", bytes.NewReader([]byte("{")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp2.Body.Close()
+	if resp2.StatusCode != http.StatusBadRequest {
+		t.Errorf("bad JSON: got status %d, want 400", resp2.StatusCode)
+	}
+}

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+)
+
+// RouteAsHeader is the header bridgetun's isolated intercepts route on; every hop propagates it.
+const RouteAsHeader = "Kubernetes-Route-As"
+
+// Response is what `testapp http` answers (and what tests decode).
+type Response struct {
+	Service    string              `json:"service"`
+	Instance   string              `json:"instance"`
+	PodIP      string              `json:"pod_ip,omitempty"`
+	Namespace  string              `json:"namespace,omitempty"`
+	Path       string              `json:"path"`
+	RouteAs    string              `json:"route_as,omitempty"`
+	Headers    map[string][]string `json:"headers"`
+	Config     *string             `json:"config,omitempty"`
+	SecretEnv  map[string]bool     `json:"secret_env,omitempty"`
+	Env        map[string]string   `json:"env,omitempty"`
+	Downstream json.RawMessage     `json:"downstream,omitempty"`
+	Error      string              `json:"error,omitempty"`
+}
+
+func runHTTP(args []string) error {
+	fs := flag.NewFlagSet("http", flag.ContinueOnError)
+	listen := fs.String("listen", envOr("LISTEN", ":8080"), "listen address")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		resp := Response{
+			Service:   envOr("SERVICE_NAME", "testapp"),
+			Instance:  envOr("POD_NAME", hostname()),
+			PodIP:     os.Getenv("POD_IP"),
+			Namespace: os.Getenv("POD_NAMESPACE"),
+			Path:      r.URL.Path,
+			RouteAs:   r.Header.Get(RouteAsHeader),
+			Headers:   r.Header,
+		}
+		if p := os.Getenv("CONFIG_FILE"); p != "" {
+			b, err := os.ReadFile(p)
+			s := string(b)
+			if err != nil {
+				s = "error: " + err.Error()
+			}
+			resp.Config = &s
+		}
+		for _, n := range list(os.Getenv("SECRET_ENV_NAMES")) {
+			if resp.SecretEnv == nil {
+				resp.SecretEnv = map[string]bool{}
+			}
+			_, resp.SecretEnv[n] = os.LookupEnv(n)
+		}
+		for _, n := range list(os.Getenv("REPORT_ENV")) {
+			if resp.Env == nil {
+				resp.Env = map[string]string{}
+			}
+			resp.Env[n] = os.Getenv(n)
+		}
+		if d := os.Getenv("DOWNSTREAM_URL"); d != "" {
+			body, err := callDownstream(r.Context(), client, d, r.Header.Get(RouteAsHeader))
+			if err != nil {
+				resp.Error = fmt.Sprintf("downstream %s: %v", d, err)
+			} else {
+				resp.Downstream = body
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if resp.Error != "" {
+			w.WriteHeader(http.StatusBadGateway)
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(resp)
+	})
+	log.Printf("testapp http %s on %s (downstream %q)", envOr("SERVICE_NAME", "testapp"), *listen, os.Getenv("DOWNSTREAM_URL"))
+	return http.ListenAndServe(*listen, logRequests(mux))
+}
+
+func callDownstream(ctx context.Context, c *http.Client, url, routeAs string) (json.RawMessage, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	if routeAs != "" {
+		req.Header.Set(RouteAsHeader, routeAs)
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+	if err != nil {
+		return nil, err
+	}
+	if !json.Valid(b) {
+		b, _ = json.Marshal(string(b))
+	}
+	if res.StatusCode/100 != 2 {
+		return b, fmt.Errorf("status %s", res.Status)
+	}
+	return b, nil
+}
+
+func logRequests(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			log.Printf("%s %s from %s route-as=%q", r.Method, r.URL.Path, r.RemoteAddr, r.Header.Get(RouteAsHeader))
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}
+
+func list(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}

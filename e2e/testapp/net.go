@@ -1,0 +1,227 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type headers []string
+
+func (h *headers) String() string     { return strings.Join(*h, ",") }
+func (h *headers) Set(s string) error { *h = append(*h, s); return nil }
+
+func runGet(args []string) error {
+	fs := flag.NewFlagSet("get", flag.ContinueOnError)
+	var hs headers
+	fs.Var(&hs, "H", "header K:V (repeatable)")
+	timeout := fs.Duration("timeout", 10*time.Second, "request timeout")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("usage: get [-H K:V]... URL")
+	}
+	req, err := http.NewRequest(http.MethodGet, fs.Arg(0), nil)
+	if err != nil {
+		return err
+	}
+	for _, h := range hs {
+		k, v, _ := strings.Cut(h, ":")
+		req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
+	}
+	res, err := (&http.Client{Timeout: *timeout}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	if _, err := io.Copy(os.Stdout, res.Body); err != nil {
+		return err
+	}
+	if res.StatusCode/100 != 2 {
+		return fmt.Errorf("status %s", res.Status)
+	}
+	return nil
+}
+
+func runDial(args []string) error {
+	fs := flag.NewFlagSet("dial", flag.ContinueOnError)
+	timeout := fs.Duration("timeout", 3*time.Second, "connect timeout")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("usage: dial [-timeout D] HOST:PORT")
+	}
+	c, err := net.DialTimeout("tcp", fs.Arg(0), *timeout)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("connected %s -> %s\n", c.LocalAddr(), c.RemoteAddr())
+	return c.Close()
+}
+
+func runUDP(args []string) error {
+	fs := flag.NewFlagSet("udp", flag.ContinueOnError)
+	timeout := fs.Duration("timeout", 3*time.Second, "reply timeout")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		return errors.New("usage: udp [-timeout D] HOST:PORT MESSAGE")
+	}
+	c, err := net.Dial("udp", fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(*timeout))
+	if _, err := c.Write([]byte(fs.Arg(1))); err != nil {
+		return err
+	}
+	buf := make([]byte, 65535)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s\n", buf[:n])
+	return nil
+}
+
+func runUDPEcho(args []string) error {
+	fs := flag.NewFlagSet("udp-echo", flag.ContinueOnError)
+	listen := fs.String("listen", envOr("LISTEN", ":5353"), "listen address")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	pc, err := net.ListenPacket("udp", *listen)
+	if err != nil {
+		return err
+	}
+	log.Printf("testapp udp-echo on %s", *listen)
+	buf := make([]byte, 65535)
+	for {
+		n, addr, err := pc.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		if _, err := pc.WriteTo(buf[:n], addr); err != nil {
+			log.Printf("reply to %s: %v", addr, err)
+		}
+	}
+}
+
+func runLookup(args []string) error {
+	fs := flag.NewFlagSet("lookup", flag.ContinueOnError)
+	server := fs.String("server", "", "DNS server IP:PORT (default: the system resolver)")
+	timeout := fs.Duration("timeout", 3*time.Second, "timeout")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("usage: lookup [-server IP:53] NAME")
+	}
+	r := net.DefaultResolver
+	if *server != "" {
+		r = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, *server)
+		}}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	addrs, err := r.LookupHost(ctx, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	fmt.Println(strings.Join(addrs, " "))
+	return nil
+}
+
+func runSink(args []string) error {
+	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
+	listen := fs.String("listen", envOr("LISTEN", ":9000"), "listen address")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	log.Printf("testapp sink on %s", *listen)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			n, _ := io.Copy(io.Discard, c)
+			fmt.Fprintf(c, "%d\n", n)
+		}()
+	}
+}
+
+func runSource(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: source HOST:PORT BYTES")
+	}
+	total, err := strconv.ParseInt(args[1], 10, 64)
+	if err != nil {
+		return err
+	}
+	c, err := net.DialTimeout("tcp", args[0], 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	start := time.Now()
+	buf := make([]byte, 256<<10)
+	for sent := int64(0); sent < total; {
+		n := min(int64(len(buf)), total-sent)
+		if _, err := c.Write(buf[:n]); err != nil {
+			return err
+		}
+		sent += n
+	}
+	c.(*net.TCPConn).CloseWrite()
+	reply, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	secs := time.Since(start).Seconds()
+	got := strings.TrimSpace(string(reply))
+	fmt.Printf("sent %d bytes, sink got %s, %.3fs, %.1f MB/s\n", total, got, secs, float64(total)/secs/1e6)
+	if got != strconv.FormatInt(total, 10) {
+		return fmt.Errorf("sink received %s of %d bytes", got, total)
+	}
+	return nil
+}
+
+func runPause([]string) error {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
+	for s := range sigs {
+		if s != syscall.SIGCHLD {
+			return nil
+		}
+		for {
+			var ws syscall.WaitStatus
+			if pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil); pid <= 0 || err != nil {
+				break
+			}
+		}
+	}
+	return nil
+}

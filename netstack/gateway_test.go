@@ -1,0 +1,447 @@
+package netstack
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestHTTPGetThroughTunnel(t *testing.T) {
+	p := newTestPair(t, GatewayConfig{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "hello "+r.URL.Path)
+	}))
+	defer srv.Close()
+	p.dialer.route("192.0.2.10:80", srv.Listener.Addr().String())
+
+	hc := &http.Client{Transport: &http.Transport{DialContext: p.client.DialContext}, Timeout: 10 * time.Second}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get("http://192.0.2.10/world")
+	if err != nil {
+		t.Fatalf("GET: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	if got, want := string(body), "hello /world"; got != want {
+		t.Errorf("body: got %q, want %q", got, want)
+	}
+	if got, want := testutil.ToFloat64(p.gw.m.flowsTotal.WithLabelValues("tcp")), 1.0; got != want {
+		t.Errorf("flows_total{tcp}: got %v, want %v", got, want)
+	}
+}
+
+// TestTCPBulkHalfClose sends a large stream each way. The client half-closes
+// after its upload; the server must see EOF and still send its download.
+func TestTCPBulkHalfClose(t *testing.T) {
+	size := int64(64 << 20)
+	if raceEnabled || testing.Short() {
+		size = 8 << 20
+	}
+	p := newTestPair(t, GatewayConfig{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	p.dialer.route("192.0.2.10:9000", ln.Addr().String())
+
+	type result struct {
+		upSum [32]byte
+		err   error
+	}
+	downSum := make(chan [32]byte, 1)
+	srvDone := make(chan result, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			srvDone <- result{err: err}
+			return
+		}
+		defer c.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, c); err != nil { // returns at the client's CloseWrite
+			srvDone <- result{err: err}
+			return
+		}
+		var r result
+		copy(r.upSum[:], h.Sum(nil))
+		d := sha256.New()
+		_, r.err = io.Copy(io.MultiWriter(c, d), io.LimitReader(rand.NewChaCha8([32]byte{2}), size))
+		downSum <- [32]byte(d.Sum(nil))
+		srvDone <- r
+	}()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := p.client.DialContext(ctx, "tcp", "192.0.2.10:9000")
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	up := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(c, up), io.LimitReader(rand.NewChaCha8([32]byte{1}), size)); err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		t.Fatalf("CloseWrite: %v", err)
+	}
+	down := sha256.New()
+	n, err := io.Copy(down, c)
+	if err != nil {
+		t.Fatalf("download: %v", err)
+	}
+	r := <-srvDone
+	if r.err != nil {
+		t.Fatalf("server: %v", r.err)
+	}
+	if got, want := r.upSum, [32]byte(up.Sum(nil)); got != want {
+		t.Errorf("upload sha256: got %x, want %x", got, want)
+	}
+	if n != size {
+		t.Errorf("download bytes: got %d, want %d", n, size)
+	}
+	if got, want := [32]byte(down.Sum(nil)), <-downSum; got != want {
+		t.Errorf("download sha256: got %x, want %x", got, want)
+	}
+}
+
+// TestTCPRefused covers every way the gateway answers a SYN with an RST:
+// the real destination refuses, or the destination is denied and never dialled.
+func TestTCPRefused(t *testing.T) {
+	live, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+
+	tests := []struct {
+		name        string
+		dst         string
+		extraDeny   bool // Deny 198.51.100.0/24
+		wantDenied  float64
+		wantDialErr float64
+	}{
+		{name: "destination refuses", dst: "192.0.2.20:81", wantDialErr: 1},
+		{name: "loopback denied", dst: live.Addr().String(), wantDenied: 1},
+		{name: "gateway v4 addr denied", dst: "10.77.0.1:80", wantDenied: 1},
+		{name: "gateway v6 addr denied", dst: "[fd77::1]:80", wantDenied: 1},
+		{name: "configured deny", dst: "198.51.100.7:443", extraDeny: true, wantDenied: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var cfg GatewayConfig
+			if tt.extraDeny {
+				cfg.Deny = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
+			}
+			p := newTestPair(t, cfg)
+			p.dialer.route("192.0.2.20:81", deadAddr)
+			p.dialer.route("198.51.100.7:443", live.Addr().String())
+
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			start := time.Now()
+			c, err := p.client.DialContext(ctx, "tcp", tt.dst)
+			if err == nil {
+				c.Close()
+				t.Fatalf("dial %s: got success, want connection refused", tt.dst)
+			}
+			if !strings.Contains(err.Error(), "refused") {
+				t.Errorf("dial %s: got %v, want connection refused", tt.dst, err)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("refusal took %v, want well under the 5s dial timeout", d)
+			}
+			if got := testutil.ToFloat64(p.gw.m.denied); got != tt.wantDenied {
+				t.Errorf("denied_total: got %v, want %v", got, tt.wantDenied)
+			}
+			if got := testutil.ToFloat64(p.gw.m.dialErrors.WithLabelValues("tcp")); got != tt.wantDialErr {
+				t.Errorf("dial_errors_total{tcp}: got %v, want %v", got, tt.wantDialErr)
+			}
+			if tt.wantDenied > 0 && p.dialer.called(tt.dst) {
+				t.Errorf("gateway dialled denied destination %s", tt.dst)
+			}
+		})
+	}
+}
+
+func TestUDPEchoAndIdleExpiry(t *testing.T) {
+	p := newTestPair(t, GatewayConfig{UDPIdleTimeout: 200 * time.Millisecond})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(bytes.ToUpper(buf[:n]), from)
+		}
+	}()
+	p.dialer.route("192.0.2.10:53", pc.LocalAddr().String())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := p.client.DialContext(ctx, "udp", "192.0.2.10:53")
+	if err != nil {
+		t.Fatalf("dial udp: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	for _, msg := range []string{"ping", "again"} {
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		if got, want := string(buf[:n]), strings.ToUpper(msg); got != want {
+			t.Errorf("echo: got %q, want %q", got, want)
+		}
+	}
+	active := p.gw.m.flowsActive.WithLabelValues("udp")
+	if got, want := testutil.ToFloat64(p.gw.m.flowsTotal.WithLabelValues("udp")), 1.0; got != want {
+		t.Errorf("flows_total{udp}: got %v, want %v (one flow for both datagrams)", got, want)
+	}
+	waitFor(t, "udp flow to expire", 5*time.Second, func() bool { return testutil.ToFloat64(active) == 0 })
+
+	// A datagram to a denied destination is dropped and counted, never dialled.
+	d, err := p.client.DialContext(ctx, "udp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatalf("dial udp loopback: %v", err)
+	}
+	defer d.Close()
+	d.Write([]byte("x"))
+	waitFor(t, "udp denial to be counted", 5*time.Second, func() bool { return testutil.ToFloat64(p.gw.m.denied) == 1 })
+	if p.dialer.called(pc.LocalAddr().String()) {
+		t.Errorf("gateway dialled denied udp destination %s", pc.LocalAddr())
+	}
+}
+
+func TestPing(t *testing.T) {
+	answering := netip.MustParseAddr("192.0.2.30")
+	tests := []struct {
+		name       string
+		dst        netip.Addr
+		wantOK     bool
+		wantResult string // icmp_echo_total label that must be 1, "" for none
+	}{
+		{name: "gateway v4", dst: gatewayV4, wantOK: true},
+		{name: "gateway v6", dst: gatewayV6, wantOK: true},
+		{name: "remote host answers", dst: answering, wantOK: true, wantResult: "replied"},
+		{name: "remote host silent", dst: netip.MustParseAddr("192.0.2.31"), wantResult: "error"},
+		{name: "loopback denied", dst: netip.MustParseAddr("127.0.0.1"), wantResult: "denied"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newTestPair(t, GatewayConfig{pingHost: func(ctx context.Context, dst netip.Addr, data []byte) error {
+				if dst == answering {
+					return nil
+				}
+				return errors.New("host unreachable")
+			}})
+			timeout := 5 * time.Second
+			if !tt.wantOK {
+				timeout = 500 * time.Millisecond
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			rtt, err := p.client.Ping(ctx, tt.dst)
+			if gotOK := err == nil; gotOK != tt.wantOK {
+				t.Fatalf("Ping(%s): got err %v, want ok=%v", tt.dst, err, tt.wantOK)
+			}
+			if tt.wantOK && rtt <= 0 {
+				t.Errorf("Ping(%s) rtt: got %v, want > 0", tt.dst, rtt)
+			}
+			if tt.wantResult != "" {
+				c := p.gw.m.icmpEcho.WithLabelValues(tt.wantResult)
+				waitFor(t, "icmp_echo_total{result="+tt.wantResult+"}", 5*time.Second, func() bool { return testutil.ToFloat64(c) == 1 })
+			}
+		})
+	}
+}
+
+// TestGatewayDialsIntoClient is the intercept path: the gateway opens a
+// connection to the workstation's tunnel address.
+func TestGatewayDialsIntoClient(t *testing.T) {
+	p := newTestPair(t, GatewayConfig{})
+	ln, err := p.client.ListenTCP(8080)
+	if err != nil {
+		t.Fatalf("ListenTCP: %v", err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := p.gw.DialContext(ctx, "tcp", "10.77.0.2:8080")
+	if err != nil {
+		t.Fatalf("gateway dial: %v", err)
+	}
+	defer c.Close()
+	s, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	defer s.Close()
+	if got, want := s.RemoteAddr().String(), "10.77.0.1:"; !strings.HasPrefix(got, want) {
+		t.Errorf("accepted remote addr: got %s, want prefix %s", got, want)
+	}
+	io.WriteString(c, "hi")
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "hi" {
+		t.Errorf("client side read: got %q, %v, want %q", buf, err, "hi")
+	}
+
+	// UDP into the client.
+	upc, err := p.client.ListenUDP(5353)
+	if err != nil {
+		t.Fatalf("ListenUDP: %v", err)
+	}
+	defer upc.Close()
+	uc, err := p.gw.DialContext(ctx, "udp", "10.77.0.2:5353")
+	if err != nil {
+		t.Fatalf("gateway dial udp: %v", err)
+	}
+	defer uc.Close()
+	uc.Write([]byte("q"))
+	upc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, from, err := upc.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("client udp read: %v", err)
+	}
+	if got, want := string(buf[:n]), "q"; got != want {
+		t.Errorf("client udp read: got %q, want %q", got, want)
+	}
+	if _, err := upc.WriteTo([]byte("a"), from); err != nil {
+		t.Fatalf("client udp reply: %v", err)
+	}
+	uc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := uc.Read(buf); err != nil || string(buf[:n]) != "a" {
+		t.Errorf("gateway udp read: got %q, %v, want %q", buf[:n], err, "a")
+	}
+}
+
+// TestCloseLeavesNoGoroutines closes a pair with flows still open and
+// checks every goroutine it started exits.
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	before++ // the accept loop above
+	t.Run("pair", func(t *testing.T) {
+		p := newTestPair(t, GatewayConfig{})
+		p.dialer.route("192.0.2.10:80", ln.Addr().String())
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := p.client.DialContext(ctx, "tcp", "192.0.2.10:80")
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		io.WriteString(c, "open flow left for Close")
+		waitFor(t, "tcp flow to become active", 5*time.Second, func() bool {
+			return testutil.ToFloat64(p.gw.m.flowsActive.WithLabelValues("tcp")) == 1
+		})
+		// Cleanup closes the client and gateway while the flow is open.
+	})
+	waitFor(t, "goroutines to exit", 10*time.Second, func() bool { return runtime.NumGoroutine() <= before })
+}
+
+func TestCloseIdempotent(t *testing.T) {
+	g, err := NewGateway(GatewayConfig{Addrs: []netip.Addr{gatewayV4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewClient(ClientConfig{Addrs: []netip.Addr{clientV4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := g.Close(); err != nil {
+			t.Errorf("gateway Close #%d: %v", i+1, err)
+		}
+		if err := c.Close(); err != nil {
+			t.Errorf("client Close #%d: %v", i+1, err)
+		}
+	}
+	if _, err := g.TUN().Read(make([][]byte, 1), make([]int, 1), 0); err == nil {
+		t.Errorf("Read after Close: got nil error, want os.ErrClosed")
+	}
+}
+
+func BenchmarkTCPThroughput(b *testing.B) {
+	p := newTestPair(b, GatewayConfig{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, c)
+		c.Close()
+	}()
+	p.dialer.route("192.0.2.10:80", ln.Addr().String())
+	c, err := p.client.DialContext(context.Background(), "tcp", "192.0.2.10:80")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 256<<10)
+	b.SetBytes(int64(len(buf)))
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
