@@ -444,4 +444,8 @@ func BenchmarkTCPThroughput(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	b.StopTimer()
+	// Drops and retransmits explain a regression that MB/s alone would not.
+	b.ReportMetric(float64(p.client.ep.dropped.Load()+p.gw.ep.dropped.Load()), "linkdrops")
+	b.ReportMetric(float64(p.client.stack.Stats().TCP.Retransmits.Value()), "retransmits")
 }

@@ -230,6 +230,7 @@ func (t *Topology) ClientConfig(i int, ns *nstest.NS, tr client.Transport, mode 
 	switch tr {
 	case client.TransportUDP:
 		cfg.GatewayEndpoint = fmt.Sprintf("%s:%d", gwIP, UDPPort)
+		cfg.BindUDP = udpBindIn(ns)
 	case client.TransportStream:
 		addr := fmt.Sprintf("%s:%d", gwIP, StreamPort)
 		cfg.StreamDial = func(ctx context.Context) (net.Conn, error) { return ns.DialContext(ctx, "tcp", addr) }
