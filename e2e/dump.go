@@ -32,7 +32,7 @@ func (c *Cluster) DumpOnFailure(t testing.TB, namespaces ...string) {
 }
 
 func (c *Cluster) dumpNamespace(ctx context.Context, t testing.TB, ns string) {
-	if out, err := c.Kubectl(ctx, "-n", ns, "get", "pods,svc,endpointslices", "-o", "wide"); err == nil {
+	if out, err := c.RunKubectl(ctx, "-n", ns, "get", "pods,svc,endpointslices", "-o", "wide"); err == nil {
 		t.Logf("=== %s: objects\n%s", ns, out)
 	} else {
 		t.Logf("=== %s: %v", ns, err)

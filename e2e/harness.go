@@ -178,8 +178,8 @@ func (c *Cluster) KubectlCmd(ctx context.Context, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// Kubectl runs kubectl on the host and returns its stdout; the error carries stderr.
-func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
+// RunKubectl runs kubectl on the host and returns its stdout; the error carries stderr.
+func (c *Cluster) RunKubectl(ctx context.Context, args ...string) (string, error) {
 	var out, errb bytes.Buffer
 	cmd := c.KubectlCmd(ctx, args...)
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -194,7 +194,7 @@ func (c *Cluster) ApplyManifest(ctx context.Context, path string) error {
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(c.Repo, path)
 	}
-	_, err := c.Kubectl(ctx, "apply", "-f", path)
+	_, err := c.RunKubectl(ctx, "apply", "-f", path)
 	return err
 }
 
@@ -204,7 +204,7 @@ func (c *Cluster) WaitRollout(ctx context.Context, ns, name string) error {
 	if d, ok := ctx.Deadline(); ok {
 		timeout = fmt.Sprintf("%ds", max(1, int(time.Until(d).Seconds())))
 	}
-	_, err := c.Kubectl(ctx, "-n", ns, "rollout", "status", "deployment/"+name, "--timeout="+timeout)
+	_, err := c.RunKubectl(ctx, "-n", ns, "rollout", "status", "deployment/"+name, "--timeout="+timeout)
 	return err
 }
 

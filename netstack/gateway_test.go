@@ -20,29 +20,38 @@ import (
 )
 
 func TestHTTPGetThroughTunnel(t *testing.T) {
-	p := newTestPair(t, GatewayConfig{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "hello "+r.URL.Path)
 	}))
 	defer srv.Close()
-	p.dialer.route("192.0.2.10:80", srv.Listener.Addr().String())
-
-	hc := &http.Client{Transport: &http.Transport{DialContext: p.client.DialContext}, Timeout: 10 * time.Second}
-	defer hc.CloseIdleConnections()
-	resp, err := hc.Get("http://192.0.2.10/world")
-	if err != nil {
-		t.Fatalf("GET: %v", err)
+	tests := []struct {
+		name, fake, url string
+	}{
+		{"ipv4", "192.0.2.10:80", "http://192.0.2.10/world"},
+		{"ipv6", "[2001:db8::10]:80", "http://[2001:db8::10]/world"},
 	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatalf("read body: %v", err)
-	}
-	if got, want := string(body), "hello /world"; got != want {
-		t.Errorf("body: got %q, want %q", got, want)
-	}
-	if got, want := testutil.ToFloat64(p.gw.m.flowsTotal.WithLabelValues("tcp")), 1.0; got != want {
-		t.Errorf("flows_total{tcp}: got %v, want %v", got, want)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newTestPair(t, GatewayConfig{})
+			p.dialer.route(tt.fake, srv.Listener.Addr().String())
+			hc := &http.Client{Transport: &http.Transport{DialContext: p.client.DialContext}, Timeout: 10 * time.Second}
+			defer hc.CloseIdleConnections()
+			resp, err := hc.Get(tt.url)
+			if err != nil {
+				t.Fatalf("GET %s: %v", tt.url, err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatalf("read body: %v", err)
+			}
+			if got, want := string(body), "hello /world"; got != want {
+				t.Errorf("body: got %q, want %q", got, want)
+			}
+			if got, want := testutil.ToFloat64(p.gw.m.flowsTotal.WithLabelValues("tcp")), 1.0; got != want {
+				t.Errorf("flows_total{tcp}: got %v, want %v", got, want)
+			}
+		})
 	}
 }
 

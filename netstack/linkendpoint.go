@@ -86,34 +86,33 @@ func (e *linkEndpoint) BatchSize() int { return linkBatchSize }
 // Read blocks for the first outbound packet, then takes whatever else is
 // already queued without blocking, up to len(bufs).
 func (e *linkEndpoint) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	var pkt *stack.PacketBuffer
-	select {
-	case pkt = <-e.outbound:
-	case <-e.closed:
-		return 0, os.ErrClosed
-	}
 	n := 0
-	for {
-		if size, ok := copyPacket(bufs[n][offset:], pkt); ok {
-			sizes[n] = size
-			n++
-		} else {
-			e.dropped.Add(1)
-		}
-		pkt.DecRef()
-		if n == len(bufs) {
-			return n, nil
-		}
+	for n == 0 { // n stays 0 only if every packet taken was oversized
+		var pkt *stack.PacketBuffer
 		select {
 		case pkt = <-e.outbound:
-		default:
-			if n == 0 {
-				// Everything taken was oversized; wait for a usable packet.
-				return e.Read(bufs, sizes, offset)
+		case <-e.closed:
+			return 0, os.ErrClosed
+		}
+		for pkt != nil {
+			if size, ok := copyPacket(bufs[n][offset:], pkt); ok {
+				sizes[n] = size
+				n++
+			} else {
+				e.dropped.Add(1)
 			}
-			return n, nil
+			pkt.DecRef()
+			pkt = nil
+			if n == len(bufs) {
+				break
+			}
+			select {
+			case pkt = <-e.outbound:
+			default:
+			}
 		}
 	}
+	return n, nil
 }
 
 // copyPacket copies the packet's bytes into dst; false if dst is too small.

@@ -1,0 +1,140 @@
+package session
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Status is what `bridgetun status` shows.
+type Status struct {
+	State            string    `json:"state"` // connecting, connected, reconnecting
+	PID              int       `json:"pid"`
+	Context          string    `json:"context"`
+	Namespace        string    `json:"namespace"`
+	GatewayNamespace string    `json:"gateway_namespace"`
+	GatewayPod       string    `json:"gateway_pod"`
+	GatewayVersion   string    `json:"gateway_version"`
+	ClientVersion    string    `json:"client_version"`
+	Mode             string    `json:"mode"`
+	Transport        string    `json:"transport"`
+	TUN              string    `json:"tun,omitempty"`
+	TunnelAddress    string    `json:"tunnel_address"`
+	GatewayAddress   string    `json:"gateway_address"`
+	Routes           []string  `json:"routes"`
+	ClusterDNS       string    `json:"cluster_dns"`
+	ClusterDomain    string    `json:"cluster_domain"`
+	LastHandshake    time.Time `json:"last_handshake"`
+	HandshakeAgeSec  float64   `json:"handshake_age_seconds"`
+	RxBytes          uint64    `json:"rx_bytes"`
+	TxBytes          uint64    `json:"tx_bytes"`
+	Reconnects       int64     `json:"reconnects"`
+	Since            time.Time `json:"since"`
+}
+
+// serveAPI serves GET /status and POST /down on an owner-only Unix socket.
+func serveAPI(ctx context.Context, path string, status func() Status, down func()) (io.Closer, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("socket dir %s: %w", filepath.Dir(path), err)
+	}
+	_ = os.Remove(path) // a stale socket; a live session was ruled out before
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(status())
+	})
+	mux.HandleFunc("POST /down", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+		go down()
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	return closerFunc(func() error {
+		err := srv.Close()
+		_ = os.Remove(path)
+		return err
+	}), nil
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
+// ErrNotRunning means no session answers on the socket.
+var ErrNotRunning = errors.New("bridgetun is not up (start it with `bridgetun up`)")
+
+// Client talks to a running session.
+type Client struct{ http *http.Client }
+
+// NewClient returns a client for the session socket at path.
+func NewClient(path string) *Client {
+	return &Client{http: &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}},
+	}}
+}
+
+// Status fetches the session's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var st Status
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://bridgetun/status", nil)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return st, notRunning(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, fmt.Errorf("status: %w", err)
+	}
+	return st, nil
+}
+
+// Down asks the session to end and waits until its socket is gone.
+func (c *Client) Down(ctx context.Context) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://bridgetun/down", nil)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return notRunning(err)
+	}
+	resp.Body.Close()
+	for {
+		if _, err := c.Status(ctx); errors.Is(err, ErrNotRunning) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("down: session still running: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond): // polling the socket until the session has cleaned up
+		}
+	}
+}
+
+func notRunning(err error) error {
+	var ne *net.OpError
+	if errors.As(err, &ne) || errors.Is(err, os.ErrNotExist) {
+		return ErrNotRunning
+	}
+	return err
+}

@@ -1,0 +1,84 @@
+package session
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// leftovers records what a running session changed on the machine, so the
+// next start can undo it if this one dies without cleaning up.
+type leftovers struct {
+	PID     int    `json:"pid"`
+	TUN     string `json:"tun,omitempty"`
+	Socket  string `json:"socket"`
+	Context string `json:"context"`
+}
+
+func (p Paths) writeLeftovers(l leftovers) error {
+	if err := os.MkdirAll(p.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state dir %s: %w", p.StateDir, err)
+	}
+	b, _ := json.Marshal(l)
+	tmp := p.leftoversFile() + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("record session state: %w", err)
+	}
+	return os.Rename(tmp, p.leftoversFile())
+}
+
+func (p Paths) clearLeftovers() { _ = os.Remove(p.leftoversFile()) }
+
+// repairLeftovers undoes what a dead session left behind and says what it
+// did; a live session is reported as errAlreadyUp.
+func (p Paths) repairLeftovers(deleteLink func(name string) error) (repaired []string, err error) {
+	b, err := os.ReadFile(p.leftoversFile())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", p.leftoversFile(), err)
+	}
+	var l leftovers
+	if err := json.Unmarshal(b, &l); err != nil {
+		p.clearLeftovers()
+		return []string{"discarded an unreadable session record"}, nil
+	}
+	if l.PID > 0 && processAlive(l.PID) {
+		return nil, &AlreadyUpError{PID: l.PID, Socket: l.Socket}
+	}
+	if l.TUN != "" {
+		switch err := deleteLink(l.TUN); {
+		case err == nil:
+			repaired = append(repaired, "removed TUN device "+l.TUN+" and its routes")
+		case errors.Is(err, os.ErrNotExist):
+		default:
+			return repaired, fmt.Errorf("remove leftover TUN %s: %w (remove it with `ip link del %s`)", l.TUN, err, l.TUN)
+		}
+	}
+	if l.Socket != "" {
+		if err := os.Remove(l.Socket); err == nil {
+			repaired = append(repaired, "removed stale socket "+filepath.Base(l.Socket))
+		}
+	}
+	p.clearLeftovers()
+	return repaired, nil
+}
+
+// AlreadyUpError says another session is running.
+type AlreadyUpError struct {
+	PID    int
+	Socket string
+}
+
+func (e *AlreadyUpError) Error() string {
+	return fmt.Sprintf("bridgetun is already up (pid %d): see `bridgetun status`, or `bridgetun down` first", e.PID)
+}
+
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package session
+
+import "os"
+
+func deleteLink(string) error { return os.ErrNotExist }

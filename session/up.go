@@ -1,0 +1,454 @@
+package session
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/client"
+	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/internal/version"
+	"github.com/bridgetun/bridgetun/tunnel"
+)
+
+// Config is what `bridgetun up` was asked to do.
+type Config struct {
+	Cluster          cluster.Options
+	GatewayNamespace string // "" = the connection namespace
+	GatewayImage     string
+	ExposeNodePort   bool
+	Upgrade          bool
+	Transport        string // auto, stream, udp
+	GatewayEndpoint  string // udp: host:port; "" = the NodePort
+	Mode             client.Mode
+	TUNName          string
+	AllowConflicts   bool
+	AlsoProxy        []netip.Prefix
+	MTU              int
+	Paths            Paths
+	Log              *slog.Logger          // nil discards
+	Progress         io.Writer             // human progress lines; nil discards
+	Registerer       prometheus.Registerer // nil = no metrics
+	// Ready is called once the tunnel carries traffic (for --background).
+	Ready func(Status)
+}
+
+// Session is a running `up`.
+type Session struct {
+	cfg     Config
+	log     *slog.Logger
+	conn    *cluster.Conn
+	gwNS    string
+	key     tunnel.Key
+	reg     agent.RegisterResponse
+	routes  []netip.Prefix
+	client  *client.Client
+	mode    client.Mode
+	tr      string
+	since   time.Time
+	state   atomic.Value // string
+	podMu   sync.Mutex
+	pod     string
+	redials atomic.Int64
+}
+
+// Run brings the session up and keeps it until ctx ends or `down` is asked;
+// then it removes everything it added. Shutdown order: API socket, device and
+// routes (client.Close), session record.
+func Run(ctx context.Context, cfg Config) (err error) {
+	s := &Session{cfg: cfg, log: cfg.Log, mode: cfg.Mode, since: time.Now()}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.log = s.log.With("component", "session")
+	if cfg.Progress == nil {
+		cfg.Progress = io.Discard
+		s.cfg.Progress = io.Discard
+	}
+	s.state.Store("connecting")
+	start := time.Now()
+
+	repaired, err := cfg.Paths.repairLeftovers(deleteLink)
+	if err != nil {
+		return err
+	}
+	for _, r := range repaired {
+		s.progress("repaired a previous session's leftovers: %s", r)
+	}
+	if st, err := NewClient(cfg.Paths.Socket).Status(ctx); err == nil {
+		return &AlreadyUpError{PID: st.PID, Socket: cfg.Paths.Socket}
+	}
+
+	if s.conn, err = cluster.Connect(ctx, cfg.Cluster); err != nil {
+		return err
+	}
+	s.gwNS = cfg.GatewayNamespace
+	if s.gwNS == "" {
+		s.gwNS = s.conn.Namespace
+	}
+	s.progress("context %q, namespace %q (gateway in %q)", s.conn.Context, s.conn.Namespace, s.gwNS)
+	if err := cluster.CheckAccess(ctx, s.conn.Client, s.gwNS, cluster.UpAccessChecks(s.gwNS)); err != nil {
+		return err
+	}
+	if err := s.ensureGateway(ctx); err != nil {
+		return err
+	}
+	if s.key, err = tunnel.LoadOrCreateKey(cfg.Paths.keyFile()); err != nil {
+		return err
+	}
+	if err := s.register(ctx); err != nil {
+		return err
+	}
+	if err := s.computeRoutes(ctx); err != nil {
+		return err
+	}
+	if err := cfg.Paths.writeLeftovers(leftovers{PID: os.Getpid(), TUN: s.tunName(), Socket: cfg.Paths.Socket, Context: s.conn.Context}); err != nil {
+		return err
+	}
+	defer cfg.Paths.clearLeftovers()
+	if err := s.connect(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := s.client.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("close tunnel: %w", cerr))
+		}
+		s.progress("disconnected: routes and device removed")
+	}()
+	s.state.Store("connected")
+	s.progress("connected in %d ms: tunnel address %s, %d routes via %s", time.Since(start).Milliseconds(), s.reg.Address, len(s.routes), s.describeDevice())
+	s.registerMetrics()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	api, err := serveAPI(ctx, cfg.Paths.Socket, s.Status, cancel)
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	if cfg.Ready != nil {
+		cfg.Ready(s.Status())
+	}
+	s.heartbeat(ctx)
+	return nil
+}
+
+func (s *Session) progress(format string, args ...any) {
+	fmt.Fprintf(s.cfg.Progress, format+"\n", args...)
+	s.log.Info(fmt.Sprintf(format, args...))
+}
+
+func (s *Session) tunName() string {
+	if s.mode != client.ModeTUN {
+		return ""
+	}
+	if s.cfg.TUNName == "" {
+		return "bt0"
+	}
+	return s.cfg.TUNName
+}
+
+func (s *Session) describeDevice() string {
+	if s.mode == client.ModeTUN {
+		return "TUN " + s.tunName() + " (" + s.tr + ")"
+	}
+	return "netstack (" + s.tr + ")"
+}
+
+// ensureGateway installs the gateway when missing and waits for it.
+func (s *Session) ensureGateway(ctx context.Context) error {
+	have, err := cluster.GatewayVersion(ctx, s.conn.Client, s.gwNS)
+	if err != nil || have == "" || s.cfg.Upgrade || s.cfg.ExposeNodePort {
+		spec := cluster.GatewaySpec{Namespace: s.gwNS, Image: s.cfg.GatewayImage, ExposeNodePort: s.cfg.ExposeNodePort, Version: version.Version}
+		if key, _, err := cluster.ReadGatewaySecret(ctx, s.conn.Client, s.gwNS); err == nil && key != "" {
+			spec.PrivateKey = key
+		} else {
+			k, err := tunnel.GenerateKey()
+			if err != nil {
+				return err
+			}
+			spec.PrivateKey = k.String()
+		}
+		if err := cluster.InstallGateway(ctx, s.conn.Client, spec, s.cfg.Upgrade); err != nil {
+			return err
+		}
+		if have == "" {
+			s.progress("installed the gateway in %q (image %s)", s.gwNS, s.cfg.GatewayImage)
+		}
+	} else if have != version.Version {
+		return fmt.Errorf("gateway in %q runs %s but this client is %s: run `bridgetun install --upgrade` (or `bridgetun up --upgrade`)", s.gwNS, have, version.Version)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	pod, err := cluster.WaitGatewayReady(wctx, s.conn.Client, s.gwNS)
+	if err != nil {
+		return err
+	}
+	s.setPod(pod.Name)
+	s.progress("gateway ready: pod %s", pod.Name)
+	return nil
+}
+
+func (s *Session) setPod(name string) {
+	s.podMu.Lock()
+	s.pod = name
+	s.podMu.Unlock()
+}
+
+func (s *Session) currentPod() string {
+	s.podMu.Lock()
+	defer s.podMu.Unlock()
+	return s.pod
+}
+
+// register admits this workstation's key at the gateway's control API.
+func (s *Session) register(ctx context.Context) error {
+	dial := cluster.PortForwardDialer(s.conn.Config, s.conn.Client, s.gwNS, s.currentPod(), cluster.ControlPort)
+	hc := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
+		DialContext:       func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		DisableKeepAlives: true,
+	}}
+	body, _ := json.Marshal(agent.RegisterRequest{PublicKey: s.key.PublicKey().String(), Version: version.Version})
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://gateway/v1/register", bytes.NewReader(body))
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("register with gateway pod %s/%s: %w", s.gwNS, s.currentPod(), err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("register with gateway: %s: %s", resp.Status, bytes.TrimSpace(b))
+	}
+	var rr agent.RegisterResponse
+	if err := json.NewDecoder(resp.Body).Decode(&rr); err != nil {
+		return fmt.Errorf("register with gateway: %w", err)
+	}
+	if s.reg.Address != "" && rr.Address != s.reg.Address {
+		s.log.Warn("gateway handed out a different tunnel address", "was", s.reg.Address, "now", rr.Address)
+	}
+	s.reg = rr
+	return nil
+}
+
+// computeRoutes sends service and pod CIDRs (and --also-proxy) into the
+// tunnel, never the API server's own address.
+func (s *Session) computeRoutes(ctx context.Context) error {
+	nets, err := cluster.DiscoverNetworks(ctx, s.conn.Client)
+	if err != nil {
+		return err
+	}
+	gw, err := netip.ParseAddr(s.reg.GatewayAddress)
+	if err != nil {
+		return fmt.Errorf("gateway address %q: %w", s.reg.GatewayAddress, err)
+	}
+	want := append(append(append([]netip.Prefix{}, nets.ServiceCIDRs...), nets.PodCIDRs...), s.cfg.AlsoProxy...)
+	want = append(want, netip.PrefixFrom(gw, 32))
+	apiAddrs, err := s.conn.APIServerAddrs(ctx)
+	if err != nil {
+		return err
+	}
+	s.routes = excludeAddrs(want, apiAddrs)
+	if s.reg.ClusterDNS == "" && nets.DNS.IsValid() {
+		s.reg.ClusterDNS = nets.DNS.String()
+	}
+	return nil
+}
+
+// connect starts the tunnel over the chosen transport. auto tries UDP for
+// 3 s when a UDP endpoint is known, then falls back to the stream.
+func (s *Session) connect(ctx context.Context) error {
+	tr := s.cfg.Transport
+	if tr == "" {
+		tr = "auto"
+	}
+	switch tr {
+	case "udp":
+		return s.start(ctx, client.TransportUDP, 15*time.Second)
+	case "stream":
+		return s.start(ctx, client.TransportStream, 15*time.Second)
+	case "auto":
+		if ep, _ := s.udpEndpoint(ctx); ep != "" {
+			if err := s.start(ctx, client.TransportUDP, 3*time.Second); err == nil {
+				return nil
+			} else {
+				s.progress("UDP to %s did not answer within 3s (%v); using the stream transport", ep, err)
+			}
+		}
+		return s.start(ctx, client.TransportStream, 15*time.Second)
+	}
+	return fmt.Errorf("--transport %q: want auto, stream or udp", tr)
+}
+
+func (s *Session) start(ctx context.Context, tr client.Transport, handshakeWithin time.Duration) error {
+	addr, err := netip.ParsePrefix(s.reg.Address)
+	if err != nil {
+		return fmt.Errorf("tunnel address %q: %w", s.reg.Address, err)
+	}
+	gwKey, err := tunnel.ParseKey(s.reg.GatewayPublicKey)
+	if err != nil {
+		return fmt.Errorf("gateway key: %w", err)
+	}
+	cfg := client.Config{
+		PrivateKey: s.key, Addr: addr, GatewayKey: gwKey, Routes: s.routes,
+		Mode: s.mode, Transport: tr, TUNName: s.cfg.TUNName, MTU: s.cfg.MTU,
+		AllowConflicts: s.cfg.AllowConflicts, Log: s.cfg.Log, Registerer: s.cfg.Registerer,
+	}
+	switch tr {
+	case client.TransportUDP:
+		if cfg.GatewayEndpoint, err = s.udpEndpoint(ctx); err != nil {
+			return err
+		}
+	case client.TransportStream:
+		cfg.StreamDial = s.streamDial
+	}
+	c, err := client.Start(cfg)
+	if err != nil {
+		return err
+	}
+	if err := waitHandshake(ctx, c, handshakeWithin); err != nil {
+		_ = c.Close()
+		return err
+	}
+	s.client, s.tr = c, string(tr)
+	return nil
+}
+
+// streamDial opens a port-forward to the gateway's stream port. When the
+// gateway pod was replaced, it finds the new one and registers again, so
+// the tunnel keeps its address and the WireGuard session re-handshakes.
+func (s *Session) streamDial(ctx context.Context) (net.Conn, error) {
+	pod := s.currentPod()
+	c, err := cluster.PortForwardDialer(s.conn.Config, s.conn.Client, s.gwNS, pod, cluster.StreamPort)(ctx)
+	if err == nil {
+		s.redials.Add(1)
+		return c, nil
+	}
+	s.state.Store("reconnecting")
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	p, werr := cluster.WaitGatewayReady(wctx, s.conn.Client, s.gwNS)
+	if werr != nil {
+		return nil, fmt.Errorf("port-forward to %s: %v; waiting for a gateway pod: %w", pod, err, werr)
+	}
+	if p.Name != pod {
+		s.setPod(p.Name)
+		s.log.Info("gateway pod replaced; registering again", "old", pod, "new", p.Name)
+		if err := s.register(ctx); err != nil {
+			return nil, err
+		}
+	}
+	c, err = cluster.PortForwardDialer(s.conn.Config, s.conn.Client, s.gwNS, p.Name, cluster.StreamPort)(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.redials.Add(1)
+	s.state.Store("connected")
+	return c, nil
+}
+
+// udpEndpoint is --gateway-endpoint, else node address + the gateway's NodePort.
+func (s *Session) udpEndpoint(ctx context.Context) (string, error) {
+	if s.cfg.GatewayEndpoint != "" {
+		return s.cfg.GatewayEndpoint, nil
+	}
+	svc, err := s.conn.Client.CoreV1().Services(s.gwNS).Get(ctx, cluster.GatewayName, metav1.GetOptions{})
+	if err != nil || len(svc.Spec.Ports) == 0 || svc.Spec.Ports[0].NodePort == 0 {
+		return "", errors.New("no UDP endpoint: pass --gateway-endpoint HOST:PORT or --expose nodeport")
+	}
+	pod, err := s.conn.Client.CoreV1().Pods(s.gwNS).Get(ctx, s.currentPod(), metav1.GetOptions{})
+	if err != nil || pod.Status.HostIP == "" {
+		return "", fmt.Errorf("gateway pod's node address unknown: pass --gateway-endpoint HOST:PORT")
+	}
+	return net.JoinHostPort(pod.Status.HostIP, strconv.Itoa(int(svc.Spec.Ports[0].NodePort))), nil
+}
+
+// heartbeat renews the registration (the gateway forgets silent peers).
+func (s *Session) heartbeat(ctx context.Context) {
+	every := time.Duration(s.reg.TTLSeconds) * time.Second / 3
+	if every <= 0 {
+		every = time.Minute
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.register(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("renew registration", "err", err)
+			}
+		}
+	}
+}
+
+// Status reports the session.
+func (s *Session) Status() Status {
+	st := Status{
+		State: s.state.Load().(string), PID: os.Getpid(),
+		Context: s.conn.Context, Namespace: s.conn.Namespace, GatewayNamespace: s.gwNS,
+		GatewayPod: s.currentPod(), GatewayVersion: s.reg.Version, ClientVersion: version.Version,
+		Mode: string(s.mode), Transport: s.tr, TUN: s.tunName(),
+		TunnelAddress: s.reg.Address, GatewayAddress: s.reg.GatewayAddress,
+		ClusterDNS: s.reg.ClusterDNS, ClusterDomain: s.reg.ClusterDomain,
+		Reconnects: max(0, s.redials.Load()-1), Since: s.since,
+	}
+	for _, r := range s.routes {
+		st.Routes = append(st.Routes, r.String())
+	}
+	if s.client != nil {
+		if ps, err := s.client.Status(); err == nil {
+			st.LastHandshake, st.RxBytes, st.TxBytes = ps.LastHandshake, ps.RxBytes, ps.TxBytes
+			if !ps.LastHandshake.IsZero() {
+				st.HandshakeAgeSec = time.Since(ps.LastHandshake).Seconds()
+			}
+		}
+	}
+	return st
+}
+
+func (s *Session) registerMetrics() {
+	if s.cfg.Registerer == nil {
+		return
+	}
+	_ = s.cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "bridgetun_tunnel_handshake_age_seconds",
+		Help: "Seconds since the last WireGuard handshake with the gateway.",
+	}, func() float64 { return s.Status().HandshakeAgeSec }))
+	_ = s.cfg.Registerer.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "bridgetun_tunnel_transport_reconnects_total",
+		Help: "Stream transport redials after the first connection.",
+	}, func() float64 { return float64(max(0, s.redials.Load()-1)) }))
+}
+
+// waitHandshake polls the client until WireGuard completes a handshake.
+func waitHandshake(ctx context.Context, c *client.Client, within time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	for {
+		if st, err := c.Status(); err == nil && !st.LastHandshake.IsZero() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no WireGuard handshake with the gateway within %s", within)
+		case <-time.After(20 * time.Millisecond): // polling the device's handshake time
+		}
+	}
+}
