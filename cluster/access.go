@@ -1,0 +1,137 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// AccessCheck is one permission: Verb on Group/Resource[/Subresource].
+type AccessCheck struct{ Verb, Group, Resource, Subresource string }
+
+// String renders the check's resource the way kubectl names it:
+// "pods/portforward", "deployments.apps".
+func (a AccessCheck) String() string {
+	r := a.Resource
+	if a.Group != "" {
+		r += "." + a.Group
+	}
+	if a.Subresource != "" {
+		r += "/" + a.Subresource
+	}
+	return r
+}
+
+// AccessError lists the permissions a user lacks in one namespace.
+type AccessError struct {
+	Namespace string
+	Missing   []AccessCheck
+}
+
+func (e *AccessError) Error() string {
+	parts := make([]string, len(e.Missing))
+	for i, m := range e.Missing {
+		parts[i] = fmt.Sprintf("%q on %q", m.Verb, m.String())
+	}
+	return fmt.Sprintf("forbidden: you need %s in namespace %q (ask your cluster admin for the bridgetun role)",
+		strings.Join(parts, ", "), e.Namespace)
+}
+
+// CheckAccess asks the API server (SelfSubjectAccessReview) whether the
+// current user may do each check in ns, and returns an *AccessError listing
+// every missing permission. Conn.CheckAccess adds the context's name.
+func CheckAccess(ctx context.Context, client kubernetes.Interface, ns string, checks []AccessCheck) error {
+	var missing []AccessCheck
+	for _, c := range checks {
+		review := &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{
+				ResourceAttributes: &authorizationv1.ResourceAttributes{
+					Namespace:   ns,
+					Verb:        c.Verb,
+					Group:       c.Group,
+					Resource:    c.Resource,
+					Subresource: c.Subresource,
+				},
+			},
+		}
+		got, err := client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("check access %q on %q in namespace %q: %w", c.Verb, c.String(), ns, err)
+		}
+		if !got.Status.Allowed {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) > 0 {
+		return &AccessError{Namespace: ns, Missing: missing}
+	}
+	return nil
+}
+
+// UpAccessChecks lists what `bridgetun up` needs in the gateway namespace:
+// install or update the gateway, find its pod, port-forward to it.
+//
+// The gateway Role's own rules (get/list/watch services, endpoints,
+// endpointslices, pods) are included because Kubernetes lets a user bind a
+// Role only when the user holds its permissions (RBAC escalation check).
+func UpAccessChecks(ns string) []AccessCheck {
+	_ = ns // the checks are namespaced by CheckAccess's ns
+	checks := []AccessCheck{
+		{Verb: "create", Resource: "pods", Subresource: "portforward"},
+		{Verb: "get", Resource: "pods"},
+		{Verb: "list", Resource: "pods"},
+		{Verb: "watch", Resource: "pods"},
+		{Verb: "list", Group: "apps", Resource: "replicasets"},
+	}
+	for _, r := range []struct{ group, resource string }{
+		{"apps", "deployments"},
+		{"", "secrets"},
+		{"", "serviceaccounts"},
+		{"rbac.authorization.k8s.io", "roles"},
+		{"rbac.authorization.k8s.io", "rolebindings"},
+		{"", "services"},
+	} {
+		for _, verb := range []string{"get", "create", "update"} {
+			checks = append(checks, AccessCheck{Verb: verb, Group: r.group, Resource: r.resource})
+		}
+	}
+	for _, r := range gatewayRoleRules() {
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				for _, v := range r.Verbs {
+					c := AccessCheck{Verb: v, Group: g, Resource: res}
+					if !containsCheck(checks, c) {
+						checks = append(checks, c)
+					}
+				}
+			}
+		}
+	}
+	return checks
+}
+
+// UninstallAccessChecks lists what `bridgetun uninstall` needs in ns.
+func UninstallAccessChecks(ns string) []AccessCheck {
+	_ = ns
+	return []AccessCheck{
+		{Verb: "delete", Group: "apps", Resource: "deployments"},
+		{Verb: "delete", Resource: "secrets"},
+		{Verb: "delete", Resource: "serviceaccounts"},
+		{Verb: "delete", Group: "rbac.authorization.k8s.io", Resource: "roles"},
+		{Verb: "delete", Group: "rbac.authorization.k8s.io", Resource: "rolebindings"},
+		{Verb: "delete", Resource: "services"},
+	}
+}
+
+func containsCheck(cs []AccessCheck, c AccessCheck) bool {
+	for _, x := range cs {
+		if x == c {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/internal/version"
+	"github.com/bridgetun/bridgetun/tunnel"
+)
+
+func newInstallCmd() *cobra.Command {
+	var (
+		cf              clusterFlags
+		expose, output  string
+		dryRun, upgrade bool
+	)
+	cmd := &cobra.Command{
+		Use:   "install",
+		Short: "Install (or upgrade) the in-cluster gateway; `up` does this on first use",
+		Long: `Install the in-cluster gateway: a ServiceAccount, a Role and RoleBinding with
+the fewest verbs it needs, a Secret with its WireGuard key, and a Deployment
+running bridgetun-agent as non-root with no added capabilities. With
+--expose nodeport also a UDP NodePort Service for the udp transport.
+--dry-run -o yaml prints the manifests instead.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			spec := cluster.GatewaySpec{Image: cf.gatewayImage, ExposeNodePort: expose == "nodeport", Version: version.Version}
+			if expose != "" && expose != "nodeport" {
+				return fmt.Errorf("--expose %q: the only choice is nodeport", expose)
+			}
+			if dryRun {
+				if output != "yaml" {
+					return errors.New("--dry-run prints manifests: add -o yaml")
+				}
+				spec.Namespace = cf.gatewayNamespace
+				if spec.Namespace == "" {
+					spec.Namespace = cf.namespace
+				}
+				if spec.Namespace == "" {
+					spec.Namespace = "default"
+				}
+				spec.PrivateKey = "<generated at install>"
+				spec.SidecarToken = "<generated at install>"
+				b, err := cluster.GatewayYAML(spec)
+				if err != nil {
+					return err
+				}
+				_, err = cmd.OutOrStdout().Write(b)
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
+			defer cancel()
+			conn, err := cluster.Connect(ctx, cf.options())
+			if err != nil {
+				return err
+			}
+			spec.Namespace = cf.gatewayNamespace
+			if spec.Namespace == "" {
+				spec.Namespace = conn.Namespace
+			}
+			if key, _, err := cluster.ReadGatewaySecret(ctx, conn.Client, spec.Namespace); err == nil && key != "" {
+				spec.PrivateKey = key
+			} else {
+				k, err := tunnel.GenerateKey()
+				if err != nil {
+					return err
+				}
+				spec.PrivateKey = k.String()
+			}
+			if err := cluster.InstallGateway(ctx, conn.Client, spec, upgrade); err != nil {
+				return err
+			}
+			pod, err := cluster.WaitGatewayReady(ctx, conn.Client, spec.Namespace)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "gateway %s ready in %q (pod %s)\n", version.Version, spec.Namespace, pod.Name)
+			return nil
+		},
+	}
+	cf.add(cmd)
+	cmd.Flags().StringVar(&expose, "expose", "", "nodeport: also expose the WireGuard UDP port as a NodePort")
+	cmd.Flags().BoolVar(&upgrade, "upgrade", false, "replace a gateway of another version")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the manifests instead of applying them (with -o yaml)")
+	cmd.Flags().StringVarP(&output, "output", "o", "", "with --dry-run: yaml")
+	return cmd
+}
+
+func newUninstallCmd() *cobra.Command {
+	var cf clusterFlags
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Remove the in-cluster gateway and everything install created",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
+			defer cancel()
+			conn, err := cluster.Connect(ctx, cf.options())
+			if err != nil {
+				return err
+			}
+			ns := cf.gatewayNamespace
+			if ns == "" {
+				ns = conn.Namespace
+			}
+			if err := cluster.UninstallGateway(ctx, conn.Client, ns); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "gateway removed from %q\n", ns)
+			return nil
+		},
+	}
+	cf.add(cmd)
+	return cmd
+}

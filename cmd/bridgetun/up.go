@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bridgetun/bridgetun/client"
+	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/internal/obs"
+	"github.com/bridgetun/bridgetun/internal/version"
+	"github.com/bridgetun/bridgetun/session"
+)
+
+// clusterFlags are the kubectl-style connection flags shared by commands.
+type clusterFlags struct {
+	kubeconfig, context, namespace string
+	gatewayNamespace, gatewayImage string
+}
+
+func (f *clusterFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
+	cmd.Flags().StringVar(&f.context, "context", "", "kubeconfig context (default: the current context)")
+	cmd.Flags().StringVarP(&f.namespace, "namespace", "n", "", "namespace to connect to (default: the context's namespace)")
+	cmd.Flags().StringVar(&f.gatewayNamespace, "gateway-namespace", "", "namespace of the in-cluster gateway (default: the connection namespace)")
+	cmd.Flags().StringVar(&f.gatewayImage, "gateway-image", defaultGatewayImage(), "gateway image (env BRIDGETUN_GATEWAY_IMAGE)")
+}
+
+func (f *clusterFlags) options() cluster.Options {
+	return cluster.Options{Kubeconfig: f.kubeconfig, Context: f.context, Namespace: f.namespace}
+}
+
+func defaultGatewayImage() string {
+	if img := os.Getenv("BRIDGETUN_GATEWAY_IMAGE"); img != "" {
+		return img
+	}
+	return "ghcr.io/bridgetun/bridgetun-agent:" + version.Version
+}
+
+func newUpCmd() *cobra.Command {
+	var (
+		cf                                       clusterFlags
+		transport, endpoint, tunName, expose     string
+		metricsAddr, logLevel                    string
+		netstackMode, allowConflicts, background bool
+		upgrade                                  bool
+		alsoProxy                                []string
+		mtu                                      int
+	)
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Join this machine to the cluster network",
+		Long: `Join this machine to the cluster network: every pod and service IP of the
+cluster becomes reachable from here through a WireGuard tunnel to an
+in-cluster gateway (installed on first use).
+
+TUN mode (default) needs root and routes the cluster's service and pod CIDRs
+through a TUN device, for every program on the machine. --netstack needs no
+root: the tunnel ends in a userspace network stack.
+
+The session runs in the foreground until Ctrl-C (or --background returns once
+it is connected); then routes and device are removed. ` + "`bridgetun status`" + ` shows it,
+` + "`bridgetun down`" + ` ends it. A session that crashed is repaired by the next up.`,
+		Example: `  sudo bridgetun up -n my-app
+  sudo bridgetun up --background --transport udp --expose nodeport
+  bridgetun up --netstack`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			paths := session.DefaultPaths()
+			if background && os.Getenv(backgroundChildEnv) == "" {
+				return startBackground(cmd, paths)
+			}
+			log, closeLog, err := openLog(paths, logLevel)
+			if err != nil {
+				return err
+			}
+			defer closeLog()
+			cfg := session.Config{
+				Cluster: cf.options(), GatewayNamespace: cf.gatewayNamespace, GatewayImage: cf.gatewayImage,
+				Upgrade: upgrade, Transport: transport, GatewayEndpoint: endpoint,
+				Mode: client.ModeTUN, TUNName: tunName, AllowConflicts: allowConflicts, MTU: mtu,
+				Paths: paths, Log: log, Progress: cmd.OutOrStdout(),
+			}
+			switch expose {
+			case "":
+			case "nodeport":
+				cfg.ExposeNodePort = true
+			default:
+				return fmt.Errorf("--expose %q: the only choice is nodeport", expose)
+			}
+			if netstackMode {
+				cfg.Mode = client.ModeNetstack
+			} else if os.Geteuid() != 0 {
+				return errors.New("TUN mode needs root: run with sudo, or use --netstack")
+			}
+			for _, s := range alsoProxy {
+				p, err := netip.ParsePrefix(s)
+				if err != nil {
+					return fmt.Errorf("--also-proxy %q: want a CIDR such as 10.20.0.0/16", s)
+				}
+				cfg.AlsoProxy = append(cfg.AlsoProxy, p)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			reg := obs.NewRegistry()
+			cfg.Registerer = reg
+			if metricsAddr != "" {
+				bound, err := obs.ServeMetrics(ctx, metricsAddr, reg, log)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "metrics on http://%s/metrics\n", bound)
+			}
+			return session.Run(ctx, cfg)
+		},
+	}
+	cf.add(cmd)
+	cmd.Flags().StringVar(&transport, "transport", "auto", "auto (UDP if reachable, else stream), stream (over a Kubernetes port-forward), or udp")
+	cmd.Flags().StringVar(&endpoint, "gateway-endpoint", "", "udp transport: HOST:PORT of the gateway's UDP port (default: its NodePort)")
+	cmd.Flags().StringVar(&expose, "expose", "", "nodeport: also expose the gateway's WireGuard UDP port as a NodePort")
+	cmd.Flags().BoolVar(&netstackMode, "netstack", false, "no root: end the tunnel in a userspace network stack instead of a TUN device")
+	cmd.Flags().StringVar(&tunName, "tun-name", "bt0", "name of the TUN device")
+	cmd.Flags().BoolVar(&allowConflicts, "allow-conflicts", false, "route cluster CIDRs even where they overlap existing routes")
+	cmd.Flags().StringArrayVar(&alsoProxy, "also-proxy", nil, "extra CIDR to send through the gateway (repeatable)")
+	cmd.Flags().IntVar(&mtu, "mtu", 0, "inner MTU (default 1420)")
+	cmd.Flags().BoolVar(&background, "background", false, "return once connected, leaving the session running (logs in $TMPDIR/bridgetun/)")
+	cmd.Flags().BoolVar(&upgrade, "upgrade", false, "upgrade the gateway when its version differs from this client's")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address, e.g. 127.0.0.1:9091")
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error (log file in $TMPDIR/bridgetun/)")
+	return cmd
+}
+
+// openLog writes the session's log to $TMPDIR/bridgetun/bridgetun.log.
+func openLog(paths session.Paths, level string) (*slog.Logger, func(), error) {
+	if err := os.MkdirAll(paths.LogDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("log dir %s: %w", paths.LogDir, err)
+	}
+	f, err := os.OpenFile(filepath.Join(paths.LogDir, "bridgetun.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open log: %w", err)
+	}
+	log, err := obs.NewLogger(f, level)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return log, func() { f.Close() }, nil
+}
+
+const backgroundChildEnv = "BRIDGETUN_BACKGROUND_CHILD"
+
+// startBackground re-runs this command detached and returns once the session
+// answers on its socket as connected, or fails with the child's output.
+func startBackground(cmd *cobra.Command, paths session.Paths) error {
+	if err := os.MkdirAll(paths.LogDir, 0o700); err != nil {
+		return fmt.Errorf("log dir %s: %w", paths.LogDir, err)
+	}
+	outPath := filepath.Join(paths.LogDir, "up.out")
+	out, err := os.Create(outPath)
+	if err != nil {
+		return fmt.Errorf("background output: %w", err)
+	}
+	defer out.Close()
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	child := exec.Command(self, os.Args[1:]...)
+	child.Env = append(os.Environ(), backgroundChildEnv+"=1")
+	child.Stdout, child.Stderr, child.Stdin = out, out, nil
+	child.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := child.Start(); err != nil {
+		return fmt.Errorf("start background session: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- child.Wait() }()
+	sc := session.NewClient(paths.Socket)
+	deadline := time.After(3 * time.Minute)
+	for {
+		select {
+		case err := <-exited:
+			b, _ := os.ReadFile(outPath)
+			return fmt.Errorf("background session exited (%v):\n%s", err, tail(string(b), 20))
+		case <-deadline:
+			_ = child.Process.Signal(syscall.SIGTERM)
+			return fmt.Errorf("background session not connected after 3m; see %s", outPath)
+		case <-time.After(100 * time.Millisecond): // polling the new session's socket
+		}
+		st, err := sc.Status(context.Background())
+		if err == nil && st.State == "connected" && st.PID == child.Process.Pid {
+			b, _ := os.ReadFile(outPath)
+			_, _ = io.WriteString(cmd.OutOrStdout(), string(b))
+			fmt.Fprintf(cmd.OutOrStdout(), "running in the background (pid %d); `bridgetun status`, `bridgetun down`\n", st.PID)
+			return nil
+		}
+	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
