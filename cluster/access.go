@@ -72,14 +72,14 @@ func CheckAccess(ctx context.Context, client kubernetes.Interface, ns string, ch
 	return nil
 }
 
-// UpAccessChecks lists what `bridgetun up` needs in the gateway namespace:
+// UpAccessChecks lists what `bridgetun up` needs in the gateway namespace ns
+// (pass ns to CheckAccess; the checks themselves are namespace-free):
 // install or update the gateway, find its pod, port-forward to it.
 //
 // The gateway Role's own rules (get/list/watch services, endpoints,
 // endpointslices, pods) are included because Kubernetes lets a user bind a
 // Role only when the user holds its permissions (RBAC escalation check).
 func UpAccessChecks(ns string) []AccessCheck {
-	_ = ns // the checks are namespaced by CheckAccess's ns
 	checks := []AccessCheck{
 		{Verb: "create", Resource: "pods", Subresource: "portforward"},
 		{Verb: "get", Resource: "pods"},
@@ -116,7 +116,6 @@ func UpAccessChecks(ns string) []AccessCheck {
 
 // UninstallAccessChecks lists what `bridgetun uninstall` needs in ns.
 func UninstallAccessChecks(ns string) []AccessCheck {
-	_ = ns
 	return []AccessCheck{
 		{Verb: "delete", Group: "apps", Resource: "deployments"},
 		{Verb: "delete", Resource: "secrets"},

@@ -211,23 +211,26 @@ func podCIDRs(ctx context.Context, client kubernetes.Interface, log *slog.Logger
 	return out, nil
 }
 
-// coverAddrs covers service IPs with one /16 if they all fit, else /12s
-// (IPv6: /108, then /64).
+// coverAddrs covers service IPs with one /16 per family if they all fit,
+// else with /12s (IPv6: /108, else /64). It reports which IPv4 size it used.
 func coverAddrs(ips []netip.Addr) ([]netip.Prefix, int) {
-	if out := coverWith(ips, 16, 108); len(out) <= 1 || countV4(out) <= 1 && len(out)-countV4(out) <= 1 {
-		return out, 16
-	}
-	return coverWith(ips, 12, 64), 12
-}
-
-func countV4(ps []netip.Prefix) int {
-	n := 0
-	for _, p := range ps {
-		if p.Addr().Is4() {
-			n++
+	var v4, v6 []netip.Addr
+	for _, a := range ips {
+		if a.Unmap().Is4() {
+			v4 = append(v4, a)
+		} else {
+			v6 = append(v6, a)
 		}
 	}
-	return n
+	out4, bits := coverWith(v4, 16, 0), 16
+	if len(out4) > 1 {
+		out4, bits = coverWith(v4, 12, 0), 12
+	}
+	out6 := coverWith(v6, 0, 108)
+	if len(out6) > 1 {
+		out6 = coverWith(v6, 0, 64)
+	}
+	return append(out4, out6...), bits
 }
 
 func coverWith(ips []netip.Addr, bits4, bits6 int) []netip.Prefix {

@@ -15,10 +15,10 @@ import (
 
 // Drop reasons for bridgetun_tunnel_dropped_packets_total.
 const (
-	dropMalformed     = "malformed"       // not a WireGuard message by type and size
-	dropOversized     = "oversized_frame" // stream frame larger than the receive buffer
-	dropUnknownPeer   = "unknown_peer"    // handshake from a key this device does not know
-	dropStreamDown    = "stream_down"     // sent while the stream was reconnecting
+	dropMalformed   = "malformed"       // not a WireGuard message by type and size
+	dropOversized   = "oversized_frame" // stream frame larger than the receive buffer
+	dropUnknownPeer = "unknown_peer"    // handshake from a key this device does not know
+	dropStreamDown  = "stream_down"     // sent while the stream was reconnecting
 )
 
 // metrics are the tunnel's Prometheus counters. A Device and the binds it

@@ -28,7 +28,7 @@ const (
 	// stableAfter is how long a stream must live for the dial backoff to
 	// reset; shorter-lived streams keep backing off, so a gateway that
 	// accepts and immediately drops is not hammered.
-	stableAfter = time.Second
+	stableAfter   = time.Second
 	streamBufSize = 64 << 10
 )
 
@@ -88,6 +88,10 @@ type clientSession struct {
 	mu      sync.Mutex
 	cur     *streamConn   // nil or dead while reconnecting
 	changed chan struct{} // closed and replaced when cur is set
+	// pendingInit is the latest handshake initiation sent while the stream
+	// was down, sent first on the next stream. Without it the first
+	// handshake after Open waits for wireguard-go's 5s retransmit.
+	pendingInit []byte
 }
 
 // Open starts dialling in the background and returns immediately; packets
@@ -141,7 +145,8 @@ func (b *StreamBind) peerEndpoint(string) string { return clientEndpoint{}.DstTo
 // Send writes bufs as frames in one write. While the stream is down the
 // packets are dropped (and counted) and Send returns nil: WireGuard
 // retransmits handshakes itself and the inner protocols recover data, so
-// queueing would only add latency and memory.
+// queueing would only add latency and memory. The one exception is the
+// latest handshake initiation, kept and sent when the stream comes up.
 func (b *StreamBind) Send(bufs [][]byte, _ conn.Endpoint) error {
 	b.mu.Lock()
 	s := b.sess
@@ -151,6 +156,7 @@ func (b *StreamBind) Send(bufs [][]byte, _ conn.Endpoint) error {
 	}
 	sc := s.current()
 	if sc == nil {
+		s.keepInitiation(bufs)
 		b.m.dropped.WithLabelValues(dropStreamDown).Add(float64(len(bufs)))
 		return nil
 	}
@@ -162,6 +168,27 @@ func (b *StreamBind) Send(bufs [][]byte, _ conn.Endpoint) error {
 		sc.fail(err)
 	}
 	return nil
+}
+
+// keepInitiation remembers the last handshake initiation in bufs: one
+// fixed-size message, so holding it is bounded.
+func (s *clientSession) keepInitiation(bufs [][]byte) {
+	for _, p := range bufs {
+		if len(p) == msgInitiationSize && validMessage(p) && p[0] == msgInitiation {
+			s.mu.Lock()
+			s.pendingInit = append(s.pendingInit[:0], p...)
+			s.mu.Unlock()
+		}
+	}
+}
+
+// takeInitiation returns and clears the remembered initiation.
+func (s *clientSession) takeInitiation() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.pendingInit
+	s.pendingInit = nil
+	return p
 }
 
 // current returns the live stream, or nil while reconnecting.
@@ -262,6 +289,11 @@ func (s *clientSession) dialLoop() {
 		sc := newStreamConn(c)
 		start := time.Now()
 		s.b.log.Info("stream connected", "remote", c.RemoteAddr().String())
+		if p := s.takeInitiation(); p != nil {
+			if err := sc.writeBatch([][]byte{p}); err != nil {
+				sc.fail(err) // handled below like any broken stream
+			}
+		}
 		s.setConn(sc)
 		select {
 		case <-sc.dead:

@@ -53,6 +53,7 @@ pid_alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null
 start() {
   local n=$1 b; shift
   if [ -x "$BIN/$n" ]; then b=$BIN/$n; else b=$(command -v "$n"); fi
-  nohup "$b" "$@" > "$LOGS/$n.log" 2>&1 &
+  # 9>&-: daemons must not inherit up.sh's lock fd (flock would stay held)
+  nohup "$b" "$@" > "$LOGS/$n.log" 2>&1 9>&- &
   echo $! > "$RUN/$n.pid"
 }

@@ -38,20 +38,43 @@ func runHTTP(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	client := &http.Client{Timeout: 10 * time.Second}
+	log.Printf("testapp http %s on %s (downstream %q)", envOr("SERVICE_NAME", "testapp"), *listen, os.Getenv("DOWNSTREAM_URL"))
+	return http.ListenAndServe(*listen, logRequests(newHandler(configFromEnv(), &http.Client{Timeout: 10 * time.Second})))
+}
+
+// config is what an instance reports and calls; configFromEnv reads it from the pod's environment.
+type config struct {
+	Service, Instance, PodIP, Namespace string
+	Downstream                          string   // URL called per request ("" = none)
+	ConfigFile                          string   // file whose contents are reported ("" = none)
+	SecretEnvNames                      []string // env vars reported as present/absent only
+	ReportEnv                           []string // env vars reported with their values
+}
+
+func configFromEnv() config {
+	return config{
+		Service: envOr("SERVICE_NAME", "testapp"), Instance: envOr("POD_NAME", hostname()),
+		PodIP: os.Getenv("POD_IP"), Namespace: os.Getenv("POD_NAMESPACE"),
+		Downstream: os.Getenv("DOWNSTREAM_URL"), ConfigFile: os.Getenv("CONFIG_FILE"),
+		SecretEnvNames: list(os.Getenv("SECRET_ENV_NAMES")), ReportEnv: list(os.Getenv("REPORT_ENV")),
+	}
+}
+
+// newHandler serves /healthz and the echo answer at every other path.
+func newHandler(cfg config, client *http.Client) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		resp := Response{
-			Service:   envOr("SERVICE_NAME", "testapp"),
-			Instance:  envOr("POD_NAME", hostname()),
-			PodIP:     os.Getenv("POD_IP"),
-			Namespace: os.Getenv("POD_NAMESPACE"),
+			Service:   cfg.Service,
+			Instance:  cfg.Instance,
+			PodIP:     cfg.PodIP,
+			Namespace: cfg.Namespace,
 			Path:      r.URL.Path,
 			RouteAs:   r.Header.Get(RouteAsHeader),
 			Headers:   r.Header,
 		}
-		if p := os.Getenv("CONFIG_FILE"); p != "" {
+		if p := cfg.ConfigFile; p != "" {
 			b, err := os.ReadFile(p)
 			s := string(b)
 			if err != nil {
@@ -59,19 +82,19 @@ func runHTTP(args []string) error {
 			}
 			resp.Config = &s
 		}
-		for _, n := range list(os.Getenv("SECRET_ENV_NAMES")) {
+		for _, n := range cfg.SecretEnvNames {
 			if resp.SecretEnv == nil {
 				resp.SecretEnv = map[string]bool{}
 			}
 			_, resp.SecretEnv[n] = os.LookupEnv(n)
 		}
-		for _, n := range list(os.Getenv("REPORT_ENV")) {
+		for _, n := range cfg.ReportEnv {
 			if resp.Env == nil {
 				resp.Env = map[string]string{}
 			}
 			resp.Env[n] = os.Getenv(n)
 		}
-		if d := os.Getenv("DOWNSTREAM_URL"); d != "" {
+		if d := cfg.Downstream; d != "" {
 			body, err := callDownstream(r.Context(), client, d, r.Header.Get(RouteAsHeader))
 			if err != nil {
 				resp.Error = fmt.Sprintf("downstream %s: %v", d, err)
@@ -87,8 +110,7 @@ func runHTTP(args []string) error {
 		enc.SetIndent("", "  ")
 		enc.Encode(resp)
 	})
-	log.Printf("testapp http %s on %s (downstream %q)", envOr("SERVICE_NAME", "testapp"), *listen, os.Getenv("DOWNSTREAM_URL"))
-	return http.ListenAndServe(*listen, logRequests(mux))
+	return mux
 }
 
 func callDownstream(ctx context.Context, c *http.Client, url, routeAs string) (json.RawMessage, error) {

@@ -1,0 +1,246 @@
+package cluster
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/yaml"
+
+	"github.com/bridgetun/bridgetun/internal/version"
+)
+
+// GatewaySpec describes the in-cluster gateway to install.
+type GatewaySpec struct {
+	Namespace      string            // "" = "default"
+	Image          string            // e.g. bridgetun.local/bridgetun-agent:dev
+	PullPolicy     corev1.PullPolicy // "" = IfNotPresent
+	PrivateKey     string            // base64 WireGuard private key, Secret key "private-key"
+	SidecarToken   string            // Secret key "sidecar-token"; "" = generate
+	ExposeNodePort bool              // also create a UDP NodePort Service for WireGuard
+	Version        string            // "" = internal/version.Version
+}
+
+// Names and ports of the gateway.
+const (
+	GatewayName   = "bridgetun-gateway" // Deployment, ServiceAccount, Role, RoleBinding, Secret, Service
+	ControlPort   = 8081                // control API on 127.0.0.1 in the pod (port-forward only)
+	StreamPort    = 8082                // stream transport on 127.0.0.1 in the pod (port-forward only)
+	WireGuardPort = 51820               // UDP container port
+	MetricsPort   = 9090                // /metrics and /healthz on the pod IP
+
+	GatewayContainer = "gateway"
+	SecretKeyPrivate = "private-key"
+	SecretKeyToken   = "sidecar-token"
+
+	LabelName         = "app.kubernetes.io/name"
+	AnnotationVersion = "bridgetun.io/version"
+	gatewayUID        = 65532
+)
+
+// GatewaySelector is the label selector matching gateway pods.
+const GatewaySelector = LabelName + "=" + GatewayName
+
+func (s GatewaySpec) withDefaults() GatewaySpec {
+	if s.Namespace == "" {
+		s.Namespace = "default"
+	}
+	if s.PullPolicy == "" {
+		s.PullPolicy = corev1.PullIfNotPresent
+	}
+	if s.Version == "" {
+		s.Version = version.Version
+	}
+	if s.SidecarToken == "" {
+		s.SidecarToken = NewToken()
+	}
+	return s
+}
+
+// NewToken returns 32 random bytes, base64url-encoded.
+func NewToken() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// GatewayObjects returns the gateway's objects in creation order:
+// ServiceAccount, Role, RoleBinding, Secret, Deployment and, with
+// ExposeNodePort, the NodePort Service. TypeMeta is set on each.
+func GatewayObjects(spec GatewaySpec) []runtime.Object {
+	s := spec.withDefaults()
+	meta := func() metav1.ObjectMeta {
+		return metav1.ObjectMeta{
+			Name:      GatewayName,
+			Namespace: s.Namespace,
+			Labels: map[string]string{
+				LabelName:                      GatewayName,
+				"app.kubernetes.io/part-of":    "bridgetun",
+				"app.kubernetes.io/managed-by": "bridgetun",
+			},
+			Annotations: map[string]string{AnnotationVersion: s.Version},
+		}
+	}
+	objs := []runtime.Object{
+		&corev1.ServiceAccount{
+			TypeMeta:                     metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"},
+			ObjectMeta:                   meta(),
+			AutomountServiceAccountToken: ptr(true),
+		},
+		&rbacv1.Role{
+			TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "Role"},
+			ObjectMeta: meta(),
+			Rules:      gatewayRoleRules(),
+		},
+		&rbacv1.RoleBinding{
+			TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "RoleBinding"},
+			ObjectMeta: meta(),
+			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: GatewayName},
+			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: GatewayName, Namespace: s.Namespace}},
+		},
+		&corev1.Secret{
+			TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
+			ObjectMeta: meta(),
+			Type:       corev1.SecretTypeOpaque,
+			Data: map[string][]byte{
+				SecretKeyPrivate: []byte(s.PrivateKey),
+				SecretKeyToken:   []byte(s.SidecarToken),
+			},
+		},
+		gatewayDeployment(s, meta()),
+	}
+	if s.ExposeNodePort {
+		objs = append(objs, gatewayNodePortService(meta()))
+	}
+	return objs
+}
+
+// gatewayRoleRules is all the gateway may do, in its own namespace only:
+// read Services, Endpoints/EndpointSlices and Pods, to resolve and dial
+// in-namespace workloads and to find intercept sidecars. Nothing else.
+func gatewayRoleRules() []rbacv1.PolicyRule {
+	read := []string{"get", "list", "watch"}
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"services", "endpoints", "pods"}, Verbs: read},
+		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: read},
+	}
+}
+
+func gatewayDeployment(s GatewaySpec, meta metav1.ObjectMeta) *appsv1.Deployment {
+	podLabels := map[string]string{LabelName: GatewayName, "app.kubernetes.io/part-of": "bridgetun"}
+	secretEnv := func(name, key string) corev1.EnvVar {
+		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: GatewayName}, Key: key,
+		}}}
+	}
+	return &appsv1.Deployment{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
+		ObjectMeta: meta,
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr(int32(1)),
+			// Recreate: two gateways with one key would fight over peers.
+			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType},
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{LabelName: GatewayName}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{
+					Labels: podLabels,
+					Annotations: map[string]string{
+						"prometheus.io/scrape": "true",
+						"prometheus.io/port":   fmt.Sprint(MetricsPort),
+						AnnotationVersion:      s.Version,
+					},
+				},
+				Spec: corev1.PodSpec{
+					ServiceAccountName:           GatewayName,
+					AutomountServiceAccountToken: ptr(true),
+					SecurityContext: &corev1.PodSecurityContext{
+						// A namespaced "safe" sysctl: lets the unprivileged
+						// gateway answer ICMP echo through ping sockets.
+						Sysctls: []corev1.Sysctl{{Name: "net.ipv4.ping_group_range", Value: "0 2147483647"}},
+					},
+					Containers: []corev1.Container{{
+						Name:            GatewayContainer,
+						Image:           s.Image,
+						ImagePullPolicy: s.PullPolicy,
+						Args:            []string{"gateway", "--in-cluster", "--metrics-addr", fmt.Sprintf(":%d", MetricsPort)},
+						Env: []corev1.EnvVar{
+							secretEnv("BRIDGETUN_PRIVATE_KEY", SecretKeyPrivate),
+							secretEnv("BRIDGETUN_SIDECAR_TOKEN", SecretKeyToken),
+							{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+						},
+						// The control (8081) and stream (8082) ports bind
+						// 127.0.0.1 and are reached only by port-forward.
+						Ports: []corev1.ContainerPort{
+							{Name: "wireguard", ContainerPort: WireGuardPort, Protocol: corev1.ProtocolUDP},
+							{Name: "metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
+						},
+						ReadinessProbe: &corev1.Probe{
+							ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+								Path: "/healthz", Port: intstr.FromInt32(MetricsPort),
+							}},
+							PeriodSeconds: 2,
+						},
+						Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+							corev1.ResourceCPU:    resource.MustParse("50m"),
+							corev1.ResourceMemory: resource.MustParse("64Mi"),
+						}},
+						SecurityContext: &corev1.SecurityContext{
+							RunAsNonRoot:             ptr(true),
+							RunAsUser:                ptr(int64(gatewayUID)),
+							RunAsGroup:               ptr(int64(gatewayUID)),
+							AllowPrivilegeEscalation: ptr(false),
+							ReadOnlyRootFilesystem:   ptr(true),
+							Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+							SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+						},
+					}},
+				},
+			},
+		},
+	}
+}
+
+func gatewayNodePortService(meta metav1.ObjectMeta) *corev1.Service {
+	return &corev1.Service{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
+		ObjectMeta: meta,
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeNodePort,
+			Selector: map[string]string{LabelName: GatewayName},
+			Ports: []corev1.ServicePort{{
+				Name: "wireguard", Protocol: corev1.ProtocolUDP,
+				Port: WireGuardPort, TargetPort: intstr.FromInt32(WireGuardPort),
+			}},
+		},
+	}
+}
+
+// GatewayYAML renders GatewayObjects as multi-document YAML.
+func GatewayYAML(spec GatewaySpec) ([]byte, error) {
+	var buf bytes.Buffer
+	for i, o := range GatewayObjects(spec) {
+		b, err := yaml.Marshal(o)
+		if err != nil {
+			return nil, fmt.Errorf("render %T as YAML: %w", o, err)
+		}
+		if i > 0 {
+			buf.WriteString("---\n")
+		}
+		buf.Write(b)
+	}
+	return buf.Bytes(), nil
+}
+
+// Decoder decodes the YAML or JSON of built-in kinds (as GatewayYAML emits).
+func Decoder() runtime.Decoder { return scheme.Codecs.UniversalDeserializer() }
+
+func ptr[T any](v T) *T { return &v }

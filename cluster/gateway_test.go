@@ -1,0 +1,428 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+var testSpec = GatewaySpec{
+	Namespace:  "bt",
+	Image:      "bridgetun.local/bridgetun-agent:dev",
+	PrivateKey: "a2V5LW9uZQ==",
+	Version:    "v1.0.0",
+}
+
+func TestGatewayYAML(t *testing.T) {
+	spec := testSpec
+	spec.ExposeNodePort = true
+	out, err := GatewayYAML(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	var dep *appsv1.Deployment
+	var svc *corev1.Service
+	var secret *corev1.Secret
+	for _, doc := range bytes.Split(out, []byte("\n---\n")) {
+		obj, gvk, err := Decoder().Decode(doc, nil, nil)
+		if err != nil {
+			t.Fatalf("decode %q: %v", doc, err)
+		}
+		kinds = append(kinds, gvk.Kind)
+		if m, ok := obj.(metav1.Object); !ok || m.GetName() != GatewayName || m.GetNamespace() != "bt" {
+			t.Errorf("%s: not named %s in namespace bt", gvk.Kind, GatewayName)
+		}
+		switch o := obj.(type) {
+		case *appsv1.Deployment:
+			dep = o
+		case *corev1.Service:
+			svc = o
+		case *corev1.Secret:
+			secret = o
+		}
+	}
+	if diff := cmp.Diff([]string{"ServiceAccount", "Role", "RoleBinding", "Secret", "Deployment", "Service"}, kinds); diff != "" {
+		t.Errorf("kinds (-want +got):\n%s", diff)
+	}
+
+	if got := string(secret.Data[SecretKeyPrivate]); got != spec.PrivateKey {
+		t.Errorf("secret private-key = %q, want %q", got, spec.PrivateKey)
+	}
+	if len(secret.Data[SecretKeyToken]) < 32 || secret.Type != corev1.SecretTypeOpaque {
+		t.Errorf("secret: token %q type %q, want a generated token and Opaque", secret.Data[SecretKeyToken], secret.Type)
+	}
+
+	if dep.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType || *dep.Spec.Replicas != 1 {
+		t.Errorf("deployment strategy %q replicas %d, want Recreate 1", dep.Spec.Strategy.Type, *dep.Spec.Replicas)
+	}
+	pod := dep.Spec.Template
+	wantAnn := map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": "9090", AnnotationVersion: "v1.0.0"}
+	if diff := cmp.Diff(wantAnn, pod.Annotations); diff != "" {
+		t.Errorf("pod annotations (-want +got):\n%s", diff)
+	}
+	if pod.Labels[LabelName] != GatewayName {
+		t.Errorf("pod labels %v lack %s=%s", pod.Labels, LabelName, GatewayName)
+	}
+	sysctls := pod.Spec.SecurityContext.Sysctls
+	if len(sysctls) != 1 || sysctls[0] != (corev1.Sysctl{Name: "net.ipv4.ping_group_range", Value: "0 2147483647"}) {
+		t.Errorf("pod sysctls = %v", sysctls)
+	}
+	c := pod.Spec.Containers[0]
+	if c.Name != "gateway" || c.Image != spec.Image || c.ImagePullPolicy != corev1.PullIfNotPresent {
+		t.Errorf("container %q image %q pull %q", c.Name, c.Image, c.ImagePullPolicy)
+	}
+	if diff := cmp.Diff([]string{"gateway", "--in-cluster", "--metrics-addr", ":9090"}, c.Args); diff != "" {
+		t.Errorf("args (-want +got):\n%s", diff)
+	}
+	sc := c.SecurityContext
+	if !*sc.RunAsNonRoot || *sc.RunAsUser != 65532 || *sc.RunAsGroup != 65532 || *sc.AllowPrivilegeEscalation ||
+		!*sc.ReadOnlyRootFilesystem || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault ||
+		len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
+		t.Errorf("container securityContext = %+v", sc)
+	}
+	var ports []string
+	for _, p := range c.Ports {
+		ports = append(ports, p.Name+"/"+string(p.Protocol))
+		if p.ContainerPort == ControlPort || p.ContainerPort == StreamPort {
+			t.Errorf("port %d exposed; control and stream ports bind 127.0.0.1 only", p.ContainerPort)
+		}
+	}
+	if diff := cmp.Diff([]string{"wireguard/UDP", "metrics/TCP"}, ports); diff != "" {
+		t.Errorf("ports (-want +got):\n%s", diff)
+	}
+	env := map[string]string{}
+	for _, e := range c.Env {
+		switch {
+		case e.ValueFrom.SecretKeyRef != nil:
+			env[e.Name] = "secret:" + e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
+		case e.ValueFrom.FieldRef != nil:
+			env[e.Name] = "field:" + e.ValueFrom.FieldRef.FieldPath
+		}
+	}
+	wantEnv := map[string]string{
+		"BRIDGETUN_PRIVATE_KEY":   "secret:bridgetun-gateway/private-key",
+		"BRIDGETUN_SIDECAR_TOKEN": "secret:bridgetun-gateway/sidecar-token",
+		"POD_NAMESPACE":           "field:metadata.namespace",
+	}
+	if diff := cmp.Diff(wantEnv, env); diff != "" {
+		t.Errorf("env (-want +got):\n%s", diff)
+	}
+	if p := c.ReadinessProbe.HTTPGet; p.Path != "/healthz" || p.Port.IntValue() != MetricsPort {
+		t.Errorf("readiness probe %s:%s", p.Path, p.Port.String())
+	}
+	if c.Resources.Requests.Cpu().String() != "50m" || c.Resources.Requests.Memory().String() != "64Mi" || c.Resources.Limits != nil {
+		t.Errorf("resources = %+v", c.Resources)
+	}
+
+	if svc.Spec.Type != corev1.ServiceTypeNodePort || svc.Spec.Ports[0].Protocol != corev1.ProtocolUDP ||
+		svc.Spec.Ports[0].Port != WireGuardPort || svc.Spec.Ports[0].TargetPort.IntValue() != WireGuardPort ||
+		svc.Spec.Selector[LabelName] != GatewayName {
+		t.Errorf("service spec = %+v", svc.Spec)
+	}
+}
+
+func TestGatewayObjectsWithoutNodePort(t *testing.T) {
+	for _, o := range GatewayObjects(testSpec) {
+		if _, ok := o.(*corev1.Service); ok {
+			t.Error("Service created without ExposeNodePort")
+		}
+	}
+}
+
+// listAll returns "Kind" for every gateway object present in ns.
+func listAll(t *testing.T, client kubernetes.Interface, ns string) []string {
+	t.Helper()
+	ctx := context.Background()
+	var got []string
+	get := []struct {
+		kind string
+		get  func() error
+	}{
+		{"ServiceAccount", func() error {
+			_, err := client.CoreV1().ServiceAccounts(ns).Get(ctx, GatewayName, metav1.GetOptions{})
+			return err
+		}},
+		{"Role", func() error {
+			_, err := client.RbacV1().Roles(ns).Get(ctx, GatewayName, metav1.GetOptions{})
+			return err
+		}},
+		{"RoleBinding", func() error {
+			_, err := client.RbacV1().RoleBindings(ns).Get(ctx, GatewayName, metav1.GetOptions{})
+			return err
+		}},
+		{"Secret", func() error {
+			_, err := client.CoreV1().Secrets(ns).Get(ctx, GatewayName, metav1.GetOptions{})
+			return err
+		}},
+		{"Deployment", func() error {
+			_, err := client.AppsV1().Deployments(ns).Get(ctx, GatewayName, metav1.GetOptions{})
+			return err
+		}},
+		{"Service", func() error {
+			_, err := client.CoreV1().Services(ns).Get(ctx, GatewayName, metav1.GetOptions{})
+			return err
+		}},
+	}
+	for _, g := range get {
+		err := g.get()
+		if err == nil {
+			got = append(got, g.kind)
+		} else if !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+	}
+	return got
+}
+
+func TestInstallGateway(t *testing.T) {
+	ctx := t.Context()
+	client := fake.NewClientset()
+	spec := testSpec
+	spec.ExposeNodePort = true
+	if err := InstallGateway(ctx, client, spec, false); err != nil {
+		t.Fatal(err)
+	}
+	all := []string{"ServiceAccount", "Role", "RoleBinding", "Secret", "Deployment", "Service"}
+	if diff := cmp.Diff(all, listAll(t, client, "bt")); diff != "" {
+		t.Errorf("objects after install (-want +got):\n%s", diff)
+	}
+	key, token, err := ReadGatewaySecret(ctx, client, "bt")
+	if err != nil || key != spec.PrivateKey || token == "" {
+		t.Fatalf("ReadGatewaySecret = %q, %q, %v; want %q and a token", key, token, err, spec.PrivateKey)
+	}
+	// The server assigned a NodePort; a re-install must keep it.
+	svc, _ := client.CoreV1().Services("bt").Get(ctx, GatewayName, metav1.GetOptions{})
+	svc.Spec.Ports[0].NodePort = 31820
+	if _, err := client.CoreV1().Services("bt").Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Re-install with another key: the gateway keeps its identity.
+	again := spec
+	again.PrivateKey = "b3RoZXIta2V5"
+	if err := InstallGateway(ctx, client, again, false); err != nil {
+		t.Fatalf("idempotent re-install: %v", err)
+	}
+	key2, token2, err := ReadGatewaySecret(ctx, client, "bt")
+	if err != nil || key2 != key || token2 != token {
+		t.Errorf("after re-install: key %q token %q (%v), want the original %q %q", key2, token2, err, key, token)
+	}
+	svc, _ = client.CoreV1().Services("bt").Get(ctx, GatewayName, metav1.GetOptions{})
+	if svc.Spec.Ports[0].NodePort != 31820 {
+		t.Errorf("NodePort after re-install = %d, want 31820 kept", svc.Spec.Ports[0].NodePort)
+	}
+
+	// Without ExposeNodePort the stale Service goes.
+	if err := InstallGateway(ctx, client, testSpec, false); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(all[:5], listAll(t, client, "bt")); diff != "" {
+		t.Errorf("objects after install without NodePort (-want +got):\n%s", diff)
+	}
+
+	// Another version: refused without upgrade, applied with it.
+	newer := testSpec
+	newer.Version = "v2.0.0"
+	err = InstallGateway(ctx, client, newer, false)
+	want := "gateway in namespace \"bt\" is version v1.0.0, this bridgetun is v2.0.0: run `bridgetun install --upgrade` to replace it"
+	if err == nil || err.Error() != want {
+		t.Fatalf("version mismatch: got %v, want %q", err, want)
+	}
+	if err := InstallGateway(ctx, client, newer, true); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := GatewayVersion(ctx, client, "bt"); err != nil || v != "v2.0.0" {
+		t.Errorf("GatewayVersion after upgrade = %q, %v; want v2.0.0", v, err)
+	}
+	if k, _, _ := ReadGatewaySecret(ctx, client, "bt"); k != key {
+		t.Errorf("key after upgrade = %q, want %q", k, key)
+	}
+	d, _ := client.AppsV1().Deployments("bt").Get(ctx, GatewayName, metav1.GetOptions{})
+	if got := d.Spec.Template.Annotations[AnnotationVersion]; got != "v2.0.0" {
+		t.Errorf("pod template version = %q, want v2.0.0 (so the pods roll)", got)
+	}
+}
+
+func TestInstallGatewayNeedsKey(t *testing.T) {
+	spec := testSpec
+	spec.PrivateKey = ""
+	if err := InstallGateway(t.Context(), fake.NewClientset(), spec, false); err == nil {
+		t.Error("install without a key and without a Secret succeeded")
+	}
+}
+
+func TestUninstallGateway(t *testing.T) {
+	ctx := t.Context()
+	client := fake.NewClientset()
+	spec := testSpec
+	spec.ExposeNodePort = true
+	if err := InstallGateway(ctx, client, spec, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := UninstallGateway(ctx, client, "bt"); err != nil {
+		t.Fatal(err)
+	}
+	if got := listAll(t, client, "bt"); len(got) != 0 {
+		t.Errorf("left after uninstall: %v", got)
+	}
+	if err := UninstallGateway(ctx, client, "bt"); err != nil {
+		t.Errorf("second uninstall: %v", err)
+	}
+	if _, err := GatewayVersion(ctx, client, "bt"); !errors.Is(err, ErrGatewayNotInstalled) {
+		t.Errorf("GatewayVersion after uninstall: %v, want ErrGatewayNotInstalled", err)
+	}
+}
+
+// gatewayFixture installs the gateway and adds the ReplicaSet the
+// Deployment controller would have made, plus pods from the given
+// statuses, owned by it.
+func gatewayFixture(t *testing.T, pods ...corev1.PodStatus) *fake.Clientset {
+	t.Helper()
+	ctx := t.Context()
+	client := fake.NewClientset()
+	if err := InstallGateway(ctx, client, testSpec, false); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := client.AppsV1().Deployments("bt").Get(ctx, GatewayName, metav1.GetOptions{})
+	d.UID = "dep-uid"
+	if _, err := client.AppsV1().Deployments("bt").Update(ctx, d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i, rev := range []string{"1", "2"} {
+		rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{
+			Name: GatewayName + "-" + rev, Namespace: "bt", UID: types.UID("rs-" + rev),
+			Labels:          map[string]string{LabelName: GatewayName},
+			Annotations:     map[string]string{"deployment.kubernetes.io/revision": rev},
+			OwnerReferences: []metav1.OwnerReference{{UID: "dep-uid", Kind: "Deployment", Name: GatewayName}},
+		}}
+		if _, err := client.AppsV1().ReplicaSets("bt").Create(ctx, rs, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// An old, ready pod of revision 1 that must not count.
+		if i == 0 {
+			createPod(t, client, "old", "rs-1", readyStatus())
+		}
+	}
+	for i, st := range pods {
+		createPod(t, client, "new-"+string(rune('a'+i)), "rs-2", st)
+	}
+	return client
+}
+
+func createPod(t *testing.T, client kubernetes.Interface, name string, rsUID types.UID, st corev1.PodStatus) {
+	t.Helper()
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: GatewayName + "-" + name, Namespace: "bt",
+			Labels:          map[string]string{LabelName: GatewayName},
+			OwnerReferences: []metav1.OwnerReference{{UID: rsUID, Kind: "ReplicaSet"}},
+		},
+		Spec:   corev1.PodSpec{Containers: []corev1.Container{{Name: "gateway", Image: testSpec.Image}}},
+		Status: st,
+	}
+	if _, err := client.CoreV1().Pods("bt").Create(t.Context(), p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readyStatus() corev1.PodStatus {
+	return corev1.PodStatus{
+		Phase:      corev1.PodRunning,
+		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
+	}
+}
+
+func waitingStatus(reason, msg string) corev1.PodStatus {
+	return corev1.PodStatus{
+		Phase: corev1.PodPending,
+		ContainerStatuses: []corev1.ContainerStatus{{
+			Name: "gateway", Image: testSpec.Image,
+			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: msg}},
+		}},
+	}
+}
+
+func TestWaitGatewayReady(t *testing.T) {
+	tests := []struct {
+		name    string
+		pods    []corev1.PodStatus
+		wantPod string
+		wantErr []string // substrings
+	}{
+		{name: "ready", pods: []corev1.PodStatus{readyStatus()}, wantPod: GatewayName + "-new-a"},
+		{name: "image pull", pods: []corev1.PodStatus{waitingStatus("ErrImagePull", `failed to pull image "bridgetun.local/bridgetun-agent:dev": not found`)},
+			wantErr: []string{`container "gateway" (image bridgetun.local/bridgetun-agent:dev): ErrImagePull: failed to pull image`, "check --gateway-image"}},
+		{name: "never pull", pods: []corev1.PodStatus{waitingStatus("ErrImageNeverPull", "image not present with pull policy of Never")},
+			wantErr: []string{"ErrImageNeverPull", "check --gateway-image"}},
+		{name: "crash loop", pods: []corev1.PodStatus{waitingStatus("CrashLoopBackOff", "back-off 10s")},
+			wantErr: []string{"keeps crashing", "check --gateway-image", "kubectl -n bt logs"}},
+		{name: "only the old revision is ready", wantErr: []string{"not ready", context.DeadlineExceeded.Error()}},
+		{name: "creating", pods: []corev1.PodStatus{waitingStatus("ContainerCreating", "")},
+			wantErr: []string{"ContainerCreating", context.DeadlineExceeded.Error()}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client := gatewayFixture(t, tt.pods...)
+			ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			pod, err := WaitGatewayReady(ctx, client, "bt")
+			if tt.wantPod != "" {
+				if err != nil || pod.Name != tt.wantPod {
+					t.Fatalf("got %v, %v; want pod %s", pod, err, tt.wantPod)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("got pod %s, want an error", pod.Name)
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "gateway-image") {
+				if took := time.Since(start); took > 200*time.Millisecond {
+					t.Errorf("fail-fast took %v", took)
+				}
+			}
+			t.Log(err)
+		})
+	}
+}
+
+func TestWaitGatewayReadyBecomesReady(t *testing.T) {
+	client := gatewayFixture(t, waitingStatus("ContainerCreating", ""))
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	go func() {
+		time.Sleep(300 * time.Millisecond) // the kubelet, later
+		p, _ := client.CoreV1().Pods("bt").Get(ctx, GatewayName+"-new-a", metav1.GetOptions{})
+		p.Status = readyStatus()
+		client.CoreV1().Pods("bt").UpdateStatus(ctx, p, metav1.UpdateOptions{})
+	}()
+	pod, err := WaitGatewayReady(ctx, client, "bt")
+	if err != nil || pod.Name != GatewayName+"-new-a" {
+		t.Fatalf("got %v, %v", pod, err)
+	}
+}
+
+func TestWaitGatewayNotInstalled(t *testing.T) {
+	_, err := WaitGatewayReady(t.Context(), fake.NewClientset(), "bt")
+	if !errors.Is(err, ErrGatewayNotInstalled) {
+		t.Errorf("got %v, want ErrGatewayNotInstalled", err)
+	}
+}

@@ -1,0 +1,69 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// TestStreamBindDownAndReopen drives StreamBind the way wireguard-go does
+// on BindUpdate: Open, Close (receive must return net.ErrClosed), Open
+// again, while the dialer cannot connect.
+func TestStreamBindDownAndReopen(t *testing.T) {
+	checkGoroutines(t)
+	reg := prometheus.NewRegistry()
+	dials := make(chan struct{}, 100)
+	b := NewStreamBind(StreamBindConfig{
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			dials <- struct{}{}
+			return nil, errors.New("refused")
+		},
+		Registerer: reg, MinBackoff: time.Millisecond, MaxBackoff: 4 * time.Millisecond,
+	})
+	pkt := make([]byte, 32)
+	pkt[0] = msgTransport
+	for round := range 2 {
+		fns, _, err := b.Open(0)
+		if err != nil {
+			t.Fatalf("round %d: Open: %v", round, err)
+		}
+		if _, _, err := b.Open(0); !errors.Is(err, conn.ErrBindAlreadyOpen) {
+			t.Errorf("round %d: second Open: got %v, want ErrBindAlreadyOpen", round, err)
+		}
+		<-dials // the dial loop is running
+		if err := b.Send([][]byte{pkt, pkt}, clientEndpoint{}); err != nil {
+			t.Errorf("round %d: Send while down: got %v, want nil", round, err)
+		}
+		recvErr := make(chan error, 1)
+		go func() {
+			bufs, sizes, eps := [][]byte{make([]byte, 100)}, make([]int, 1), make([]conn.Endpoint, 1)
+			_, err := fns[0](bufs, sizes, eps)
+			recvErr <- err
+		}()
+		if err := b.Close(); err != nil {
+			t.Fatalf("round %d: Close: %v", round, err)
+		}
+		if err := <-recvErr; !errors.Is(err, net.ErrClosed) {
+			t.Errorf("round %d: receive after Close: got %v, want net.ErrClosed", round, err)
+		}
+		if err := b.Close(); err != nil {
+			t.Errorf("round %d: second Close: got %v, want nil", round, err)
+		}
+	}
+	m := mustMetrics(reg) // same registry: returns the bind's counters
+	if got := testutil.ToFloat64(m.dropped.WithLabelValues(dropStreamDown)); got != 4 {
+		t.Errorf("stream_down drops: got %v, want 4", got)
+	}
+	if got := testutil.ToFloat64(m.reconnects); got != 0 {
+		t.Errorf("reconnects with no connection ever made: got %v, want 0", got)
+	}
+	if n, err := testutil.GatherAndCount(reg); err != nil || n == 0 {
+		t.Errorf("gather: got %d metrics, %v; want some, no error", n, err)
+	}
+}
