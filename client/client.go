@@ -121,8 +121,8 @@ func Start(cfg Config) (_ *Client, err error) {
 		}
 		peer.Endpoint = cfg.GatewayEndpoint
 	case TransportStream:
+		// The stream bind supplies its own endpoint: there is one gateway at the other end.
 		bind = tunnel.NewStreamBind(tunnel.StreamBindConfig{Dial: cfg.StreamDial, Log: log, Registerer: cfg.Registerer})
-		peer.Endpoint = "stream"
 	}
 	c.dev, err = tunnel.NewDevice(tunnel.DeviceConfig{
 		TUN:        td,
@@ -146,6 +146,8 @@ func (cfg Config) validate() error {
 		return errors.New("client config: gateway_public_key is empty")
 	case !cfg.Addr.IsValid():
 		return errors.New("client config: address: a tunnel address such as 100.96.0.2/32 is required")
+	case cfg.MTU < 0 || cfg.MTU > tunnel.MaxInnerMTU || (cfg.MTU != 0 && cfg.MTU < 1280):
+		return fmt.Errorf("client config: mtu %d: want 1280 to %d", cfg.MTU, tunnel.MaxInnerMTU)
 	case cfg.Mode != ModeTUN && cfg.Mode != ModeNetstack:
 		return fmt.Errorf("client config: mode %q: want %q or %q", cfg.Mode, ModeTUN, ModeNetstack)
 	case cfg.Transport == TransportUDP && cfg.GatewayEndpoint == "":

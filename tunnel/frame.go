@@ -12,6 +12,15 @@ import (
 // MaxMessageSize).
 const MaxFrameSize = 65535
 
+// MaxInnerMTU is the largest inner MTU bridgetun configures (the stream
+// transport allows more than a path MTU would).
+const MaxInnerMTU = 65000
+
+// maxMessageSize bounds a WireGuard message for MaxInnerMTU: the packet
+// plus transport header and authentication tag. A longer frame on a
+// stream cannot come from a bridgetun peer and counts as oversized.
+const maxMessageSize = MaxInnerMTU + 32
+
 // ErrFrameTooLarge reports a frame that does not fit: a packet longer than
 // MaxFrameSize to write, or a length prefix longer than the read buffer.
 var ErrFrameTooLarge = errors.New("frame too large")

@@ -261,7 +261,7 @@ func (b *StreamServerBind) readLoop(sc *serverConn) {
 		delete(b.conns, sc.ep.id)
 		b.mu.Unlock()
 	}()
-	buf := make([]byte, MaxFrameSize)
+	buf := make([]byte, maxMessageSize)
 	for {
 		n, err := ReadFrame(sc.r, buf)
 		if err != nil {

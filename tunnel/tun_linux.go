@@ -172,13 +172,18 @@ func (t *TUN) Close() error {
 			errs = append(errs, fmt.Errorf("delete address %s: %w", t.addr.IPNet, err))
 		}
 	}
-	if t.link != nil {
-		if err := netlink.LinkDel(t.link); err != nil && !gone(err) {
-			errs = append(errs, fmt.Errorf("delete link: %w", err))
-		}
-	}
+	// Closing the file descriptor removes a non-persistent TUN (the kernel
+	// refuses RTM_DELLINK for it with EOPNOTSUPP); delete the link only if it
+	// somehow outlived that.
 	if err := t.dev.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 		errs = append(errs, fmt.Errorf("close device: %w", err))
+	}
+	if t.link != nil {
+		if l, err := netlink.LinkByName(t.name); err == nil {
+			if err := netlink.LinkDel(l); err != nil && !gone(err) && !errors.Is(err, unix.EOPNOTSUPP) {
+				errs = append(errs, fmt.Errorf("delete link: %w", err))
+			}
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("close TUN %q: %w", t.name, err)
