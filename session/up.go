@@ -41,6 +41,7 @@ type Config struct {
 	AllowConflicts   bool
 	AlsoProxy        []netip.Prefix
 	MTU              int
+	Forwards         []string // netstack mode: LOCAL=REMOTE TCP forwards
 	Paths            Paths
 	Log              *slog.Logger          // nil discards
 	Progress         io.Writer             // human progress lines; nil discards
@@ -134,6 +135,17 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	s.state.Store("connected")
 	s.progress("connected in %d ms: tunnel address %s, %d routes via %s", time.Since(start).Milliseconds(), s.reg.Address, len(s.routes), s.describeDevice())
 	s.registerMetrics()
+	for _, spec := range cfg.Forwards {
+		local, remote, err := client.ParseForward(spec)
+		if err != nil {
+			return err
+		}
+		bound, err := s.client.Forward(ctx, local, remote, s.log)
+		if err != nil {
+			return err
+		}
+		s.progress("forwarding %s to %s", bound, remote)
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

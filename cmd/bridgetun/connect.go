@@ -4,13 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -79,7 +75,11 @@ Config file (JSON):
 			}
 			defer c.Close()
 			for _, spec := range forwards {
-				if err := startForward(ctx, c, spec, log); err != nil {
+				local, remote, err := client.ParseForward(spec)
+				if err != nil {
+					return err
+				}
+				if _, err := c.Forward(ctx, local, remote, log); err != nil {
 					return err
 				}
 			}
@@ -97,57 +97,4 @@ Config file (JSON):
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	_ = cmd.MarkFlagRequired("config")
 	return cmd
-}
-
-// startForward listens on LOCAL and relays each connection through the tunnel to REMOTE.
-func startForward(ctx context.Context, c *client.Client, spec string, log *slog.Logger) error {
-	local, remote, ok := strings.Cut(spec, "=")
-	if !ok || local == "" || remote == "" {
-		return fmt.Errorf("--forward %q: want LOCAL=REMOTE, e.g. 127.0.0.1:8080=10.96.0.20:80", spec)
-	}
-	ln, err := net.Listen("tcp", local)
-	if err != nil {
-		return fmt.Errorf("--forward %q: %w", spec, err)
-	}
-	go func() {
-		<-ctx.Done()
-		_ = ln.Close()
-	}()
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer in.Close()
-				out, err := c.Netstack().DialContext(ctx, "tcp", remote)
-				if err != nil {
-					log.Warn("forward dial failed", "remote", remote, "err", err)
-					return
-				}
-				defer out.Close()
-				relay(in, out)
-			}()
-		}
-	}()
-	return nil
-}
-
-// relay copies both ways, passing half-closes on, until both directions end.
-func relay(a, b net.Conn) {
-	var wg sync.WaitGroup
-	cp := func(dst, src net.Conn) {
-		defer wg.Done()
-		_, _ = io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		} else {
-			_ = dst.Close()
-		}
-	}
-	wg.Add(2)
-	go cp(a, b)
-	go cp(b, a)
-	wg.Wait()
 }

@@ -56,7 +56,7 @@ func newUpCmd() *cobra.Command {
 		metricsAddr, logLevel                    string
 		netstackMode, allowConflicts, background bool
 		upgrade                                  bool
-		alsoProxy                                []string
+		alsoProxy, forwards                      []string
 		mtu                                      int
 	)
 	cmd := &cobra.Command{
@@ -91,7 +91,7 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 				Cluster: cf.options(), GatewayNamespace: cf.gatewayNamespace, GatewayImage: cf.gatewayImage,
 				Upgrade: upgrade, Transport: transport, GatewayEndpoint: endpoint,
 				Mode: client.ModeTUN, TUNName: tunName, AllowConflicts: allowConflicts, MTU: mtu,
-				Paths: paths, Log: log, Progress: cmd.OutOrStdout(),
+				Paths: paths, Log: log, Progress: cmd.OutOrStdout(), Forwards: forwards,
 			}
 			switch expose {
 			case "":
@@ -102,6 +102,8 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 			}
 			if netstackMode {
 				cfg.Mode = client.ModeNetstack
+			} else if len(forwards) > 0 {
+				return errors.New("--forward needs --netstack (in TUN mode, programs reach cluster addresses directly)")
 			} else if os.Geteuid() != 0 {
 				return errors.New("TUN mode needs root: run with sudo, or use --netstack")
 			}
@@ -135,6 +137,7 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 	cmd.Flags().BoolVar(&allowConflicts, "allow-conflicts", false, "route cluster CIDRs even where they overlap existing routes")
 	cmd.Flags().StringArrayVar(&alsoProxy, "also-proxy", nil, "extra CIDR to send through the gateway (repeatable)")
 	cmd.Flags().IntVar(&mtu, "mtu", 0, "inner MTU (default 1420)")
+	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "netstack mode: LOCAL=REMOTE TCP forward, e.g. 127.0.0.1:8080=10.96.0.20:80 (repeatable)")
 	cmd.Flags().BoolVar(&background, "background", false, "return once connected, leaving the session running (logs in $TMPDIR/bridgetun/)")
 	cmd.Flags().BoolVar(&upgrade, "upgrade", false, "upgrade the gateway when its version differs from this client's")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address, e.g. 127.0.0.1:9091")

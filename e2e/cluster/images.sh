@@ -12,8 +12,8 @@ if ! ctr -a "$CTR_ADDR" version >/dev/null 2>&1; then
   echo "images: containerd of the e2e cluster is not running ($CTR_ADDR): run make cluster-up first" >&2; exit 1
 fi
 tools() {
-  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$IMAGES/bin/mkimage" ./e2e/cmd/mkimage
-  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$IMAGES/bin/testapp" ./e2e/testapp
+  CGO_ENABLED=0 go build -ldflags "-s -w" -o "$IMAGES/bin/mkimage" ./e2e/cmd/mkimage
+  CGO_ENABLED=0 go build -ldflags "-s -w" -o "$IMAGES/bin/testapp" ./e2e/testapp
 }
 image() { # image NAME: build from e2e/images/NAME.files and import
   local n=$1
