@@ -1,0 +1,392 @@
+package e2e
+
+// bridgetun up against the real cluster, driven from the workstation
+// namespace bt-ws, which reaches nothing of the cluster but the API server
+// (and NodePorts) unless bridgetun connects it:
+//
+//	bt-ws ──veth── host/node 10.88.0.1 (API :6443, NodePorts) ── pods 10.244.0.0/24, services 10.96.0.0/16
+//	  bridgetun up ══ port-forward (stream) or NodePort (udp) ══ bridgetun-gateway pod ── cluster IPs
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/bridgetun/bridgetun/session"
+)
+
+const gatewayImage = "bridgetun.local/bridgetun-agent:dev"
+
+// workstation is one bridgetun session in bt-ws.
+type workstation struct {
+	c        *Cluster
+	bin      string
+	stateDir string
+	asUser   bool
+}
+
+func newWorkstation(t *testing.T, c *Cluster, name string, asUser bool) *workstation {
+	t.Helper()
+	bin := filepath.Join(c.Repo, "bin", "bridgetun")
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("%s missing: run `make build` (the agent image must come from the same build): %v", bin, err)
+	}
+	dir, err := os.MkdirTemp("", "bt-e2e-"+name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if asUser {
+		if out, err := exec.Command("chown", User, dir).CombinedOutput(); err != nil {
+			t.Fatalf("chown state dir: %v: %s", err, out)
+		}
+	}
+	w := &workstation{c: c, bin: bin, stateDir: dir, asUser: asUser}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = w.run(ctx, "down") // idempotent: fine if the test already ended it
+		os.RemoveAll(dir)
+	})
+	return w
+}
+
+func (w *workstation) cmd(ctx context.Context, args ...string) *exec.Cmd {
+	var cmd *exec.Cmd
+	if w.asUser {
+		cmd = w.c.InWorkstationAs(ctx, User, append([]string{w.bin}, args...)...)
+	} else {
+		cmd = w.c.InWorkstation(ctx, append([]string{w.bin}, args...)...)
+	}
+	cmd.Env = append(cmd.Env, "BRIDGETUN_STATE_DIR="+w.stateDir, "TMPDIR="+w.stateDir)
+	return cmd
+}
+
+func (w *workstation) run(ctx context.Context, args ...string) (string, error) {
+	out, err := w.cmd(ctx, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("bridgetun %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+func (w *workstation) status(ctx context.Context) (session.Status, error) {
+	var st session.Status
+	out, err := w.cmd(ctx, "status", "--json").Output()
+	if err != nil {
+		return st, fmt.Errorf("status: %w", err)
+	}
+	return st, json.Unmarshal(out, &st)
+}
+
+// inWS runs a program in bt-ws as root (as any workstation program would).
+func (c *Cluster) inWS(ctx context.Context, args ...string) (string, error) {
+	out, err := c.InWorkstation(ctx, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s (in %s): %w: %s", strings.Join(args, " "), WorkstationNS, err, out)
+	}
+	return string(out), nil
+}
+
+func TestUp(t *testing.T) {
+	c := Start(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
+	defer cancel()
+	c.DumpOnFailure(t, SampleNamespace)
+	if err := c.DeploySample(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sinkIP := deploySink(t, ctx, c)
+	frontendIP := clusterIP(t, ctx, c, "frontend")
+	udpIP := clusterIP(t, ctx, c, "udp-echo")
+	statsPod := podIP(t, ctx, c, "app=stats")
+
+	t.Run("workstation cannot reach the cluster before up", func(t *testing.T) {
+		if out, err := c.inWS(ctx, c.Testapp, "dial", "-timeout", "2s", frontendIP+":80"); err == nil {
+			t.Fatalf("dial %s:80 from bt-ws before up: connected (%s), want failure", frontendIP, out)
+		}
+	})
+
+	ws := newWorkstation(t, c, "tun", false)
+	out, err := ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage,
+		"--transport", "stream", "--metrics-addr", "127.0.0.1:9091")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("up:\n%s", out)
+	for _, want := range []string{"gateway ready", "connected in"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("up output: missing %q", want)
+		}
+	}
+
+	t.Run("status", func(t *testing.T) {
+		st, err := ws.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.State != "connected" || st.Transport != "stream" || st.Mode != "tun" || !strings.HasPrefix(st.TunnelAddress, "198.19.") {
+			t.Errorf("status: got state %q transport %q mode %q addr %q, want connected/stream/tun/198.19.x", st.State, st.Transport, st.Mode, st.TunnelAddress)
+		}
+		if st.LastHandshake.IsZero() || st.GatewayVersion != st.ClientVersion {
+			t.Errorf("status: handshake %v, gateway %q client %q", st.LastHandshake, st.GatewayVersion, st.ClientVersion)
+		}
+		for _, r := range []string{ServiceCIDR, "10.244.0.0/24"} {
+			if !containsPrefixCovering(st.Routes, r) {
+				t.Errorf("routes %v: want one covering %s", st.Routes, r)
+			}
+		}
+	})
+	t.Run("http to a ClusterIP", func(t *testing.T) { expectHTTP(t, ctx, c, "http://"+frontendIP+"/", `"service":"frontend"`) })
+	t.Run("http to a pod IP", func(t *testing.T) { expectHTTP(t, ctx, c, "http://"+statsPod+":8080/", `"service":"stats"`) })
+	t.Run("udp echo", func(t *testing.T) {
+		out, err := c.inWS(ctx, c.Testapp, "udp", "-timeout", "5s", udpIP+":5353", "hello-udp")
+		if err != nil || !strings.Contains(out, "hello-udp") {
+			t.Fatalf("udp echo: got %q, %v", out, err)
+		}
+	})
+	t.Run("32MiB transfer", func(t *testing.T) {
+		out, err := c.inWS(ctx, c.Testapp, "source", sinkIP+":9000", fmt.Sprint(32<<20))
+		if err != nil {
+			t.Fatalf("transfer: %v", err)
+		}
+		t.Log(strings.TrimSpace(out))
+	})
+	t.Run("metrics", func(t *testing.T) {
+		out, err := c.inWS(ctx, c.Testapp, "get", "http://127.0.0.1:9091/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := metricValue(out, "bridgetun_tunnel_rx_bytes_total"); v < 32<<10 {
+			t.Errorf("client bridgetun_tunnel_rx_bytes_total: got %v, want > 32 KiB", v)
+		}
+		st, _ := ws.status(ctx)
+		raw, err := c.Client.CoreV1().Pods(SampleNamespace).ProxyGet("http", st.GatewayPod, "9090", "/metrics", nil).DoRaw(ctx)
+		if err != nil {
+			t.Fatalf("gateway /metrics via the API server proxy: %v", err)
+		}
+		if v := metricValue(string(raw), "bridgetun_gateway_flows_total"); v < 3 {
+			t.Errorf("gateway bridgetun_gateway_flows_total: got %v, want >= 3 (http, pod, transfer)", v)
+		}
+	})
+
+	t.Run("port-forward killed mid-session", func(t *testing.T) {
+		before, _ := ws.status(ctx)
+		// Abort every TCP connection from bt-ws to the API server: the port-forward goes with them.
+		if out, err := c.inWS(ctx, "ss", "-K", "dst", NodeIP, "dport", "=", "6443"); err != nil {
+			t.Fatalf("ss -K: %v %s", err, out)
+		}
+		expectHTTPEventually(t, ctx, c, "http://"+frontendIP+"/", `"service":"frontend"`, time.Minute)
+		after, err := ws.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after.Reconnects <= before.Reconnects || after.TunnelAddress != before.TunnelAddress {
+			t.Errorf("after the cut: reconnects %d (before %d), address %s (before %s): want more reconnects, same address",
+				after.Reconnects, before.Reconnects, after.TunnelAddress, before.TunnelAddress)
+		}
+	})
+
+	t.Run("gateway pod deleted", func(t *testing.T) {
+		before, _ := ws.status(ctx)
+		if err := c.Client.CoreV1().Pods(SampleNamespace).Delete(ctx, before.GatewayPod, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		expectHTTPEventually(t, ctx, c, "http://"+frontendIP+"/", `"service":"frontend"`, 3*time.Minute)
+		after, _ := ws.status(ctx)
+		if after.GatewayPod == before.GatewayPod || after.TunnelAddress != before.TunnelAddress {
+			t.Errorf("after delete: pod %s (was %s), address %s (was %s): want a new pod, same address",
+				after.GatewayPod, before.GatewayPod, after.TunnelAddress, before.TunnelAddress)
+		}
+	})
+
+	t.Run("second workstation, netstack, no root", func(t *testing.T) {
+		ws2 := newWorkstation(t, c, "ns", true)
+		out, err := ws2.run(ctx, "up", "--background", "--netstack", "-n", SampleNamespace, "--gateway-image", gatewayImage,
+			"--transport", "stream", "--forward", "127.0.0.1:18080="+frontendIP+":80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("up --netstack:\n%s", out)
+		expectHTTP(t, ctx, c, "http://127.0.0.1:18080/", `"service":"frontend"`)
+		s1, _ := ws.status(ctx)
+		s2, err := ws2.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s1.State != "connected" || s2.State != "connected" || s1.TunnelAddress == s2.TunnelAddress {
+			t.Errorf("two workstations: %s %s and %s %s, want both connected with different addresses", s1.State, s1.TunnelAddress, s2.State, s2.TunnelAddress)
+		}
+		expectHTTP(t, ctx, c, "http://"+frontendIP+"/", `"service":"frontend"`) // the first still works
+		if _, err := ws2.run(ctx, "down"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("second up is refused", func(t *testing.T) {
+		out, err := ws.run(ctx, "up", "-n", SampleNamespace, "--gateway-image", gatewayImage)
+		if err == nil || !strings.Contains(out, "already up") || !strings.Contains(out, "bridgetun status") {
+			t.Errorf("second up: got %v %q, want an error pointing at status", err, out)
+		}
+	})
+
+	t.Run("down leaves nothing", func(t *testing.T) {
+		st, _ := ws.status(ctx)
+		if _, err := ws.run(ctx, "down"); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := c.inWS(ctx, "ip", "link", "show", "bt0"); err == nil {
+			t.Errorf("TUN bt0 still present after down: %s", out)
+		}
+		routes, _ := c.inWS(ctx, "ip", "route")
+		if strings.Contains(routes, "10.96.") || strings.Contains(routes, "10.244.") {
+			t.Errorf("cluster routes left after down:\n%s", routes)
+		}
+		if err := exec.Command("kill", "-0", fmt.Sprint(st.PID)).Run(); err == nil {
+			t.Errorf("session process %d still running after down", st.PID)
+		}
+		if _, err := c.inWS(ctx, c.Testapp, "dial", "-timeout", "2s", frontendIP+":80"); err == nil {
+			t.Errorf("ClusterIP still reachable after down")
+		}
+	})
+
+	t.Run("udp transport through the NodePort", func(t *testing.T) {
+		out, err := ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage,
+			"--transport", "udp", "--expose", "nodeport")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("up --transport udp:\n%s", out)
+		st, err := ws.status(ctx)
+		if err != nil || st.Transport != "udp" {
+			t.Fatalf("status: transport %q, %v; want udp", st.Transport, err)
+		}
+		expectHTTP(t, ctx, c, "http://"+frontendIP+"/", `"service":"frontend"`)
+		if _, err := ws.run(ctx, "down"); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func expectHTTP(t *testing.T, ctx context.Context, c *Cluster, url, want string) {
+	t.Helper()
+	out, err := c.inWS(ctx, c.Testapp, "get", url)
+	if err != nil {
+		t.Fatalf("GET %s from bt-ws: %v", url, err)
+	}
+	if !strings.Contains(out, want) {
+		t.Fatalf("GET %s: got %.300s, want it to contain %s", url, out, want)
+	}
+}
+
+func expectHTTPEventually(t *testing.T, ctx context.Context, c *Cluster, url, want string, within time.Duration) {
+	t.Helper()
+	start := time.Now()
+	err := Eventually(ctx, within, func(ctx context.Context) error {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		out, err := c.inWS(rctx, c.Testapp, "get", url)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, want) {
+			return fmt.Errorf("got %.200s", out)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("GET %s never answered: %v", url, err)
+	}
+	t.Logf("%s answered again after %s", url, time.Since(start).Round(100*time.Millisecond))
+}
+
+func clusterIP(t *testing.T, ctx context.Context, c *Cluster, svc string) string {
+	t.Helper()
+	s, err := c.Client.CoreV1().Services(SampleNamespace).Get(ctx, svc, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Spec.ClusterIP
+}
+
+func podIP(t *testing.T, ctx context.Context, c *Cluster, selector string) string {
+	t.Helper()
+	pods, err := c.Client.CoreV1().Pods(SampleNamespace).List(ctx, metav1.ListOptions{LabelSelector: selector})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("pods %s: %v (%d)", selector, err, len(pods.Items))
+	}
+	return pods.Items[0].Status.PodIP
+}
+
+// deploySink runs testapp's TCP sink behind a Service and returns its ClusterIP.
+func deploySink(t *testing.T, ctx context.Context, c *Cluster) string {
+	t.Helper()
+	labels := map[string]string{"app": "sink"}
+	one := int32(1)
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "sink", Namespace: SampleNamespace},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &one,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{
+					Name: "sink", Image: "bridgetun.local/testapp:dev", ImagePullPolicy: corev1.PullIfNotPresent,
+					Args:  []string{"sink", "-listen", ":9000"},
+					Ports: []corev1.ContainerPort{{ContainerPort: 9000}},
+				}}},
+			},
+		},
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "sink", Namespace: SampleNamespace},
+		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 9000, TargetPort: intstr.FromInt32(9000)}}},
+	}
+	if _, err := c.Client.AppsV1().Deployments(SampleNamespace).Create(ctx, dep, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
+		t.Fatal(err)
+	}
+	if _, err := c.Client.CoreV1().Services(SampleNamespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
+		t.Fatal(err)
+	}
+	if err := c.WaitRollout(ctx, SampleNamespace, "sink"); err != nil {
+		t.Fatal(err)
+	}
+	return clusterIP(t, ctx, c, "sink")
+}
+
+// metricValue sums a metric's samples in Prometheus text.
+func metricValue(text, name string) float64 {
+	var sum float64
+	for _, l := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(l, name) || (len(l) > len(name) && l[len(name)] != ' ' && l[len(name)] != '{') {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(l[strings.LastIndexByte(l, ' ')+1:], &v); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// containsPrefixCovering reports whether routes include cidr or a set of
+// its sub-prefixes (the API server's address may have been cut out).
+func containsPrefixCovering(routes []string, cidr string) bool {
+	base := strings.TrimSuffix(cidr[:strings.LastIndexByte(cidr, '/')], ".0")
+	for _, r := range routes {
+		if r == cidr || strings.HasPrefix(r, base) {
+			return true
+		}
+	}
+	return false
+}
