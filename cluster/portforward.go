@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -9,16 +10,20 @@ import (
 	"net/url"
 	"path"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/httpstream"
+	spdystream "k8s.io/apimachinery/pkg/util/httpstream/spdy"
+	pfconst "k8s.io/apimachinery/pkg/util/portforward"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/transport/spdy"
+	"k8s.io/client-go/transport/websocket"
 )
 
 // PortForwardDialer returns a dial function; each call opens a fresh
@@ -27,8 +32,8 @@ import (
 // upgrade is refused), and returns its data stream as a net.Conn. Closing
 // the net.Conn closes the streams and the connection. An error the kubelet
 // reports on the error stream (e.g. nothing listening on port) surfaces as
-// the Read error. client is unused today (the URL comes from cfg) and may
-// be nil.
+// the Read error. ctx bounds the dial only, not the connection. client is
+// unused today (the URL comes from cfg) and may be nil.
 func PortForwardDialer(cfg *rest.Config, client kubernetes.Interface, ns, pod string, port int) func(ctx context.Context) (net.Conn, error) {
 	_ = client
 	var reqID atomic.Int64
@@ -38,11 +43,7 @@ func PortForwardDialer(cfg *rest.Config, client kubernetes.Interface, ns, pod st
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)
 		}
-		dialer, err := portForwardHTTPDialer(cfg, u)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
-		}
-		conn, err := dialContext(ctx, dialer)
+		conn, err := dialContext(ctx, portForwardHTTPDialer(ctx, cfg, u))
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)
 		}
@@ -66,26 +67,76 @@ func portForwardURL(cfg *rest.Config, ns, pod string) (*url.URL, error) {
 	return &u, nil
 }
 
-// portForwardHTTPDialer builds kubectl's dialer: WebSocket tunnelling first,
-// SPDY when the server refuses the upgrade. It is built per dial because
-// the WebSocket round tripper's connection holder is single-use.
-func portForwardHTTPDialer(cfg *rest.Config, u *url.URL) (httpstream.Dialer, error) {
-	transport, upgrader, err := spdy.RoundTripperFor(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("SPDY transport: %w", err)
-	}
-	spdyDialer := spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u)
-	wsDialer, err := portforward.NewSPDYOverWebsocketDialer(u, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("WebSocket transport: %w", err)
-	}
-	return portforward.NewFallbackDialer(wsDialer, spdyDialer, func(err error) bool {
-		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
-	}), nil
+// portForwardHTTPDialer builds kubectl's dialer: SPDY tunnelled over
+// WebSocket first, plain SPDY when the server refuses the upgrade. It is
+// built per dial, bound to ctx: client-go's own dialers take no context, so
+// these two are the same few calls (websocket.Negotiate, spdy.Negotiate)
+// with requests made with ctx, which bounds connecting and the handshakes.
+func portForwardHTTPDialer(ctx context.Context, cfg *rest.Config, u *url.URL) httpstream.Dialer {
+	return portforward.NewFallbackDialer(
+		&wsDialer{ctx: ctx, cfg: cfg, url: u},
+		&spdyDialer{ctx: ctx, cfg: cfg, url: u},
+		func(err error) bool { return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err) },
+	)
 }
 
-// dialContext runs the context-less Dial, giving up when ctx ends; a
-// connection that arrives after that is closed.
+// wsDialer is portforward.NewSPDYOverWebsocketDialer with a context.
+type wsDialer struct {
+	ctx context.Context
+	cfg *rest.Config
+	url *url.URL
+}
+
+func (d *wsDialer) Dial(protocols ...string) (httpstream.Connection, string, error) {
+	rt, holder, err := websocket.RoundTripperFor(d.cfg)
+	if err != nil {
+		return nil, "", fmt.Errorf("WebSocket transport: %w", err)
+	}
+	req, err := http.NewRequestWithContext(d.ctx, http.MethodGet, d.url.String(), nil)
+	if err != nil {
+		return nil, "", err
+	}
+	tunneling := make([]string, len(protocols))
+	for i, p := range protocols {
+		tunneling[i] = pfconst.WebsocketsSPDYTunnelingPrefix + p
+	}
+	ws, err := websocket.Negotiate(rt, holder, req, tunneling...)
+	if err != nil {
+		return nil, "", err
+	}
+	if ws == nil {
+		return nil, "", errors.New("negotiated WebSocket connection is nil")
+	}
+	protocol := strings.TrimPrefix(ws.Subprotocol(), pfconst.WebsocketsSPDYTunnelingPrefix)
+	conn, err := spdystream.NewClientConnectionWithPings(portforward.NewTunnelingConnection("client", ws), portforward.PingPeriod)
+	if err != nil {
+		ws.Close()
+		return nil, "", err
+	}
+	return conn, protocol, nil
+}
+
+// spdyDialer is spdy.NewDialer with a context.
+type spdyDialer struct {
+	ctx context.Context
+	cfg *rest.Config
+	url *url.URL
+}
+
+func (d *spdyDialer) Dial(protocols ...string) (httpstream.Connection, string, error) {
+	transport, upgrader, err := spdy.RoundTripperFor(d.cfg)
+	if err != nil {
+		return nil, "", fmt.Errorf("SPDY transport: %w", err)
+	}
+	req, err := http.NewRequestWithContext(d.ctx, http.MethodPost, d.url.String(), nil)
+	if err != nil {
+		return nil, "", err
+	}
+	return spdy.Negotiate(upgrader, &http.Client{Transport: transport}, req, protocols...)
+}
+
+// dialContext runs Dial, giving up when ctx ends even if a handshake step
+// ignores ctx; a connection that arrives after that is closed.
 func dialContext(ctx context.Context, d httpstream.Dialer) (httpstream.Connection, error) {
 	type result struct {
 		conn httpstream.Connection

@@ -252,21 +252,29 @@ func TestPortForwardDialerContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	accepted := make(chan net.Conn, 10)
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
+				close(accepted)
 				return
 			}
-			defer c.Close()
+			accepted <- c
 		}
 	}()
+	baseline := runtime.NumGoroutine()
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
 	_, err = PortForwardDialer(&rest.Config{Host: "http://" + ln.Addr().String()}, nil, "bt", "gw-0", ControlPort)(ctx)
 	if err == nil || time.Since(start) > 2*time.Second {
 		t.Errorf("got %v after %v, want a context error promptly", err, time.Since(start))
+	}
+	// The abandoned handshake must not linger.
+	waitGoroutines(t, baseline)
+	ln.Close()
+	for c := range accepted {
+		c.Close()
 	}
 }
