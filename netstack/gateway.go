@@ -282,7 +282,7 @@ func relayTCP(a, b net.Conn) {
 	wg.Add(2)
 	half := func(dst, src net.Conn) {
 		defer wg.Done()
-		_, err := io.Copy(dst, src)
+		_, err := copyConn(dst, src)
 		if cw, ok := dst.(closeWriter); err == nil && ok {
 			if cw.CloseWrite() == nil {
 				return
@@ -296,4 +296,23 @@ func relayTCP(a, b net.Conn) {
 	go half(a, b)
 	go half(b, a)
 	wg.Wait()
+}
+
+// relayBufSize is the copy buffer of one relay direction. io.Copy's default
+// (32 KiB, also what *net.TCPConn's ReadFrom/WriteTo fall back to for a gonet
+// peer) costs one write(2) or one gVisor write per 32 KiB; with GRO, gVisor
+// holds up to 64 KiB segments and a read drains several at once.
+const relayBufSize = 256 << 10
+
+// relayBufs holds relay copy buffers between flows.
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
+
+// copyConn copies src to dst until EOF or an error, like io.Copy, through a
+// relayBufSize buffer.
+func copyConn(dst, src net.Conn) (int64, error) {
+	bp := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(bp)
+	// The wrappers hide ReaderFrom and WriterTo, which would pick their own
+	// 32 KiB buffer (no splice is possible with a gonet end).
+	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
 }

@@ -19,11 +19,12 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 )
 
-// maxReceiveBuffer is the top of the TCP receive-buffer range. The initial
-// size stays gVisor's default and receive-buffer moderation grows it; only the
-// ceiling is raised, for high-RTT paths (PERF-NOTES: a fixed 8 MiB buffer made
-// the download direction worse at low RTT).
-const maxReceiveBuffer = 8 << 20
+// maxBuffer is the top of the TCP receive- and send-buffer ranges. The
+// initial sizes stay gVisor's defaults (1 MiB) and receive-buffer moderation
+// and send-buffer auto-tuning grow them; only the ceiling is raised, for
+// high-RTT paths (PERF-NOTES: a fixed 8 MiB buffer made the download direction
+// worse at low RTT).
+const maxBuffer = 8 << 20
 
 // stackOptions says how newStack sets up the NIC.
 type stackOptions struct {
@@ -37,8 +38,8 @@ type stackOptions struct {
 }
 
 // newStack builds a gVisor stack with one NIC on ep, the given local
-// addresses, default routes for both families, SACK on and a raised
-// receive-buffer ceiling.
+// addresses, default routes for both families, SACK on and raised
+// receive- and send-buffer ceilings.
 func newStack(ep *linkEndpoint, addrs []netip.Addr, opts stackOptions) (*stack.Stack, error) {
 	s := stack.New(stack.Options{
 		NetworkProtocols: []stack.NetworkProtocolFactory{
@@ -66,10 +67,20 @@ func newStack(ep *linkEndpoint, addrs []netip.Addr, opts stackOptions) (*stack.S
 	if err := s.TransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
 		return fail(fmt.Errorf("read tcp receive buffer range: %s", err))
 	}
-	if rcv.Max < maxReceiveBuffer {
-		rcv.Max = maxReceiveBuffer
+	if rcv.Max < maxBuffer {
+		rcv.Max = maxBuffer
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
 			return fail(fmt.Errorf("set tcp receive buffer range %+v: %s", rcv, err))
+		}
+	}
+	var snd tcpip.TCPSendBufferSizeRangeOption
+	if err := s.TransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
+		return fail(fmt.Errorf("read tcp send buffer range: %s", err))
+	}
+	if snd.Max < maxBuffer {
+		snd.Max = maxBuffer
+		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
+			return fail(fmt.Errorf("set tcp send buffer range %+v: %s", snd, err))
 		}
 	}
 	if err := s.CreateNIC(nicID, ep); err != nil {
