@@ -64,6 +64,7 @@ type Config struct {
 
 // Client is a live connection to a gateway.
 type Client struct {
+	devMu     sync.Mutex
 	dev       *tunnel.Device
 	kernelTUN *tunnel.TUN      // TUN mode
 	stack     *netstack.Client // netstack mode
@@ -122,9 +123,12 @@ func Start(cfg Config) (_ *Client, err error) {
 		peer.Endpoint = cfg.GatewayEndpoint
 	case TransportStream:
 		// The stream bind supplies its own endpoint: there is one gateway at the other end.
-		bind = tunnel.NewStreamBind(tunnel.StreamBindConfig{Dial: cfg.StreamDial, Log: log, Registerer: cfg.Registerer})
+		bind = tunnel.NewStreamBind(tunnel.StreamBindConfig{
+			Dial: cfg.StreamDial, Log: log, Registerer: cfg.Registerer,
+			OnReconnect: func() { c.announce(peer.PublicKey, peer.PersistentKeepalive, log) },
+		})
 	}
-	c.dev, err = tunnel.NewDevice(tunnel.DeviceConfig{
+	dev, err := tunnel.NewDevice(tunnel.DeviceConfig{
 		TUN:        td,
 		Bind:       bind,
 		Config:     tunnel.Config{PrivateKey: cfg.PrivateKey, Peers: []tunnel.PeerConfig{peer}},
@@ -134,6 +138,9 @@ func Start(cfg Config) (_ *Client, err error) {
 	if err != nil {
 		return nil, err
 	}
+	c.devMu.Lock()
+	c.dev = dev
+	c.devMu.Unlock()
 	log.Info("tunnel up", "mode", cfg.Mode, "transport", cfg.Transport, "addr", cfg.Addr, "routes", len(cfg.Routes))
 	return c, nil
 }
@@ -158,6 +165,21 @@ func (cfg Config) validate() error {
 		return fmt.Errorf("client config: transport %q: want %q or %q", cfg.Transport, TransportUDP, TransportStream)
 	}
 	return nil
+}
+
+// announce tells the gateway about a new stream at once: it roams to the
+// stream on the first authenticated packet, and a receiving client may have
+// nothing to send until its peer retransmits.
+func (c *Client) announce(gw tunnel.Key, keepalive time.Duration, log *slog.Logger) {
+	c.devMu.Lock()
+	dev := c.dev
+	c.devMu.Unlock()
+	if dev == nil {
+		return
+	}
+	if err := dev.Keepalive(gw, keepalive); err != nil {
+		log.Warn("keepalive after reconnect", "err", err)
+	}
 }
 
 // Netstack returns the userspace stack in netstack mode, nil in TUN mode.

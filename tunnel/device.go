@@ -137,6 +137,23 @@ func (d *Device) AddPeer(p PeerConfig) error {
 	return nil
 }
 
+// Keepalive makes the device send an authenticated keepalive to peer pub
+// now, then keep the given persistent-keepalive interval (0 = off). Turning
+// persistent keepalive on is the one UAPI operation that sends at once.
+func (d *Device) Keepalive(pub Key, interval time.Duration) error {
+	secs := int(interval / time.Second)
+	on := max(secs, 1)
+	uapi := fmt.Sprintf("public_key=%[1]s\nupdate_only=true\npersistent_keepalive_interval=0\n"+
+		"public_key=%[1]s\nupdate_only=true\npersistent_keepalive_interval=%[2]d\n", pub.hex(), on)
+	if secs == 0 {
+		uapi += fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=0\n", pub.hex())
+	}
+	if err := d.wg.IpcSet(uapi); err != nil {
+		return fmt.Errorf("keepalive to %s: %w", pub, err)
+	}
+	return nil
+}
+
 // RemovePeer removes the peer with public key pub; removing an unknown peer
 // is not an error.
 func (d *Device) RemovePeer(pub Key) error {

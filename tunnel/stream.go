@@ -42,6 +42,11 @@ type StreamBindConfig struct {
 	Registerer prometheus.Registerer // nil = no metrics
 	MinBackoff time.Duration         // 0 = 100ms; first redial delay after a failure
 	MaxBackoff time.Duration         // 0 = 5s; cap of the doubling backoff
+	// OnReconnect runs (in its own goroutine) after each redial that
+	// replaced a broken stream; nil = nothing. The far end learns the new
+	// stream only from an authenticated packet, so the client should make
+	// WireGuard send one (Device.Keepalive) rather than wait for traffic.
+	OnReconnect func()
 }
 
 // StreamBind is the client side of the stream transport: it keeps one
@@ -282,7 +287,8 @@ func (s *clientSession) dialLoop() {
 			// wireguard-go; Nagle would only add latency.
 			nd.SetNoDelay(true)
 		}
-		if !first {
+		redial := !first
+		if redial {
 			s.b.m.reconnects.Inc()
 		}
 		first = false
@@ -295,6 +301,9 @@ func (s *clientSession) dialLoop() {
 			}
 		}
 		s.setConn(sc)
+		if redial && s.b.cfg.OnReconnect != nil {
+			go s.b.cfg.OnReconnect()
+		}
 		select {
 		case <-sc.dead:
 		case <-s.ctx.Done():
