@@ -350,7 +350,7 @@ func deploySink(t *testing.T, ctx context.Context, c *Cluster) string {
 	}
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "sink", Namespace: SampleNamespace},
-		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 9000, TargetPort: intstr.FromInt32(9000)}}},
+		Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 9000, TargetPort: intstr.FromInt32(9000)}}},
 	}
 	if _, err := c.Client.AppsV1().Deployments(SampleNamespace).Create(ctx, dep, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
 		t.Fatal(err)
