@@ -64,6 +64,7 @@ type Config struct {
 
 // Client is a live connection to a gateway.
 type Client struct {
+	gateway   tunnel.PeerConfig
 	devMu     sync.Mutex
 	dev       *tunnel.Device
 	kernelTUN *tunnel.TUN      // TUN mode
@@ -139,7 +140,7 @@ func Start(cfg Config) (_ *Client, err error) {
 		return nil, err
 	}
 	c.devMu.Lock()
-	c.dev = dev
+	c.dev, c.gateway = dev, peer
 	c.devMu.Unlock()
 	log.Info("tunnel up", "mode", cfg.Mode, "transport", cfg.Transport, "addr", cfg.Addr, "routes", len(cfg.Routes))
 	return c, nil
@@ -180,6 +181,23 @@ func (c *Client) announce(gw tunnel.Key, keepalive time.Duration, log *slog.Logg
 	if err := dev.Keepalive(gw, keepalive); err != nil {
 		log.Warn("keepalive after reconnect", "err", err)
 	}
+}
+
+// Rehandshake forgets the WireGuard session with the gateway and starts a
+// new handshake at once. A replaced gateway pod has the same key but none of
+// the old session's state; without this the client would keep sending on
+// dead keys until wireguard-go's 15 s silence timer.
+func (c *Client) Rehandshake() error {
+	c.devMu.Lock()
+	dev := c.dev
+	c.devMu.Unlock()
+	if dev == nil {
+		return nil
+	}
+	if err := dev.RemovePeer(c.gateway.PublicKey); err != nil {
+		return err
+	}
+	return dev.AddPeer(c.gateway) // a fresh peer with persistent keepalive sends at once
 }
 
 // Netstack returns the userspace stack in netstack mode, nil in TUN mode.

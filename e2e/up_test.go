@@ -8,6 +8,7 @@ package e2e
 //	  bridgetun up ══ port-forward (stream) or NodePort (udp) ══ bridgetun-gateway pod ── cluster IPs
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -56,6 +57,13 @@ func newWorkstation(t *testing.T, c *Cluster, name string, asUser bool) *worksta
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		_, _ = w.run(ctx, "down") // idempotent: fine if the test already ended it
+		if t.Failed() {
+			for _, f := range []string{"logs/up.out", "logs/bridgetun.log"} {
+				if b, err := os.ReadFile(filepath.Join(dir, f)); err == nil {
+					t.Logf("--- %s workstation %s (tail):\n%s", name, f, tailLines(string(b), 60))
+				}
+			}
+		}
 		os.RemoveAll(dir)
 	})
 	return w
@@ -118,6 +126,11 @@ func TestUp(t *testing.T) {
 	})
 
 	ws := newWorkstation(t, c, "tun", false)
+	// A gateway left by an earlier run (another build) would be refused as a
+	// version mismatch: start clean, which also proves uninstall.
+	if out, err := ws.run(ctx, "uninstall", "-n", SampleNamespace); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
 	out, err := ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage,
 		"--transport", "stream", "--metrics-addr", "127.0.0.1:9091")
 	if err != nil {
@@ -199,10 +212,28 @@ func TestUp(t *testing.T) {
 
 	t.Run("gateway pod deleted", func(t *testing.T) {
 		before, _ := ws.status(ctx)
-		if err := c.Client.CoreV1().Pods(SampleNamespace).Delete(ctx, before.GatewayPod, metav1.DeleteOptions{}); err != nil {
+		// Grace period 0: the pod dies at once, like a node losing it.
+		zero := int64(0)
+		if err := c.Client.CoreV1().Pods(SampleNamespace).Delete(ctx, before.GatewayPod, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
 			t.Fatal(err)
 		}
-		expectHTTPEventually(t, ctx, c, "http://"+frontendIP+"/", `"service":"frontend"`, 3*time.Minute)
+		// A force-deleted pod's container can still run for a moment: the
+		// proof is the session moving to the replacement by itself.
+		start := time.Now()
+		if err := Eventually(ctx, 3*time.Minute, func(ctx context.Context) error {
+			st, err := ws.status(ctx)
+			if err != nil {
+				return err
+			}
+			if st.GatewayPod == before.GatewayPod || st.State != "connected" {
+				return fmt.Errorf("session still on pod %s (%s)", st.GatewayPod, st.State)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("session moved to the new gateway pod after %s", time.Since(start).Round(100*time.Millisecond))
+		expectHTTPEventually(t, ctx, c, "http://"+frontendIP+"/", `"service":"frontend"`, time.Minute)
 		after, _ := ws.status(ctx)
 		if after.GatewayPod == before.GatewayPod || after.TunnelAddress != before.TunnelAddress {
 			t.Errorf("after delete: pod %s (was %s), address %s (was %s): want a new pod, same address",
@@ -284,7 +315,7 @@ func expectHTTP(t *testing.T, ctx context.Context, c *Cluster, url, want string)
 	if err != nil {
 		t.Fatalf("GET %s from bt-ws: %v", url, err)
 	}
-	if !strings.Contains(out, want) {
+	if !strings.Contains(compactJSON(out), want) {
 		t.Fatalf("GET %s: got %.300s, want it to contain %s", url, out, want)
 	}
 }
@@ -299,7 +330,7 @@ func expectHTTPEventually(t *testing.T, ctx context.Context, c *Cluster, url, wa
 		if err != nil {
 			return err
 		}
-		if !strings.Contains(out, want) {
+		if !strings.Contains(compactJSON(out), want) {
 			return fmt.Errorf("got %.200s", out)
 		}
 		return nil
@@ -389,4 +420,22 @@ func containsPrefixCovering(routes []string, cidr string) bool {
 		}
 	}
 	return false
+}
+
+// compactJSON strips insignificant white space from a JSON document so tests
+// can match fragments; anything else comes back unchanged.
+func compactJSON(s string) string {
+	var b bytes.Buffer
+	if err := json.Compact(&b, []byte(s)); err != nil {
+		return s
+	}
+	return b.String()
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

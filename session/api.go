@@ -111,8 +111,13 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return st, nil
 }
 
-// Down asks the session to end and waits until its socket is gone.
+// Down asks the session to end and waits until its process has exited,
+// which it does only after removing routes and device.
 func (c *Client) Down(ctx context.Context) error {
+	st, err := c.Status(ctx)
+	if err != nil {
+		return err
+	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://bridgetun/down", nil)
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -120,7 +125,7 @@ func (c *Client) Down(ctx context.Context) error {
 	}
 	resp.Body.Close()
 	for {
-		if _, err := c.Status(ctx); errors.Is(err, ErrNotRunning) {
+		if !processAlive(st.PID) {
 			return nil
 		}
 		select {

@@ -337,7 +337,9 @@ func (s *Session) start(ctx context.Context, tr client.Transport, handshakeWithi
 		_ = c.Close()
 		return err
 	}
+	s.podMu.Lock()
 	s.client, s.tr = c, string(tr)
+	s.podMu.Unlock()
 	return nil
 }
 
@@ -364,6 +366,13 @@ func (s *Session) streamDial(ctx context.Context) (net.Conn, error) {
 		if err := s.register(ctx); err != nil {
 			return nil, err
 		}
+		if c := s.clientOrNil(); c != nil {
+			// The initiation this triggers is held by the stream bind and
+			// sent first on the connection returned below.
+			if err := c.Rehandshake(); err != nil {
+				s.log.Warn("rehandshake with the new gateway pod", "err", err)
+			}
+		}
 	}
 	c, err = cluster.PortForwardDialer(s.conn.Config, s.conn.Client, s.gwNS, p.Name, cluster.StreamPort)(ctx)
 	if err != nil {
@@ -372,6 +381,12 @@ func (s *Session) streamDial(ctx context.Context) (net.Conn, error) {
 	s.redials.Add(1)
 	s.state.Store("connected")
 	return c, nil
+}
+
+func (s *Session) clientOrNil() *client.Client {
+	s.podMu.Lock()
+	defer s.podMu.Unlock()
+	return s.client
 }
 
 // udpEndpoint is --gateway-endpoint, else node address + the gateway's NodePort.
