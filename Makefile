@@ -50,3 +50,10 @@ demo: deps build
 
 clean:
 	rm -rf $(BIN) bench/results
+
+# bridgetun up vs kubectl port-forward on the e2e cluster (after make cluster-up images).
+bench-cluster: build
+	e2e/cluster/images.sh >/dev/null
+	kubectl --kubeconfig /var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig apply -f e2e/testdata/sample-app.yaml >/dev/null
+	kubectl --kubeconfig /var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig -n bt-sample rollout status deploy/sink --timeout=120s
+	$(GO) run ./bench/cluster $(BENCH_ARGS)

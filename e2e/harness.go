@@ -213,7 +213,7 @@ func (c *Cluster) DeploySample(ctx context.Context) error {
 	if err := c.ApplyManifest(ctx, "e2e/testdata/sample-app.yaml"); err != nil {
 		return err
 	}
-	for _, d := range []string{"frontend", "api", "stats", "udp-echo"} {
+	for _, d := range []string{"frontend", "api", "stats", "udp-echo", "sink"} {
 		if err := c.WaitRollout(ctx, SampleNamespace, d); err != nil {
 			return err
 		}

@@ -19,10 +19,7 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/bridgetun/bridgetun/session"
 )
@@ -114,7 +111,7 @@ func TestUp(t *testing.T) {
 	if err := c.DeploySample(ctx); err != nil {
 		t.Fatal(err)
 	}
-	sinkIP := deploySink(t, ctx, c)
+	sinkIP := clusterIP(t, ctx, c, "sink")
 	frontendIP := clusterIP(t, ctx, c, "frontend")
 	udpIP := clusterIP(t, ctx, c, "udp-echo")
 	statsPod := podIP(t, ctx, c, "app=stats")
@@ -291,6 +288,53 @@ func TestUp(t *testing.T) {
 		}
 	})
 
+	t.Run("crashed session is repaired by the next up", func(t *testing.T) {
+		if _, err := ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream"); err != nil {
+			t.Fatal(err)
+		}
+		st, err := ws.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := exec.Command("kill", "-9", fmt.Sprint(st.PID)).Run(); err != nil {
+			t.Fatal(err)
+		}
+		if err := Eventually(ctx, 10*time.Second, func(context.Context) error {
+			if exec.Command("kill", "-0", fmt.Sprint(st.PID)).Run() == nil {
+				return fmt.Errorf("pid %d still alive", st.PID)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		out, err := ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, "repaired a previous session's leftovers") {
+			t.Errorf("up after kill -9: got %q, want it to say what it repaired", out)
+		}
+		expectHTTP(t, ctx, c, "http://"+frontendIP+"/", `"service":"frontend"`)
+		if _, err := ws.run(ctx, "down"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("unpullable gateway image fails fast naming the flag", func(t *testing.T) {
+		const gwNS = "bt-badimage"
+		_, _ = c.RunKubectl(ctx, "create", "namespace", gwNS)
+		defer c.RunKubectl(context.Background(), "delete", "namespace", gwNS, "--wait=false")
+		start := time.Now()
+		out, err := ws.run(ctx, "up", "-n", SampleNamespace, "--gateway-namespace", gwNS, "--gateway-image", "bridgetun.local/does-not-exist:v0")
+		if err == nil || !strings.Contains(out, "--gateway-image") {
+			t.Fatalf("up with a missing image: got %v %q, want an error naming --gateway-image", err, out)
+		}
+		if el := time.Since(start); el > 60*time.Second {
+			t.Errorf("failing took %s, want < 60s", el)
+		}
+		t.Logf("failed in %s: %s", time.Since(start).Round(100*time.Millisecond), strings.TrimSpace(out))
+	})
+
 	t.Run("udp transport through the NodePort", func(t *testing.T) {
 		out, err := ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage,
 			"--transport", "udp", "--expose", "nodeport")
@@ -357,42 +401,6 @@ func podIP(t *testing.T, ctx context.Context, c *Cluster, selector string) strin
 		t.Fatalf("pods %s: %v (%d)", selector, err, len(pods.Items))
 	}
 	return pods.Items[0].Status.PodIP
-}
-
-// deploySink runs testapp's TCP sink behind a Service and returns its ClusterIP.
-func deploySink(t *testing.T, ctx context.Context, c *Cluster) string {
-	t.Helper()
-	labels := map[string]string{"app": "sink"}
-	one := int32(1)
-	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "sink", Namespace: SampleNamespace},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &one,
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{Containers: []corev1.Container{{
-					Name: "sink", Image: "bridgetun.local/testapp:dev", ImagePullPolicy: corev1.PullIfNotPresent,
-					Args:  []string{"sink", "-listen", ":9000"},
-					Ports: []corev1.ContainerPort{{ContainerPort: 9000}},
-				}}},
-			},
-		},
-	}
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "sink", Namespace: SampleNamespace},
-		Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 9000, TargetPort: intstr.FromInt32(9000)}}},
-	}
-	if _, err := c.Client.AppsV1().Deployments(SampleNamespace).Create(ctx, dep, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
-		t.Fatal(err)
-	}
-	if _, err := c.Client.CoreV1().Services(SampleNamespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
-		t.Fatal(err)
-	}
-	if err := c.WaitRollout(ctx, SampleNamespace, "sink"); err != nil {
-		t.Fatal(err)
-	}
-	return clusterIP(t, ctx, c, "sink")
 }
 
 // metricValue sums a metric's samples in Prometheus text.

@@ -62,6 +62,16 @@ func (l *Lab) NewNS(name string) (*NS, error) {
 	return ns, nil
 }
 
+// Open returns a handle on an existing namespace made by someone else (the
+// e2e workstation, say); closing it is the caller's business, deleting it is not.
+func Open(name string) (*NS, error) {
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %q: %w", name, err)
+	}
+	return &NS{Name: name, handle: h}, nil
+}
+
 // Link joins a and b with a veth pair and gives each end an address
 // (CIDR notation, e.g. "10.200.1.1/24"). Interface names are "<peer>" short forms.
 func (l *Lab) Link(a *NS, aName, aAddr string, b *NS, bName, bAddr string) error {

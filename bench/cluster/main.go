@@ -1,0 +1,211 @@
+// Command cluster measures, in one run against the running e2e cluster,
+// how fast the workstation namespace reaches a pod through
+//
+//	PF      kubectl port-forward (the baseline everyone has)
+//	stream  bridgetun up --transport stream (WireGuard over one port-forward)
+//	udp     bridgetun up --transport udp (WireGuard to the gateway's NodePort)
+//
+// For each: upload throughput to a TCP sink pod (median of -reps), and HTTP
+// request latency p50/p99 over one keep-alive connection to a stats pod.
+// Prints ratios against PF and writes bench/results/cluster.json.
+// Needs root, `make cluster-up`, `make build` and `make images`.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bridgetun/bridgetun/internal/nstest"
+)
+
+const (
+	ns    = "bt-sample"
+	wsNS  = "bt-ws"
+	image = "bridgetun.local/bridgetun-agent:dev"
+)
+
+var (
+	kubeconfig = flag.String("kubeconfig", "/var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig", "e2e cluster kubeconfig")
+	kubectl    = flag.String("kubectl", filepath.Join(os.Getenv("HOME"), ".cache/bridgetun/k8s-v1.34.4/kubectl"), "kubectl binary")
+	bytesN     = flag.Int64("bytes", 256<<20, "bytes per upload run")
+	reps       = flag.Int("reps", 3, "upload runs per path (median reported)")
+	rr         = flag.Int("rr", 1000, "HTTP requests for latency")
+	out        = flag.String("o", "bench/results/cluster.json", "JSON results")
+)
+
+type result struct {
+	Path     string  `json:"path"`
+	MBps     float64 `json:"upload_MBps"`
+	P50ms    float64 `json:"http_p50_ms"`
+	P99ms    float64 `json:"http_p99_ms"`
+	Ratio    float64 `json:"throughput_ratio_vs_pf"`
+	P50Ratio float64 `json:"p50_ratio_vs_pf"`
+	Errors   int     `json:"errors"`
+}
+
+func main() {
+	flag.Parse()
+	log.SetFlags(0)
+	ws, err := nstest.Open(wsNS)
+	if err != nil {
+		log.Fatalf("%v (start the cluster: make cluster-up)", err)
+	}
+	ctx := context.Background()
+	sinkPod, sinkIP := podOf("app=sink")
+	statsPod, statsIP := podOf("app=stats")
+	if sinkPod == "" || statsPod == "" {
+		log.Fatal("need the sample app and the sink Deployment in bt-sample (run the e2e suite once with BRIDGETUN_E2E_KEEP=1)")
+	}
+	bin, _ := filepath.Abs("bin/bridgetun")
+	state, _ := os.MkdirTemp("", "bt-bench-")
+	defer os.RemoveAll(state)
+	var results []result
+
+	// PF: kubectl port-forward inside the workstation namespace.
+	pf := exec.Command("ip", "netns", "exec", wsNS, *kubectl, "--kubeconfig", *kubeconfig, "-n", ns, "port-forward",
+		"pod/"+sinkPod, "19000:9000")
+	pf2 := exec.Command("ip", "netns", "exec", wsNS, *kubectl, "--kubeconfig", *kubeconfig, "-n", ns, "port-forward",
+		"pod/"+statsPod, "19080:8080")
+	for _, c := range []*exec.Cmd{pf, pf2} {
+		stdout, _ := c.StdoutPipe()
+		if err := c.Start(); err != nil {
+			log.Fatal(err)
+		}
+		line, _ := bufio.NewReader(stdout).ReadString('\n') // "Forwarding from ..."
+		log.Printf("kubectl: %s", strings.TrimSpace(line))
+		go io.Copy(io.Discard, stdout)
+	}
+	results = append(results, measure(ctx, ws, "PF kubectl port-forward", "127.0.0.1:19000", "127.0.0.1:19080"))
+	_ = pf.Process.Kill()
+	_ = pf2.Process.Kill()
+	_ = pf.Wait()
+	_ = pf2.Wait()
+
+	for _, tr := range []string{"stream", "udp"} {
+		args := []string{"netns", "exec", wsNS, "env", "BRIDGETUN_STATE_DIR=" + state, "KUBECONFIG=" + *kubeconfig,
+			bin, "up", "--background", "-n", ns, "--gateway-image", image, "--transport", tr}
+		if tr == "udp" {
+			args = append(args, "--expose", "nodeport")
+		}
+		if b, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			log.Fatalf("up %s: %v\n%s", tr, err, b)
+		}
+		results = append(results, measure(ctx, ws, "bridgetun "+tr, sinkIP+":9000", statsIP+":8080"))
+		if b, err := exec.Command("ip", "netns", "exec", wsNS, "env", "BRIDGETUN_STATE_DIR="+state, bin, "down").CombinedOutput(); err != nil {
+			log.Fatalf("down: %v\n%s", err, b)
+		}
+	}
+
+	base := results[0]
+	fmt.Printf("\n%-26s %12s %8s %10s %10s %8s %7s\n", "path", "upload", "×PF", "http p50", "http p99", "p50×PF", "errors")
+	for i := range results {
+		r := &results[i]
+		r.Ratio, r.P50Ratio = r.MBps/base.MBps, r.P50ms/base.P50ms
+		fmt.Printf("%-26s %7.1f MB/s %7.2f× %8.3fms %8.3fms %7.2f× %7d\n", r.Path, r.MBps, r.Ratio, r.P50ms, r.P99ms, r.P50Ratio, r.Errors)
+	}
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err == nil {
+		b, _ := json.MarshalIndent(map[string]any{"time": time.Now().UTC(), "bytes": *bytesN, "reps": *reps, "results": results}, "", "  ")
+		if os.WriteFile(*out, b, 0o644) == nil {
+			fmt.Println("wrote", *out)
+		}
+	}
+}
+
+func measure(ctx context.Context, ws *nstest.NS, name, sink, http string) result {
+	log.Printf("measuring %s", name)
+	r := result{Path: name}
+	var speeds []float64
+	for range *reps {
+		v, err := upload(ctx, ws, sink)
+		if err != nil {
+			log.Printf("%s upload: %v", name, err)
+			r.Errors++
+			continue
+		}
+		speeds = append(speeds, v)
+	}
+	if len(speeds) > 0 {
+		slices.Sort(speeds)
+		r.MBps = speeds[len(speeds)/2]
+	}
+	r.P50ms, r.P99ms = latency(ws, http, &r.Errors)
+	return r
+}
+
+// upload sends *bytesN to the sink, which answers with the count it read.
+func upload(ctx context.Context, ws *nstest.NS, addr string) (float64, error) {
+	c, err := ws.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	start := time.Now()
+	buf := make([]byte, 256<<10)
+	for sent := int64(0); sent < *bytesN; {
+		n := min(int64(len(buf)), *bytesN-sent)
+		if _, err := c.Write(buf[:n]); err != nil {
+			return 0, err
+		}
+		sent += n
+	}
+	_ = c.(*net.TCPConn).CloseWrite()
+	reply, err := io.ReadAll(c)
+	if err != nil {
+		return 0, err
+	}
+	if got, _ := strconv.ParseInt(strings.TrimSpace(string(reply)), 10, 64); got != *bytesN {
+		return 0, fmt.Errorf("sink got %q bytes, want %d", reply, *bytesN)
+	}
+	return float64(*bytesN) / time.Since(start).Seconds() / 1e6, nil
+}
+
+// latency times sequential HTTP GETs on one keep-alive connection.
+func latency(ws *nstest.NS, addr string, errs *int) (p50, p99 float64) {
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: ws.DialContext, MaxIdleConnsPerHost: 1}}
+	var samples []float64
+	for i := range *rr + 20 {
+		t0 := time.Now()
+		resp, err := hc.Get("http://" + addr + "/healthz")
+		if err != nil {
+			*errs++
+			continue
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if i >= 20 {
+			samples = append(samples, float64(time.Since(t0).Microseconds())/1e3)
+		}
+	}
+	if len(samples) == 0 {
+		return 0, 0
+	}
+	slices.Sort(samples)
+	return samples[len(samples)/2], samples[len(samples)*99/100]
+}
+
+func podOf(selector string) (name, ip string) {
+	b, err := exec.Command(*kubectl, "--kubeconfig", *kubeconfig, "-n", ns, "get", "pods", "-l", selector,
+		"-o", "jsonpath={.items[0].metadata.name} {.items[0].status.podIP}").Output()
+	if err != nil {
+		return "", ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return "", ""
+	}
+	return f[0], f[1]
+}
