@@ -68,7 +68,17 @@ func TestDataplane(t *testing.T) {
 				if cut != nil {
 					t.Run("stream cut mid-transfer", func(t *testing.T) {
 						before := cut.dials.Load()
+						stop := make(chan struct{})
+						go func() { // a stalled recovery leaves evidence
+							select {
+							case <-stop:
+							case <-time.After(15 * time.Second): // diagnostics only, not synchronisation
+								m, _ := topo.GatewayMetrics(context.Background())
+								t.Logf("stalled >15s; gateway metrics:\n%s", grep(m, "bridgetun_"))
+							}
+						}()
 						checkBlob(t, dial, func() { cut.Cut() })
+						close(stop)
 						if got := cut.dials.Load(); got <= before {
 							t.Fatalf("stream dials after cut: got %d, want > %d (no redial happened)", got, before)
 						}
@@ -225,6 +235,12 @@ func httpClient(d dialFunc) *http.Client {
 	return &http.Client{Transport: &http.Transport{DialContext: d, DisableKeepAlives: true}, Timeout: 60 * time.Second}
 }
 
+// cutTimeout bounds a transfer that survives a stream cut. Recovery is
+// usually ~1 s, but about one run in eight stalls 25-40 s in TCP's
+// retransmission backoff (a known issue, see the closing notes): the test
+// proves the transfer completes intact, the log shows how long it took.
+const cutTimeout = 3 * time.Minute
+
 func get(t *testing.T, d dialFunc, url string) string {
 	t.Helper()
 	resp, err := httpClient(d).Get(url)
@@ -250,7 +266,11 @@ func checkHTTP(t *testing.T, d dialFunc) {
 // checkBlob downloads 64 MiB and compares its SHA-256 with the server's
 // trailer; mid is called once after 8 MiB arrived.
 func checkBlob(t *testing.T, d dialFunc, mid func()) {
-	resp, err := httpClient(d).Get("http://" + dptopo.SvcIP + "/blob")
+	hc := httpClient(d)
+	if mid != nil {
+		hc.Timeout = cutTimeout
+	}
+	resp, err := hc.Get("http://" + dptopo.SvcIP + "/blob")
 	if err != nil {
 		t.Errorf("GET /blob: %v", err)
 		return
@@ -265,7 +285,11 @@ func checkBlob(t *testing.T, d dialFunc, mid func()) {
 		}
 		mid()
 	}
+	start := time.Now()
 	n, err := io.Copy(h, r)
+	if mid != nil {
+		t.Logf("rest of the transfer after the cut took %s", time.Since(start).Round(10*time.Millisecond))
+	}
 	if mid != nil {
 		n += 8 << 20
 	}
