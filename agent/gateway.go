@@ -36,8 +36,11 @@ type GatewayConfig struct {
 	BindUDP func() conn.Bind
 	MTU     int // 0 = 1420
 	// Dial dials real destinations for peers; nil = net.Dialer.
-	Dial       func(ctx context.Context, network, address string) (net.Conn, error)
-	Deny       []netip.Prefix        // extra destinations never dialled for peers
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	Deny []netip.Prefix // extra destinations never dialled for peers
+	// ClusterDNS, when valid, is reached at Addr:53: the gateway answers DNS
+	// on its tunnel address with the resolver its pod uses.
+	ClusterDNS netip.Addr
 	Log        *slog.Logger          // nil discards
 	Registerer prometheus.Registerer // nil = no metrics
 }
@@ -71,6 +74,7 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 		Registerer: cfg.Registerer,
 		Dial:       cfg.Dial,
 		Deny:       cfg.Deny,
+		Redirect:   dnsRedirect(cfg.Addr, cfg.ClusterDNS),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway stack: %w", err)
@@ -112,6 +116,13 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 	log.Info("gateway up", "addr", cfg.Addr, "public_key", cfg.PrivateKey.PublicKey().String(),
 		"udp", cfg.UseUDP, "stream", cfg.StreamListener != nil)
 	return &Gateway{dev: dev, stack: stack, listener: cfg.StreamListener}, nil
+}
+
+func dnsRedirect(own, dns netip.Addr) map[netip.AddrPort]netip.AddrPort {
+	if !dns.IsValid() {
+		return nil
+	}
+	return map[netip.AddrPort]netip.AddrPort{netip.AddrPortFrom(own, 53): netip.AddrPortFrom(dns, 53)}
 }
 
 // AddPeer admits a workstation.

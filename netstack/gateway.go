@@ -36,6 +36,11 @@ type GatewayConfig struct {
 	Dial           func(ctx context.Context, network, address string) (net.Conn, error) // nil = net.Dialer{Timeout: 5s}
 	Deny           []netip.Prefix                                                       // extra destinations never dialled; loopback, unspecified, link-local, multicast and Addrs are always denied
 	UDPIdleTimeout time.Duration                                                        // 0 = 60s
+	// Redirect sends flows for one address:port (typically the gateway's own
+	// tunnel address, port 53) to another real destination instead — how the
+	// gateway answers DNS on its tunnel address with the pod's resolver. A
+	// redirected flow is not subject to Deny. nil = none.
+	Redirect map[netip.AddrPort]netip.AddrPort
 
 	// pingHost replaces the host pinger (tests); nil = hostPing.
 	pingHost pingFunc
@@ -202,6 +207,15 @@ func (g *Gateway) untrack(c io.Closer) {
 	c.Close()
 }
 
+// target is where a flow to dst is dialled: a redirect, dst itself, or
+// nowhere (false) when dst is denied.
+func (g *Gateway) target(dst netip.AddrPort) (netip.AddrPort, bool) {
+	if t, ok := g.cfg.Redirect[dst]; ok {
+		return t, true
+	}
+	return dst, !g.denied(dst.Addr())
+}
+
 // denied reports whether a peer may not reach a.
 func (g *Gateway) denied(a netip.Addr) bool {
 	a = a.Unmap()
@@ -226,14 +240,15 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	src := netip.AddrPortFrom(netipAddr(id.RemoteAddress), id.RemotePort)
 	dst := netip.AddrPortFrom(netipAddr(id.LocalAddress), id.LocalPort)
 	log := g.log.With("proto", "tcp", "src", src, "dst", dst)
-	if g.denied(dst.Addr()) {
+	target, ok := g.target(dst)
+	if !ok {
 		g.m.denied.Inc()
 		log.Debug("destination denied")
 		r.Complete(true)
 		return
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, dialTimeout)
-	out, err := g.cfg.Dial(ctx, "tcp", dst.String())
+	out, err := g.cfg.Dial(ctx, "tcp", target.String())
 	cancel()
 	if err != nil {
 		g.m.dialErrors.WithLabelValues("tcp").Inc()

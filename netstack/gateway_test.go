@@ -458,3 +458,47 @@ func BenchmarkTCPThroughput(b *testing.B) {
 	b.ReportMetric(float64(p.client.ep.dropped.Load()+p.gw.ep.dropped.Load()), "linkdrops")
 	b.ReportMetric(float64(p.client.stack.Stats().TCP.Retransmits.Value()), "retransmits")
 }
+
+// TestRedirectOwnAddress: flows to the gateway's own address are refused,
+// except where Redirect names a real destination (DNS on the tunnel address).
+func TestRedirectOwnAddress(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(bytes.ToUpper(buf[:n]), from)
+		}
+	}()
+	dns := netip.AddrPortFrom(gatewayV4, 53)
+	p := newTestPair(t, GatewayConfig{Redirect: map[netip.AddrPort]netip.AddrPort{dns: netip.MustParseAddrPort("192.0.2.53:53")}})
+	p.dialer.route("192.0.2.53:53", pc.LocalAddr().String())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := p.client.DialContext(ctx, "udp", dns.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("query")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if err != nil || string(buf[:n]) != "QUERY" {
+		t.Fatalf("redirected UDP: got %q, %v; want QUERY", buf[:n], err)
+	}
+	// Another port on the gateway's address stays refused.
+	if tc, err := p.client.DialContext(ctx, "tcp", netip.AddrPortFrom(gatewayV4, 54).String()); err == nil {
+		tc.Close()
+		t.Errorf("dial gateway:54: connected, want refused")
+	}
+}

@@ -26,7 +26,8 @@ func (g *Gateway) handleUDP(r *udp.ForwarderRequest) {
 	src := netip.AddrPortFrom(netipAddr(id.RemoteAddress), id.RemotePort)
 	dst := netip.AddrPortFrom(netipAddr(id.LocalAddress), id.LocalPort)
 	log := g.log.With("proto", "udp", "src", src, "dst", dst)
-	if g.denied(dst.Addr()) {
+	target, allowed := g.target(dst)
+	if !allowed {
 		g.m.denied.Inc()
 		log.Debug("destination denied")
 		return
@@ -49,7 +50,7 @@ func (g *Gateway) handleUDP(r *udp.ForwarderRequest) {
 		}
 		defer g.untrack(in)
 		ctx, cancel := context.WithTimeout(g.ctx, dialTimeout)
-		out, err := g.cfg.Dial(ctx, "udp", dst.String())
+		out, err := g.cfg.Dial(ctx, "udp", target.String())
 		cancel()
 		if err != nil {
 			g.m.dialErrors.WithLabelValues("udp").Inc()

@@ -120,7 +120,9 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 		return fmt.Errorf("$BRIDGETUN_PRIVATE_KEY: %w (the gateway Secret is missing or damaged: run `bridgetun install --upgrade`)", err)
 	}
 	dns, domain := agent.ReadClusterDNS("/etc/resolv.conf")
+	dnsAddr, _ := netip.ParseAddr(dns) // invalid = no DNS on the tunnel address
 	gw, err := startGateway(agent.GatewayConfig{
+		ClusterDNS: dnsAddr,
 		PrivateKey: key, Addr: agent.GatewayTunnelAddr,
 		UseUDP: true, UDPPort: inClusterUDPPort,
 		// Loopback is denied by the stack already; the control and stream
