@@ -60,6 +60,9 @@ func serveAPI(ctx context.Context, path string, status func() Status, down func(
 	})
 	mux.HandleFunc("POST /down", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush() // the answer must leave before shutdown closes the server
+		}
 		go down()
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
@@ -119,11 +122,11 @@ func (c *Client) Down(ctx context.Context) error {
 		return err
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://bridgetun/down", nil)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return notRunning(err)
+	// The session may close the connection while answering: whether it is
+	// ending is judged by its process below, not by the reply.
+	if resp, err := c.http.Do(req); err == nil {
+		resp.Body.Close()
 	}
-	resp.Body.Close()
 	for {
 		if !processAlive(st.PID) {
 			return nil
