@@ -39,7 +39,12 @@ func runHTTP(args []string) error {
 		return err
 	}
 	log.Printf("testapp http %s on %s (downstream %q)", envOr("SERVICE_NAME", "testapp"), *listen, os.Getenv("DOWNSTREAM_URL"))
-	return http.ListenAndServe(*listen, logRequests(newHandler(configFromEnv(), &http.Client{Timeout: 10 * time.Second})))
+	return http.ListenAndServe(*listen, logRequests(newHandler(configFromEnv(), &http.Client{
+		Timeout: 10 * time.Second,
+		// A new connection per call, so kube-proxy spreads the calls over
+		// every replica (a kept-alive connection would pin one).
+		Transport: &http.Transport{DisableKeepAlives: true},
+	})))
 }
 
 // config is what an instance reports and calls; configFromEnv reads it from the pod's environment.
