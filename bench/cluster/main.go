@@ -14,18 +14,18 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -97,7 +97,7 @@ func main() {
 
 	for _, tr := range []string{"stream", "udp"} {
 		args := []string{"netns", "exec", wsNS, "env", "BRIDGETUN_STATE_DIR=" + state, "KUBECONFIG=" + *kubeconfig,
-			bin, "up", "--background", "-n", ns, "--gateway-image", image, "--transport", tr}
+			bin, "up", "--background", "--upgrade", "-n", ns, "--gateway-image", image, "--transport", tr}
 		if tr == "udp" {
 			args = append(args, "--expose", "nodeport")
 		}
@@ -146,7 +146,8 @@ func measure(ctx context.Context, ws *nstest.NS, name, sink, http string) result
 	return r
 }
 
-// upload sends *bytesN to the sink, which answers with the count it read.
+// upload runs testapp's sink protocol: 8-byte length, the bytes, then the
+// sink's "N sha256" reply, which must match what was sent.
 func upload(ctx context.Context, ws *nstest.NS, addr string) (float64, error) {
 	c, err := ws.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -154,21 +155,30 @@ func upload(ctx context.Context, ws *nstest.NS, addr string) (float64, error) {
 	}
 	defer c.Close()
 	start := time.Now()
-	buf := make([]byte, 256<<10)
-	for sent := int64(0); sent < *bytesN; {
-		n := min(int64(len(buf)), *bytesN-sent)
-		if _, err := c.Write(buf[:n]); err != nil {
-			return 0, err
-		}
-		sent += n
-	}
-	_ = c.(*net.TCPConn).CloseWrite()
-	reply, err := io.ReadAll(c)
-	if err != nil {
+	var hdr [8]byte
+	binary.BigEndian.PutUint64(hdr[:], uint64(*bytesN))
+	if _, err := c.Write(hdr[:]); err != nil {
 		return 0, err
 	}
-	if got, _ := strconv.ParseInt(strings.TrimSpace(string(reply)), 10, 64); got != *bytesN {
-		return 0, fmt.Errorf("sink got %q bytes, want %d", reply, *bytesN)
+	h := sha256.New()
+	buf := make([]byte, 256<<10)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	for sent := int64(0); sent < *bytesN; {
+		chunk := buf[:min(int64(len(buf)), *bytesN-sent)]
+		h.Write(chunk)
+		if _, err := c.Write(chunk); err != nil {
+			return 0, err
+		}
+		sent += int64(len(chunk))
+	}
+	reply, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return 0, fmt.Errorf("sink reply: %w", err)
+	}
+	if want := fmt.Sprintf("%d %x", *bytesN, h.Sum(nil)); strings.TrimSpace(reply) != want {
+		return 0, fmt.Errorf("sink got %q, want %q", strings.TrimSpace(reply), want)
 	}
 	return float64(*bytesN) / time.Since(start).Seconds() / 1e6, nil
 }
