@@ -55,5 +55,6 @@ clean:
 bench-cluster: build
 	e2e/cluster/images.sh >/dev/null
 	kubectl --kubeconfig /var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig apply -f e2e/testdata/sample-app.yaml >/dev/null
+	kubectl --kubeconfig /var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig -n bt-sample rollout restart deploy/sink >/dev/null
 	kubectl --kubeconfig /var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig -n bt-sample rollout status deploy/sink --timeout=120s
 	$(GO) run ./bench/cluster $(BENCH_ARGS)

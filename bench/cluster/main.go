@@ -154,6 +154,7 @@ func upload(ctx context.Context, ws *nstest.NS, addr string) (float64, error) {
 		return 0, err
 	}
 	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Minute)) // a stuck path is an error, not a hang
 	start := time.Now()
 	var hdr [8]byte
 	binary.BigEndian.PutUint64(hdr[:], uint64(*bytesN))
