@@ -17,6 +17,7 @@ import (
 
 	"github.com/bridgetun/bridgetun/agent"
 	"github.com/bridgetun/bridgetun/internal/obs"
+	"github.com/bridgetun/bridgetun/session"
 	"github.com/bridgetun/bridgetun/tunnel"
 )
 
@@ -125,6 +126,9 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 		ClusterDNS: dnsAddr,
 		PrivateKey: key, Addr: agent.GatewayTunnelAddr,
 		UseUDP: true, UDPPort: inClusterUDPPort,
+		// Large enough for stream-transport clients; TCP's MSS negotiation
+		// keeps UDP clients at their own 1420.
+		MTU: session.StreamMTU,
 		// Loopback is denied by the stack already; the control and stream
 		// ports are named here too so no peer can reach them through us.
 		Deny: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
