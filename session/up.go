@@ -50,11 +50,6 @@ type Config struct {
 	Ready func(Status)
 }
 
-// StreamMTU is the inner MTU on the stream transport: no path MTU applies to
-// a TCP stream, and larger packets cut the per-packet cost that dominates
-// (bench-dataplane: P3 at 32000 moves ~2.5x what it moves at 1420).
-const StreamMTU = 32000
-
 // Session is a running `up`.
 type Session struct {
 	cfg     Config
@@ -323,7 +318,7 @@ func (s *Session) start(ctx context.Context, tr client.Transport, handshakeWithi
 	}
 	mtu := s.cfg.MTU
 	if mtu == 0 && tr == client.TransportStream {
-		mtu = StreamMTU
+		mtu = tunnel.StreamMTU
 	}
 	cfg := client.Config{
 		PrivateKey: s.key, Addr: addr, GatewayKey: gwKey, Routes: s.routes, MTU: mtu,

@@ -208,15 +208,31 @@ func latency(ws *nstest.NS, addr string, errs *int) (p50, p99 float64) {
 	return samples[len(samples)/2], samples[len(samples)*99/100]
 }
 
+// podOf returns a running, not terminating pod matching selector.
 func podOf(selector string) (name, ip string) {
-	b, err := exec.Command(*kubectl, "--kubeconfig", *kubeconfig, "-n", ns, "get", "pods", "-l", selector,
-		"-o", "jsonpath={.items[0].metadata.name} {.items[0].status.podIP}").Output()
+	b, err := exec.Command(*kubectl, "--kubeconfig", *kubeconfig, "-n", ns, "get", "pods", "-l", selector, "-o", "json").Output()
 	if err != nil {
 		return "", ""
 	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
+	var list struct {
+		Items []struct {
+			Metadata struct {
+				Name              string  `json:"name"`
+				DeletionTimestamp *string `json:"deletionTimestamp"`
+			} `json:"metadata"`
+			Status struct {
+				Phase string `json:"phase"`
+				PodIP string `json:"podIP"`
+			} `json:"status"`
+		} `json:"items"`
+	}
+	if json.Unmarshal(b, &list) != nil {
 		return "", ""
 	}
-	return f[0], f[1]
+	for _, p := range list.Items {
+		if p.Metadata.DeletionTimestamp == nil && p.Status.Phase == "Running" {
+			return p.Metadata.Name, p.Status.PodIP
+		}
+	}
+	return "", ""
 }

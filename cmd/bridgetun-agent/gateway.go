@@ -17,7 +17,6 @@ import (
 
 	"github.com/bridgetun/bridgetun/agent"
 	"github.com/bridgetun/bridgetun/internal/obs"
-	"github.com/bridgetun/bridgetun/session"
 	"github.com/bridgetun/bridgetun/tunnel"
 )
 
@@ -128,7 +127,7 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 		UseUDP: true, UDPPort: inClusterUDPPort,
 		// Large enough for stream-transport clients; TCP's MSS negotiation
 		// keeps UDP clients at their own 1420.
-		MTU: session.StreamMTU,
+		MTU: tunnel.StreamMTU,
 		// Loopback is denied by the stack already; the control and stream
 		// ports are named here too so no peer can reach them through us.
 		Deny: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
