@@ -57,6 +57,47 @@ func WatchServiceNames(ctx context.Context, client kubernetes.Interface, ns stri
 	}
 }
 
+// WatchNamespaceNames is WatchServiceNames for namespaces (so "svc.ns"
+// routes to the cluster). A user who may not list namespaces gets an empty
+// set, logged once: the connected namespace still works.
+func WatchNamespaceNames(ctx context.Context, client kubernetes.Interface, set func([]string), log *slog.Logger) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	for ctx.Err() == nil {
+		list, err := client.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			log.Info("cannot list namespaces; only the connected one resolves as <svc>.<ns>", "err", err)
+			return
+		}
+		names := map[string]bool{}
+		for _, n := range list.Items {
+			names[n.Name] = true
+		}
+		set(keys(names))
+		w, err := client.CoreV1().Namespaces().Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
+		if err != nil {
+			if !sleepCtx(ctx, time.Second) {
+				return
+			}
+			continue
+		}
+		for ev := range w.ResultChan() {
+			n, ok := ev.Object.(*corev1.Namespace)
+			if !ok {
+				break
+			}
+			if ev.Type == watch.Deleted {
+				delete(names, n.Name)
+			} else {
+				names[n.Name] = true
+			}
+			set(keys(names))
+		}
+		w.Stop()
+	}
+}
+
 func keys(m map[string]bool) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {

@@ -37,6 +37,11 @@ type Status struct {
 	TxBytes          uint64    `json:"tx_bytes"`
 	Reconnects       int64     `json:"reconnects"`
 	Since            time.Time `json:"since"`
+	DNSMode          string    `json:"dns_mode"` // resolved, resolv.conf, none, off
+	DNSListen        string    `json:"dns_listen"`
+	DNSUpstreams     []string  `json:"dns_upstreams"`
+	DNSSearch        []string  `json:"dns_search"`
+	DNSRouting       []string  `json:"dns_routing_domains"`
 }
 
 // serveAPI serves GET /status and POST /down on an owner-only Unix socket.

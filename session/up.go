@@ -42,6 +42,7 @@ type Config struct {
 	AlsoProxy        []netip.Prefix
 	MTU              int
 	Forwards         []string // netstack mode: LOCAL=REMOTE TCP forwards
+	DNS              string   // auto (split DNS, OS configured in TUN mode) or none
 	Paths            Paths
 	Log              *slog.Logger          // nil discards
 	Progress         io.Writer             // human progress lines; nil discards
@@ -67,6 +68,7 @@ type Session struct {
 	podMu   sync.Mutex
 	pod     string
 	redials atomic.Int64
+	dns     *dnsState
 }
 
 // Run brings the session up and keeps it until ctx ends or `down` is asked;
@@ -91,6 +93,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	for _, r := range repaired {
 		s.progress("repaired a previous session's leftovers: %s", r)
+	}
+	if ok, err := RepairDNS(cfg.Paths); err != nil {
+		return fmt.Errorf("restore DNS settings a previous session left: %w", err)
+	} else if ok {
+		s.progress("repaired a previous session's leftovers: restored /etc/resolv.conf")
 	}
 	if st, err := NewClient(cfg.Paths.Socket).Status(ctx); err == nil {
 		return &AlreadyUpError{PID: st.PID, Socket: cfg.Paths.Socket}
@@ -135,6 +142,19 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	s.state.Store("connected")
 	s.progress("connected in %d ms: tunnel address %s, %d routes via %s", time.Since(start).Milliseconds(), s.reg.Address, len(s.routes), s.describeDevice())
 	s.registerMetrics()
+	if s.dns, err = s.startDNS(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		if derr := s.dns.stop(); derr != nil {
+			err = errors.Join(err, fmt.Errorf("restore DNS: %w", derr))
+		}
+	}()
+	if s.dns.os != nil {
+		s.progress("DNS: cluster names resolve through %s (%s); other names go to %v", s.dns.listen, s.dns.mode(), s.dns.upstreams)
+	} else {
+		s.progress("DNS: split resolver on %s (OS settings unchanged)", s.dns.listen)
+	}
 	for _, spec := range cfg.Forwards {
 		local, remote, err := client.ParseForward(spec)
 		if err != nil {
@@ -439,6 +459,10 @@ func (s *Session) Status() Status {
 		TunnelAddress: s.reg.Address, GatewayAddress: s.reg.GatewayAddress,
 		ClusterDNS: s.reg.ClusterDNS, ClusterDomain: s.reg.ClusterDomain,
 		Reconnects: max(0, s.redials.Load()-1), Since: s.since,
+		DNSMode: s.dns.mode(),
+	}
+	if s.dns != nil {
+		st.DNSListen, st.DNSUpstreams, st.DNSSearch, st.DNSRouting = s.dns.listen, s.dns.upstreams, s.dns.search, s.dns.routing
 	}
 	for _, r := range s.routes {
 		st.Routes = append(st.Routes, r.String())

@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"time"
 
@@ -13,7 +16,7 @@ import (
 )
 
 func newStatusCmd() *cobra.Command {
-	var asJSON bool
+	var asJSON, diagnostics bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the running session: transport, tunnel address, handshake, routes, traffic",
@@ -45,11 +48,15 @@ func newStatusCmd() *cobra.Command {
 			fmt.Fprintf(w, "tunnel:     %s over %s, address %s, handshake %s, reconnects %d\n", dev, st.Transport, st.TunnelAddress, hs, st.Reconnects)
 			fmt.Fprintf(w, "traffic:    %d bytes in, %d bytes out\n", st.RxBytes, st.TxBytes)
 			fmt.Fprintf(w, "routes:     %s\n", strings.Join(st.Routes, " "))
-			fmt.Fprintf(w, "dns:        cluster resolver %s, domain %s\n", st.ClusterDNS, st.ClusterDomain)
+			fmt.Fprintf(w, "dns:        %s, resolver %s, cluster domain %s\n", st.DNSMode, st.DNSListen, st.ClusterDomain)
+			if diagnostics {
+				printDiagnostics(ctx, w, st)
+			}
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&diagnostics, "diagnostics", false, "also show DNS upstreams and routing, the environment `run` gives, and sample resolutions")
 	return cmd
 }
 
@@ -57,15 +64,60 @@ func newDownCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "down",
 		Short: "End the running session: remove routes and device, disconnect",
-		Args:  cobra.NoArgs,
+		Long: `End the running session: DNS settings, routes and device are restored and
+removed. With no session running, down still repairs what a crashed one left.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
-			if err := session.NewClient(session.DefaultPaths().Socket).Down(ctx); err != nil {
+			paths := session.DefaultPaths()
+			err := session.NewClient(paths.Socket).Down(ctx)
+			if errors.Is(err, session.ErrNotRunning) {
+				repaired, rerr := session.Repair(paths)
+				for _, r := range repaired {
+					fmt.Fprintln(cmd.OutOrStdout(), "repaired:", r)
+				}
+				if rerr != nil {
+					return rerr
+				}
+				if len(repaired) == 0 {
+					return err
+				}
+				return nil
+			}
+			if err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "down")
 			return nil
 		},
+	}
+}
+
+// printDiagnostics is the seed's "connection diagnostics": where names go,
+// what a program started by run would see, and a few live resolutions.
+func printDiagnostics(ctx context.Context, w io.Writer, st session.Status) {
+	fmt.Fprintf(w, "\ndns upstreams:       %s\n", strings.Join(st.DNSUpstreams, " "))
+	fmt.Fprintf(w, "dns search:          %s\n", strings.Join(st.DNSSearch, " "))
+	fmt.Fprintf(w, "dns routing domains: %s\n", strings.Join(st.DNSRouting, " "))
+	fmt.Fprintf(w, "run environment:     GRPC_DNS_RESOLVER=native\n")
+	if st.DNSListen == "" {
+		return
+	}
+	fmt.Fprintln(w, "sample resolutions:")
+	for _, name := range []string{"kubernetes.default.svc." + st.ClusterDomain, "kubernetes.default", "nonexistent-bridgetun-check." + st.Namespace} {
+		r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, st.DNSListen)
+		}}
+		qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		start := time.Now()
+		addrs, err := r.LookupHost(qctx, name)
+		cancel()
+		res := strings.Join(addrs, " ")
+		if err != nil {
+			res = err.Error()
+		}
+		fmt.Fprintf(w, "  %-45s %s (%s)\n", name, res, time.Since(start).Round(time.Microsecond))
 	}
 }

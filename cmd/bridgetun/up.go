@@ -53,7 +53,7 @@ func newUpCmd() *cobra.Command {
 	var (
 		cf                                       clusterFlags
 		transport, endpoint, tunName, expose     string
-		metricsAddr, logLevel                    string
+		metricsAddr, logLevel, dnsMode           string
 		netstackMode, allowConflicts, background bool
 		upgrade                                  bool
 		alsoProxy, forwards                      []string
@@ -91,7 +91,10 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 				Cluster: cf.options(), GatewayNamespace: cf.gatewayNamespace, GatewayImage: cf.gatewayImage,
 				Upgrade: upgrade, Transport: transport, GatewayEndpoint: endpoint,
 				Mode: client.ModeTUN, TUNName: tunName, AllowConflicts: allowConflicts, MTU: mtu,
-				Paths: paths, Log: log, Progress: cmd.OutOrStdout(), Forwards: forwards,
+				Paths: paths, Log: log, Progress: cmd.OutOrStdout(), Forwards: forwards, DNS: dnsMode,
+			}
+			if dnsMode != session.DNSAuto && dnsMode != session.DNSNone {
+				return fmt.Errorf("--dns %q: want auto or none", dnsMode)
 			}
 			switch expose {
 			case "":
@@ -139,6 +142,7 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 	cmd.Flags().IntVar(&mtu, "mtu", 0, "inner MTU (default 1420)")
 	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "netstack mode: LOCAL=REMOTE TCP forward, e.g. 127.0.0.1:8080=10.96.0.20:80 (repeatable)")
 	cmd.Flags().BoolVar(&background, "background", false, "return once connected, leaving the session running (logs in $TMPDIR/bridgetun/)")
+	cmd.Flags().StringVar(&dnsMode, "dns", session.DNSAuto, "auto: cluster names resolve on this machine (split DNS via systemd-resolved or /etc/resolv.conf, restored on exit); none: leave the OS resolver alone")
 	cmd.Flags().BoolVar(&upgrade, "upgrade", false, "upgrade the gateway when its version differs from this client's")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address, e.g. 127.0.0.1:9091")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error (log file in $TMPDIR/bridgetun/)")
