@@ -31,26 +31,22 @@ echo "dial $FRONTEND:80 from bt-ws: unreachable, as it should be"
 STATE=$(mktemp -d)
 cleanup() {
   ws env BRIDGETUN_STATE_DIR="$STATE" "$REPO/bin/bridgetun" down >/dev/null 2>&1 || true
-  [ -f "$STATE/resolv.conf.orig" ] && cp "$STATE/resolv.conf.orig" /etc/netns/bt-ws/resolv.conf
   rm -rf "$STATE" "$(dirname "$TESTAPP")"
 }
 trap cleanup EXIT
 say "sudo bridgetun up   (from the workstation)"
-ws env BRIDGETUN_STATE_DIR="$STATE" KUBECONFIG="$KUBECONFIG" "$REPO/bin/bridgetun" up --background \
+ws env BRIDGETUN_STATE_DIR="$STATE" KUBECONFIG="$KUBECONFIG" "$REPO/bin/bridgetun" up --background --upgrade \
   -n bt-sample --gateway-image bridgetun.local/bridgetun-agent:dev
-ws env BRIDGETUN_STATE_DIR="$STATE" "$REPO/bin/bridgetun" status
-
-# Split DNS (dnsproxy, issue 5) is not built yet: until it is, point the
-# workstation's resolver at the cluster DNS, which the tunnel now reaches.
-cp /etc/netns/bt-ws/resolv.conf "$STATE/resolv.conf.orig"
-printf 'nameserver 10.96.0.10\nsearch bt-sample.svc.cluster.local svc.cluster.local cluster.local\n' > /etc/netns/bt-ws/resolv.conf
+ws env BRIDGETUN_STATE_DIR="$STATE" "$REPO/bin/bridgetun" status --diagnostics
+say "the workstation's /etc/resolv.conf now points cluster names at bridgetun (restored by down)"
+ws cat /etc/resolv.conf
 
 say "a cluster service answering by name from the workstation: GET http://frontend/"
 ws "$TESTAPP" get http://frontend/
 say "by its full name, with the route-as header propagated frontend -> api -> stats"
 ws "$TESTAPP" get -H "kubernetes-route-as: demo" http://frontend.bt-sample.svc.cluster.local/ | grep -E '"(service|instance|kubernetes-route-as|Kubernetes-Route-As)"' | head -8
 say "UDP through the tunnel: udp-echo.bt-sample:5353"
-ws "$TESTAPP" udp -timeout 3s "$("$KUBECTL" -n bt-sample get svc udp-echo -o jsonpath='{.spec.clusterIP}')":5353 hello-from-the-workstation
+ws "$TESTAPP" udp -timeout 3s "$(ws getent ahostsv4 udp-echo | awk 'NR==1{print $1}')":5353 hello-from-the-workstation
 say "bridgetun down"
 ws env BRIDGETUN_STATE_DIR="$STATE" "$REPO/bin/bridgetun" down
 echo
