@@ -8,6 +8,7 @@ command -v iptables >/dev/null || need+=(iptables)
 command -v iptables-restore >/dev/null || need+=(iptables)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v ping >/dev/null || need+=(iputils-ping)
+command -v dbus-daemon >/dev/null || need+=(dbus-daemon)
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
