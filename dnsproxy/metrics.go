@@ -1,8 +1,7 @@
 package dnsproxy
 
 import (
-	"errors"
-	"fmt"
+	"github.com/bridgetun/bridgetun/internal/promreg"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -46,32 +45,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	var err error
-	if m.queries, err = register(reg, m.queries); err != nil {
+	if m.queries, err = promreg.Register(reg, m.queries); err != nil {
 		return nil, err
 	}
-	if m.latency, err = register(reg, m.latency); err != nil {
+	if m.latency, err = promreg.Register(reg, m.latency); err != nil {
 		return nil, err
 	}
-	if m.cacheHits, err = register(reg, m.cacheHits); err != nil {
+	if m.cacheHits, err = promreg.Register(reg, m.cacheHits); err != nil {
 		return nil, err
 	}
-	if m.upstreamFailures, err = register(reg, m.upstreamFailures); err != nil {
+	if m.upstreamFailures, err = promreg.Register(reg, m.upstreamFailures); err != nil {
 		return nil, err
 	}
 	return m, nil
-}
-
-// register registers c, or returns the identical collector registered before.
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	if err != nil {
-		var zero C
-		return zero, fmt.Errorf("register dns metrics: %w", err)
-	}
-	return c, nil
 }

@@ -3,10 +3,11 @@ package tunnel
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
+
+	"github.com/bridgetun/bridgetun/internal/promreg"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/conn"
@@ -56,31 +57,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	var err error
 	for _, c := range []*prometheus.Counter{&m.rxBytes, &m.txBytes, &m.rxPackets, &m.txPackets, &m.reconnects} {
-		*c, err = register(reg, *c)
+		*c, err = promreg.Register(reg, *c)
 		if err != nil {
 			return nil, err
 		}
 	}
-	if m.dropped, err = register(reg, m.dropped); err != nil {
+	if m.dropped, err = promreg.Register(reg, m.dropped); err != nil {
 		return nil, err
 	}
 	return m, nil
-}
-
-// register registers c, or returns the identical collector registered
-// before (a bind and its device sharing a registry).
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	if err != nil {
-		var zero C
-		return zero, fmt.Errorf("register tunnel metrics: %w", err)
-	}
-	return c, nil
 }
 
 // mustMetrics is for constructors whose signature has no error: a metric
