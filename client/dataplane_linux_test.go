@@ -74,7 +74,8 @@ func TestDataplane(t *testing.T) {
 							case <-stop:
 							case <-time.After(15 * time.Second): // diagnostics only, not synchronisation
 								m, _ := topo.GatewayMetrics(context.Background())
-								t.Logf("stalled >15s; gateway metrics:\n%s", grep(m, "bridgetun_"))
+								ss, _ := topo.WS.Output("ss", "-tin")
+								t.Logf("stalled >15s; gateway metrics:\n%s\nws sockets:\n%s", grep(m, "bridgetun_"), ss)
 							}
 						}()
 						checkBlob(t, dial, func() { cut.Cut() })
