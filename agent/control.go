@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/bridgetun/bridgetun/internal/version"
 	"github.com/bridgetun/bridgetun/tunnel"
 )
@@ -78,8 +80,9 @@ type ControlConfig struct {
 	ClusterDNS    string     // "" = unknown
 	ClusterDomain string     // "" = cluster.local
 	Namespace     string
-	TTL           time.Duration // 0 = 10 minutes: peers silent (no register, no handshake) this long are forgotten
-	Log           *slog.Logger  // nil discards
+	TTL           time.Duration         // 0 = 10 minutes: peers silent (no register, no handshake) this long are forgotten
+	Registerer    prometheus.Registerer // bridgetun_gateway_peers; nil = none
+	Log           *slog.Logger          // nil discards
 	Now           func() time.Time
 }
 
@@ -115,6 +118,16 @@ func NewControl(cfg ControlConfig) *Control {
 		c.now = time.Now
 	}
 	c.info.TTLSeconds = int(c.ttl / time.Second)
+	if cfg.Registerer != nil {
+		_ = cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "bridgetun_gateway_peers",
+			Help: "Workstations registered with this gateway and not yet expired.",
+		}, func() float64 {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return float64(len(c.leases))
+		}))
+	}
 	return c
 }
 

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/bridgetun/bridgetun/tunnel"
 )
 
@@ -116,6 +119,25 @@ func TestExpireForgetsSilentPeers(t *testing.T) {
 	}
 	if _, ok := fp.peers[chatty]; !ok {
 		t.Errorf("chatty peer: removed, want kept (handshake 30s ago, TTL 1m)")
+	}
+}
+
+func TestPeersGauge(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	gwKey, _ := tunnel.GenerateKey()
+	fp := &fakePeers{peers: map[tunnel.Key]tunnel.PeerConfig{}, hs: map[tunnel.Key]time.Time{}}
+	c := NewControl(ControlConfig{Gateway: fp, GatewayKey: gwKey, Registerer: reg})
+	for range 3 {
+		if _, err := c.Register(RegisterRequest{PublicKey: pubKey(t).String()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := testutil.GatherAndCount(reg, "bridgetun_gateway_peers"); err != nil || got != 1 {
+		t.Fatalf("gather: %d, %v", got, err)
+	}
+	mfs, _ := reg.Gather()
+	if v := mfs[0].GetMetric()[0].GetGauge().GetValue(); v != 3 {
+		t.Errorf("bridgetun_gateway_peers: got %v, want 3", v)
 	}
 }
 

@@ -139,7 +139,7 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 	defer gw.Close()
 	ctl := agent.NewControl(agent.ControlConfig{
 		Gateway: gw, GatewayKey: key, ClusterDNS: dns, ClusterDomain: domain,
-		Namespace: os.Getenv("POD_NAMESPACE"), Log: log,
+		Namespace: os.Getenv("POD_NAMESPACE"), Log: log, Registerer: reg,
 	})
 	ln, err := net.Listen("tcp", inClusterControl)
 	if err != nil {
