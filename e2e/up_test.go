@@ -188,6 +188,9 @@ func TestUp(t *testing.T) {
 		if v := metricValue(string(raw), "bridgetun_gateway_flows_total"); v < 3 {
 			t.Errorf("gateway bridgetun_gateway_flows_total: got %v, want >= 3 (http, pod, transfer)", v)
 		}
+		if v := metricValue(string(raw), "bridgetun_gateway_peers"); v < 1 {
+			t.Errorf("gateway bridgetun_gateway_peers: got %v, want >= 1", v)
+		}
 	})
 
 	t.Run("port-forward killed mid-session", func(t *testing.T) {
@@ -346,6 +349,38 @@ func TestUp(t *testing.T) {
 		if err != nil || st.Transport != "udp" {
 			t.Fatalf("status: transport %q, %v; want udp", st.Transport, err)
 		}
+		expectHTTP(t, ctx, c, "http://"+frontendIP+"/", `"service":"frontend"`)
+		if _, err := ws.run(ctx, "down"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("auto picks UDP when the NodePort answers", func(t *testing.T) {
+		if _, err := ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := ws.status(ctx); err != nil || st.Transport != "udp" {
+			t.Errorf("auto: transport %q, %v; want udp", st.Transport, err)
+		}
+		if _, err := ws.run(ctx, "down"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("auto falls back to the stream within seconds", func(t *testing.T) {
+		start := time.Now()
+		out, err := ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage,
+			"--gateway-endpoint", NodeIP+":1") // nothing answers there
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, err := ws.status(ctx); err != nil || st.Transport != "stream" {
+			t.Errorf("auto with a dead UDP endpoint: transport %q, %v; want stream", st.Transport, err)
+		}
+		if !strings.Contains(out, "using the stream transport") {
+			t.Errorf("up output does not say it fell back:\n%s", out)
+		}
+		t.Logf("connected over the stream %s after start", time.Since(start).Round(100*time.Millisecond))
 		expectHTTP(t, ctx, c, "http://"+frontendIP+"/", `"service":"frontend"`)
 		if _, err := ws.run(ctx, "down"); err != nil {
 			t.Fatal(err)

@@ -1,0 +1,8 @@
+package proxy
+
+import "syscall"
+
+const (
+	syscallECONNREFUSED = syscall.ECONNREFUSED
+	syscallECONNRESET   = syscall.ECONNRESET
+)
