@@ -250,6 +250,15 @@ func TestUp(t *testing.T) {
 		}
 		t.Logf("up --netstack:\n%s", out)
 		expectHTTP(t, ctx, c, "http://127.0.0.1:18080/", `"service":"frontend"`)
+		// The proxies, as the unprivileged user, names resolved in the cluster.
+		for _, px := range []string{"http://127.0.0.1:3128", "socks5://127.0.0.1:1080"} {
+			cmd := c.InWorkstationAs(ctx, User, c.Testapp, "get", "http://frontend/")
+			cmd.Env = append(cmd.Env, "HTTP_PROXY="+px)
+			out, err := cmd.CombinedOutput()
+			if err != nil || !strings.Contains(compactJSON(string(out)), `"service":"frontend"`) {
+				t.Errorf("GET http://frontend/ through %s as %s: %v %.200s", px, User, err, out)
+			}
+		}
 		s1, _ := ws.status(ctx)
 		s2, err := ws2.status(ctx)
 		if err != nil {

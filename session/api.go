@@ -42,6 +42,8 @@ type Status struct {
 	DNSUpstreams     []string  `json:"dns_upstreams"`
 	DNSSearch        []string  `json:"dns_search"`
 	DNSRouting       []string  `json:"dns_routing_domains"`
+	SOCKSProxy       string    `json:"socks_proxy,omitempty"`
+	HTTPProxy        string    `json:"http_proxy,omitempty"`
 }
 
 // serveAPI serves GET /status and POST /down on an owner-only Unix socket.

@@ -43,6 +43,8 @@ type Config struct {
 	MTU              int
 	Forwards         []string // netstack mode: LOCAL=REMOTE TCP forwards
 	DNS              string   // auto (split DNS, OS configured in TUN mode) or none
+	SOCKSAddr        string   // netstack mode: SOCKS5 listen address; "" = off
+	HTTPProxyAddr    string   // netstack mode: HTTP proxy listen address; "" = off
 	Paths            Paths
 	Log              *slog.Logger          // nil discards
 	Progress         io.Writer             // human progress lines; nil discards
@@ -69,6 +71,14 @@ type Session struct {
 	pod     string
 	redials atomic.Int64
 	dns     *dnsState
+	proxy   *proxyState
+}
+
+func orOff(addr string) string {
+	if addr == "" {
+		return "off"
+	}
+	return addr
 }
 
 // Run brings the session up and keeps it until ctx ends or `down` is asked;
@@ -154,6 +164,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		s.progress("DNS: cluster names resolve through %s (%s); other names go to %v", s.dns.listen, s.dns.mode(), s.dns.upstreams)
 	} else {
 		s.progress("DNS: split resolver on %s (OS settings unchanged)", s.dns.listen)
+	}
+	if s.proxy, err = s.startProxy(); err != nil {
+		return err
+	}
+	defer s.proxy.stop()
+	if s.proxy != nil {
+		s.progress("proxies: SOCKS5 %s, HTTP %s (names resolve in the cluster)", orOff(s.proxy.socks), orOff(s.proxy.http))
 	}
 	for _, spec := range cfg.Forwards {
 		local, remote, err := client.ParseForward(spec)
@@ -460,6 +477,9 @@ func (s *Session) Status() Status {
 		ClusterDNS: s.reg.ClusterDNS, ClusterDomain: s.reg.ClusterDomain,
 		Reconnects: max(0, s.redials.Load()-1), Since: s.since,
 		DNSMode: s.dns.mode(),
+	}
+	if s.proxy != nil {
+		st.SOCKSProxy, st.HTTPProxy = s.proxy.socks, s.proxy.http
 	}
 	if s.dns != nil {
 		st.DNSListen, st.DNSUpstreams, st.DNSSearch, st.DNSRouting = s.dns.listen, s.dns.upstreams, s.dns.search, s.dns.routing

@@ -49,6 +49,9 @@ func newStatusCmd() *cobra.Command {
 			fmt.Fprintf(w, "traffic:    %d bytes in, %d bytes out\n", st.RxBytes, st.TxBytes)
 			fmt.Fprintf(w, "routes:     %s\n", strings.Join(st.Routes, " "))
 			fmt.Fprintf(w, "dns:        %s, resolver %s, cluster domain %s\n", st.DNSMode, st.DNSListen, st.ClusterDomain)
+			if st.SOCKSProxy != "" || st.HTTPProxy != "" {
+				fmt.Fprintf(w, "proxies:    SOCKS5 %s, HTTP %s\n", st.SOCKSProxy, st.HTTPProxy)
+			}
 			if diagnostics {
 				printDiagnostics(ctx, w, st)
 			}

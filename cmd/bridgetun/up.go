@@ -54,6 +54,7 @@ func newUpCmd() *cobra.Command {
 		cf                                       clusterFlags
 		transport, endpoint, tunName, expose     string
 		metricsAddr, logLevel, dnsMode           string
+		socksAddr, httpProxyAddr                 string
 		netstackMode, allowConflicts, background bool
 		upgrade                                  bool
 		alsoProxy, forwards                      []string
@@ -92,6 +93,7 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 				Upgrade: upgrade, Transport: transport, GatewayEndpoint: endpoint,
 				Mode: client.ModeTUN, TUNName: tunName, AllowConflicts: allowConflicts, MTU: mtu,
 				Paths: paths, Log: log, Progress: cmd.OutOrStdout(), Forwards: forwards, DNS: dnsMode,
+				SOCKSAddr: socksAddr, HTTPProxyAddr: httpProxyAddr,
 			}
 			if dnsMode != session.DNSAuto && dnsMode != session.DNSNone {
 				return fmt.Errorf("--dns %q: want auto or none", dnsMode)
@@ -142,6 +144,8 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 	cmd.Flags().IntVar(&mtu, "mtu", 0, "inner MTU (default 1420)")
 	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "netstack mode: LOCAL=REMOTE TCP forward, e.g. 127.0.0.1:8080=10.96.0.20:80 (repeatable)")
 	cmd.Flags().BoolVar(&background, "background", false, "return once connected, leaving the session running (logs in $TMPDIR/bridgetun/)")
+	cmd.Flags().StringVar(&socksAddr, "socks", "127.0.0.1:1080", "netstack mode: SOCKS5 proxy address (CONNECT, UDP ASSOCIATE, names resolved in the cluster); empty = off")
+	cmd.Flags().StringVar(&httpProxyAddr, "http-proxy", "127.0.0.1:3128", "netstack mode: HTTP proxy address (CONNECT and plain requests); empty = off")
 	cmd.Flags().StringVar(&dnsMode, "dns", session.DNSAuto, "auto: cluster names resolve on this machine (split DNS via systemd-resolved or /etc/resolv.conf, restored on exit); none: leave the OS resolver alone")
 	cmd.Flags().BoolVar(&upgrade, "upgrade", false, "upgrade the gateway when its version differs from this client's")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address, e.g. 127.0.0.1:9091")
