@@ -69,7 +69,9 @@ func TestRulesInNamespace(t *testing.T) {
 	run := nsRunner{pod}
 	rules := Rules{ContainerPort: 8080, SidecarPort: 15001, SidecarUID: sidecarUID}
 
-	fromClient := func() string { return answer(t, func(ctx context.Context) (net.Conn, error) { return client.DialContext(ctx, "tcp", "10.201.0.2:8080") }) }
+	fromClient := func() string {
+		return answer(t, func(ctx context.Context) (net.Conn, error) { return client.DialContext(ctx, "tcp", "10.201.0.2:8080") })
+	}
 	localAs := func(uid string) string {
 		out, err := pod.Output("setpriv", "--reuid", uid, "--regid", uid, "--clear-groups",
 			"bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && cat <&3")
