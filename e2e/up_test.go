@@ -9,6 +9,7 @@ package e2e
 
 import (
 	"bytes"
+	"errors"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -258,6 +259,18 @@ func TestUp(t *testing.T) {
 			if err != nil || !strings.Contains(compactJSON(string(out)), `"service":"frontend"`) {
 				t.Errorf("GET http://frontend/ through %s as %s: %v %.200s", px, User, err, out)
 			}
+		}
+		// run: a pod's environment plus the proxies, as the unprivileged user.
+		out, err = ws2.run(ctx, "run", "--service", "api", "--", "sh", "-c", `echo "token=$API_TOKEN greeting=$GREETING proxy=$HTTP_PROXY"`)
+		if err != nil || !strings.Contains(out, "token=s3cr3t-token greeting=hello proxy=http://127.0.0.1:3128") {
+			t.Errorf("run --service api: got %q, %v; want the pod's secret-backed env and the proxy", out, err)
+		}
+		if out, err := ws2.run(ctx, "run", "--", c.Testapp, "get", "http://stats/"); err != nil || !strings.Contains(compactJSON(out), `"service":"stats"`) {
+			t.Errorf("run -- testapp get http://stats/: got %.200s, %v", out, err)
+		}
+		var ee *exec.ExitError
+		if _, err := ws2.run(ctx, "run", "--", "sh", "-c", "exit 7"); !errors.As(err, &ee) || ee.ExitCode() != 7 {
+			t.Errorf("run -- sh -c 'exit 7': got %v, want exit code 7", err)
 		}
 		s1, _ := ws.status(ctx)
 		s2, err := ws2.status(ctx)

@@ -153,3 +153,22 @@ func notRunning(err error) error {
 	}
 	return err
 }
+
+// RunEnv is what `bridgetun run` adds to a command's environment so it
+// reaches the cluster: proxy variables in netstack mode, and the gRPC
+// resolver that honours the system's (split) DNS.
+func RunEnv(st Status) []string {
+	env := []string{"GRPC_DNS_RESOLVER=native"}
+	if st.HTTPProxy != "" {
+		u := "http://" + st.HTTPProxy
+		env = append(env, "HTTP_PROXY="+u, "HTTPS_PROXY="+u, "http_proxy="+u, "https_proxy="+u)
+	}
+	if st.SOCKSProxy != "" {
+		u := "socks5h://" + st.SOCKSProxy
+		env = append(env, "ALL_PROXY="+u, "all_proxy="+u)
+	}
+	if st.HTTPProxy != "" || st.SOCKSProxy != "" {
+		env = append(env, "NO_PROXY=localhost,127.0.0.1,::1", "no_proxy=localhost,127.0.0.1,::1")
+	}
+	return env
+}

@@ -103,7 +103,7 @@ func printDiagnostics(ctx context.Context, w io.Writer, st session.Status) {
 	fmt.Fprintf(w, "\ndns upstreams:       %s\n", strings.Join(st.DNSUpstreams, " "))
 	fmt.Fprintf(w, "dns search:          %s\n", strings.Join(st.DNSSearch, " "))
 	fmt.Fprintf(w, "dns routing domains: %s\n", strings.Join(st.DNSRouting, " "))
-	fmt.Fprintf(w, "run environment:     GRPC_DNS_RESOLVER=native\n")
+	fmt.Fprintf(w, "run environment:     %s\n", strings.Join(session.RunEnv(st), " "))
 	if st.DNSListen == "" {
 		return
 	}
