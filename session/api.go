@@ -90,7 +90,7 @@ type closerFunc func() error
 func (f closerFunc) Close() error { return f() }
 
 // ErrNotRunning means no session answers on the socket.
-var ErrNotRunning = errors.New("bridgetun is not up (start it with `bridgetun up`)")
+var ErrNotRunning = errors.New("not up (start it with `bridgetun up`)")
 
 // Client talks to a running session.
 type Client struct{ http *http.Client }

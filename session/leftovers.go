@@ -75,7 +75,7 @@ type AlreadyUpError struct {
 }
 
 func (e *AlreadyUpError) Error() string {
-	return fmt.Sprintf("bridgetun is already up (pid %d): see `bridgetun status`, or `bridgetun down` first", e.PID)
+	return fmt.Sprintf("already up (pid %d): see `bridgetun status`, or `bridgetun down` first", e.PID)
 }
 
 func processAlive(pid int) bool {
