@@ -245,7 +245,7 @@ func TestUp(t *testing.T) {
 	t.Run("second workstation, netstack, no root", func(t *testing.T) {
 		ws2 := newWorkstation(t, c, "ns", true)
 		out, err := ws2.run(ctx, "up", "--background", "--netstack", "-n", SampleNamespace, "--gateway-image", gatewayImage,
-			"--transport", "stream", "--forward", "127.0.0.1:18080="+frontendIP+":80")
+			"--transport", "stream", "--forward", "127.0.0.1:18080="+frontendIP+":80", "--forward", "stats=18081")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -267,6 +267,11 @@ func TestUp(t *testing.T) {
 		}
 		if out, err := ws2.run(ctx, "run", "--", c.Testapp, "get", "http://stats/"); err != nil || !strings.Contains(compactJSON(out), `"service":"stats"`) {
 			t.Errorf("run -- testapp get http://stats/: got %.200s, %v", out, err)
+		}
+		// A forwarded Service: its Kubernetes-style variables point at the local forward.
+		out, err = ws2.run(ctx, "run", "--", "sh", "-c", c.Testapp+` get http://$STATS_SERVICE_HOST:$STATS_SERVICE_PORT/`)
+		if err != nil || !strings.Contains(compactJSON(out), `"service":"stats"`) {
+			t.Errorf("run -- testapp get http://$STATS_SERVICE_HOST:$STATS_SERVICE_PORT/: got %.200s, %v", out, err)
 		}
 		var ee *exec.ExitError
 		if _, err := ws2.run(ctx, "run", "--", "sh", "-c", "exit 7"); !errors.As(err, &ee) || ee.ExitCode() != 7 {

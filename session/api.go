@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -44,6 +45,7 @@ type Status struct {
 	DNSRouting       []string  `json:"dns_routing_domains"`
 	SOCKSProxy       string    `json:"socks_proxy,omitempty"`
 	HTTPProxy        string    `json:"http_proxy,omitempty"`
+	Forwards         []Forward `json:"forwards,omitempty"`
 }
 
 // serveAPI serves GET /status and POST /down on an owner-only Unix socket.
@@ -168,7 +170,23 @@ func RunEnv(st Status) []string {
 		env = append(env, "ALL_PROXY="+u, "all_proxy="+u)
 	}
 	if st.HTTPProxy != "" || st.SOCKSProxy != "" {
-		env = append(env, "NO_PROXY=localhost,127.0.0.1,::1", "no_proxy=localhost,127.0.0.1,::1")
+		env = append(env, "NO_PROXY=localhost,127.0.0.0/8,::1", "no_proxy=localhost,127.0.0.0/8,::1")
+	}
+	// Kubernetes-style variables for forwarded Services point at the local
+	// forwards, so code written against them works unchanged.
+	seen := map[string]bool{}
+	for _, f := range st.Forwards {
+		if f.Service == "" {
+			continue
+		}
+		host, port, _ := net.SplitHostPort(f.Local)
+		name := strings.ToUpper(strings.ReplaceAll(f.Service, "-", "_"))
+		if !seen[name] {
+			seen[name] = true
+			env = append(env, name+"_SERVICE_HOST="+host, name+"_SERVICE_PORT="+port, name+"_PORT=tcp://"+f.Local)
+		}
+		pfx := fmt.Sprintf("%s_PORT_%d_TCP", name, f.Port)
+		env = append(env, pfx+"=tcp://"+f.Local, pfx+"_PROTO=tcp", pfx+"_PORT="+port, pfx+"_ADDR="+host)
 	}
 	return env
 }

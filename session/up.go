@@ -41,7 +41,7 @@ type Config struct {
 	AllowConflicts   bool
 	AlsoProxy        []netip.Prefix
 	MTU              int
-	Forwards         []string // netstack mode: LOCAL=REMOTE TCP forwards
+	Forwards         []string // netstack mode: LOCAL=REMOTE or SVC[:PORT][=LOCALPORT] TCP forwards
 	DNS              string   // auto (split DNS, OS configured in TUN mode) or none
 	SOCKSAddr        string   // netstack mode: SOCKS5 listen address; "" = off
 	HTTPProxyAddr    string   // netstack mode: HTTP proxy listen address; "" = off
@@ -55,23 +55,24 @@ type Config struct {
 
 // Session is a running `up`.
 type Session struct {
-	cfg     Config
-	log     *slog.Logger
-	conn    *cluster.Conn
-	gwNS    string
-	key     tunnel.Key
-	reg     agent.RegisterResponse
-	routes  []netip.Prefix
-	client  *client.Client
-	mode    client.Mode
-	tr      string
-	since   time.Time
-	state   atomic.Value // string
-	podMu   sync.Mutex
-	pod     string
-	redials atomic.Int64
-	dns     *dnsState
-	proxy   *proxyState
+	cfg      Config
+	log      *slog.Logger
+	conn     *cluster.Conn
+	gwNS     string
+	key      tunnel.Key
+	reg      agent.RegisterResponse
+	routes   []netip.Prefix
+	client   *client.Client
+	mode     client.Mode
+	tr       string
+	since    time.Time
+	state    atomic.Value // string
+	podMu    sync.Mutex
+	pod      string
+	redials  atomic.Int64
+	dns      *dnsState
+	proxy    *proxyState
+	forwards []Forward
 }
 
 func orOff(addr string) string {
@@ -172,16 +173,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if s.proxy != nil {
 		s.progress("proxies: SOCKS5 %s, HTTP %s (names resolve in the cluster)", orOff(s.proxy.socks), orOff(s.proxy.http))
 	}
-	for _, spec := range cfg.Forwards {
-		local, remote, err := client.ParseForward(spec)
-		if err != nil {
-			return err
-		}
-		bound, err := s.client.Forward(ctx, local, remote, s.log)
-		if err != nil {
-			return err
-		}
-		s.progress("forwarding %s to %s", bound, remote)
+	if s.forwards, err = s.startForwards(ctx); err != nil {
+		return err
+	}
+	for _, f := range s.forwards {
+		s.progress("forwarding %s to %s %s", f.Local, f.Remote, f.Service)
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -481,6 +477,7 @@ func (s *Session) Status() Status {
 	if s.proxy != nil {
 		st.SOCKSProxy, st.HTTPProxy = s.proxy.socks, s.proxy.http
 	}
+	st.Forwards = s.forwards
 	if s.dns != nil {
 		st.DNSListen, st.DNSUpstreams, st.DNSSearch, st.DNSRouting = s.dns.listen, s.dns.upstreams, s.dns.search, s.dns.routing
 	}
