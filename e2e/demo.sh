@@ -44,7 +44,7 @@ ws cat /etc/resolv.conf
 say "a cluster service answering by name from the workstation: GET http://frontend/"
 ws "$TESTAPP" get http://frontend/
 say "by its full name, with the route-as header propagated frontend -> api -> stats"
-ws "$TESTAPP" get -H "kubernetes-route-as: demo" http://frontend.bt-sample.svc.cluster.local/ | grep -E '"(service|instance|kubernetes-route-as|Kubernetes-Route-As)"' | head -8
+ws "$TESTAPP" get -H "kubernetes-route-as: demo" http://frontend.bt-sample.svc.cluster.local/ | grep -E '"(service|instance|route_as)"' | head -9
 say "UDP through the tunnel: udp-echo.bt-sample:5353"
 ws "$TESTAPP" udp -timeout 3s "$(ws getent ahostsv4 udp-echo | awk 'NR==1{print $1}')":5353 hello-from-the-workstation
 say "bridgetun down"
