@@ -262,8 +262,29 @@ func (s *Session) currentPod() string {
 	return s.pod
 }
 
-// register admits this workstation's key at the gateway's control API.
+// register admits this workstation's key at the gateway's control API,
+// retrying for a while: a gateway pod that just became ready may still be
+// opening its listeners, and a port-forward can fail transiently.
 func (s *Session) register(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	backoff := 200 * time.Millisecond
+	for {
+		err := s.registerOnce(rctx)
+		if err == nil || rctx.Err() != nil {
+			return err
+		}
+		s.log.Debug("register failed, retrying", "err", err, "in", backoff)
+		select {
+		case <-rctx.Done():
+			return err
+		case <-time.After(backoff): // retry backoff
+		}
+		backoff = min(2*backoff, 3*time.Second)
+	}
+}
+
+func (s *Session) registerOnce(ctx context.Context) error {
 	dial := cluster.PortForwardDialer(s.conn.Config, s.conn.Client, s.gwNS, s.currentPod(), cluster.ControlPort)
 	hc := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
 		DialContext:       func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },

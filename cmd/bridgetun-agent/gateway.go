@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,17 +63,20 @@ tunnel address, listeners and static peers:
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			reg := obs.NewRegistry()
+			// Ready once every listener is open: the pod's readiness probe
+			// (/healthz) must not let a client in before the control API.
+			var ready atomic.Bool
 			if metricsAddr != "" {
-				bound, err := obs.ServeMetrics(ctx, metricsAddr, reg, log)
+				bound, err := obs.ServeMetrics(ctx, metricsAddr, reg, log, ready.Load)
 				if err != nil {
 					return err
 				}
 				log.Info("metrics", "addr", bound.String())
 			}
 			if inCluster {
-				return runInCluster(ctx, log, reg)
+				return runInCluster(ctx, log, reg, &ready)
 			}
-			return runFromFile(ctx, configPath, log, reg)
+			return runFromFile(ctx, configPath, log, reg, &ready)
 		},
 	}
 	cmd.Flags().BoolVar(&inCluster, "in-cluster", false, "run as the in-cluster gateway (key from $BRIDGETUN_PRIVATE_KEY)")
@@ -82,7 +86,7 @@ tunnel address, listeners and static peers:
 	return cmd
 }
 
-func runFromFile(ctx context.Context, path string, log *slog.Logger, reg *prometheus.Registry) error {
+func runFromFile(ctx context.Context, path string, log *slog.Logger, reg *prometheus.Registry, ready *atomic.Bool) error {
 	f, err := agent.ReadGatewayFile(path)
 	if err != nil {
 		return err
@@ -108,13 +112,14 @@ func runFromFile(ctx context.Context, path string, log *slog.Logger, reg *promet
 	if err != nil {
 		return err
 	}
+	ready.Store(true)
 	log.Info("ready", "public_key", key.PublicKey().String())
 	<-ctx.Done()
 	log.Info("shutting down")
 	return gw.Close()
 }
 
-func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registry) error {
+func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registry, ready *atomic.Bool) error {
 	key, err := tunnel.ParseKey(os.Getenv("BRIDGETUN_PRIVATE_KEY"))
 	if err != nil {
 		return fmt.Errorf("$BRIDGETUN_PRIVATE_KEY: %w (the gateway Secret is missing or damaged: run `bridgetun install --upgrade`)", err)
@@ -145,6 +150,7 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 	if err != nil {
 		return fmt.Errorf("control API listen %s: %w", inClusterControl, err)
 	}
+	ready.Store(true)
 	log.Info("ready", "public_key", key.PublicKey().String(), "cluster_dns", dns, "cluster_domain", domain)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return ctl.Run(gctx, ln) })

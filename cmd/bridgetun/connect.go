@@ -64,7 +64,7 @@ Config file (JSON):
 			reg := obs.NewRegistry()
 			cfg.Registerer = reg
 			if metricsAddr != "" {
-				if _, err := obs.ServeMetrics(ctx, metricsAddr, reg, log); err != nil {
+				if _, err := obs.ServeMetrics(ctx, metricsAddr, reg, log, nil); err != nil {
 					return err
 				}
 			}

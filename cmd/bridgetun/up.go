@@ -124,7 +124,7 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 			reg := obs.NewRegistry()
 			cfg.Registerer = reg
 			if metricsAddr != "" {
-				bound, err := obs.ServeMetrics(ctx, metricsAddr, reg, log)
+				bound, err := obs.ServeMetrics(ctx, metricsAddr, reg, log, nil)
 				if err != nil {
 					return err
 				}

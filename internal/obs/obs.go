@@ -36,14 +36,22 @@ func NewRegistry() *prometheus.Registry {
 
 // ServeMetrics serves /metrics and /healthz on addr until ctx ends. It
 // returns once listening, with the bound address (addr may use port 0).
-func ServeMetrics(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) (net.Addr, error) {
+// /healthz answers 503 until ready reports true (nil = ready at once), so
+// a readiness probe waits for the component, not just this server.
+func ServeMetrics(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger, ready func() bool) (net.Addr, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics-addr %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if ready != nil && !ready() {
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
