@@ -140,6 +140,7 @@ func (s *Server) httpConnect(w http.ResponseWriter, r *http.Request) {
 	defer stopC()
 	defer c.Close()
 	c.SetDeadline(time.Time{})
+	s.metrics.count("http_connect", resultOK) // before the reply, as in SOCKS
 	if _, err := c.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
 		return
 	}
@@ -150,7 +151,6 @@ func (s *Server) httpConnect(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	s.metrics.count("http_connect", resultOK)
 	relay(c, up)
 }
 

@@ -185,10 +185,10 @@ func (s *Server) socksConnect(c net.Conn, host string, port uint16) {
 	defer stop()
 	defer up.Close()
 	bnd, _ := netip.ParseAddrPort(up.LocalAddr().String())
+	s.metrics.count("socks", resultOK) // before the reply: a client that sees it sees the count
 	if err := writeReply(c, repSucceeded, bnd); err != nil {
 		return
 	}
-	s.metrics.count("socks", resultOK)
 	c.SetDeadline(time.Time{})
 	relay(c, up)
 }
