@@ -307,8 +307,10 @@ func TestPairRoundTrip(t *testing.T) {
 			if st[0].LastHandshake.IsZero() || st[0].TxBytes == 0 || st[0].RxBytes == 0 {
 				t.Errorf("status after ping: got handshake %v tx %d rx %d, want all set", st[0].LastHandshake, st[0].TxBytes, st[0].RxBytes)
 			}
-			if got := testutil.ToFloat64(c.dev.metricsFor().txPackets); got < 2 {
-				t.Errorf("client tx packets: got %v, want >= 2 (handshake + data)", got)
+			// At least the ping itself; the handshake may or may not be
+			// counted separately (a stream client may hold and resend it).
+			if got := testutil.ToFloat64(c.dev.metricsFor().txPackets); got < 1 {
+				t.Errorf("client tx packets: got %v, want >= 1", got)
 			}
 			if got := testutil.ToFloat64(tn.server.dev.metricsFor().rxBytes); got == 0 {
 				t.Errorf("server rx bytes: got %v, want > 0", got)
