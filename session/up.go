@@ -281,6 +281,12 @@ func (s *Session) register(ctx context.Context) error {
 		case <-time.After(backoff): // retry backoff
 		}
 		backoff = min(2*backoff, 3*time.Second)
+		// The pod may have been replaced meanwhile (an upgrade rolls it
+		// right after install returns): ask again which one serves.
+		if p, werr := cluster.WaitGatewayReady(rctx, s.conn.Client, s.gwNS); werr == nil && p.Name != s.currentPod() {
+			s.log.Info("gateway pod changed; registering with the new one", "old", s.currentPod(), "new", p.Name)
+			s.setPod(p.Name)
+		}
 	}
 }
 
