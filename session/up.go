@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/bridgetun/bridgetun/agent"
@@ -241,9 +242,21 @@ func (s *Session) ensureGateway(ctx context.Context) error {
 	}
 	wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	pod, err := cluster.WaitGatewayReady(wctx, s.conn.Client, s.gwNS)
-	if err != nil {
-		return err
+	var pod *corev1.Pod
+	for {
+		if pod, err = cluster.WaitGatewayReady(wctx, s.conn.Client, s.gwNS); err != nil {
+			return err
+		}
+		// Right after an upgrade the old pod is still the ready one: wait
+		// for a pod of this version.
+		if pod.Annotations[cluster.AnnotationVersion] == version.Version {
+			break
+		}
+		select {
+		case <-wctx.Done():
+			return fmt.Errorf("gateway in %q: no ready pod of version %s after 90s (pod %s runs %s)", s.gwNS, version.Version, pod.Name, pod.Annotations[cluster.AnnotationVersion])
+		case <-time.After(500 * time.Millisecond): // polling the rollout
+		}
 	}
 	s.setPod(pod.Name)
 	s.progress("gateway ready: pod %s", pod.Name)
