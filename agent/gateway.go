@@ -13,7 +13,6 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/bridgetun/bridgetun/netstack"
 	"github.com/bridgetun/bridgetun/tunnel"
@@ -31,10 +30,7 @@ type GatewayConfig struct {
 	// StreamListener accepts stream-transport connections; nil = no stream transport.
 	// The gateway closes it on Close.
 	StreamListener net.Listener
-	// BindUDP opens the UDP bind; nil = tunnel.NewUDPBind. Tests use it to
-	// open the socket inside a network namespace.
-	BindUDP func() conn.Bind
-	MTU     int // 0 = 1420
+	MTU            int // 0 = 1420
 	// Dial dials real destinations for peers; nil = net.Dialer.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	Deny []netip.Prefix // extra destinations never dialled for peers
@@ -86,11 +82,7 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 	}()
 	bind := &dualBind{}
 	if cfg.UseUDP {
-		if cfg.BindUDP != nil {
-			bind.udp = cfg.BindUDP()
-		} else {
-			bind.udp = tunnel.NewUDPBind()
-		}
+		bind.udp = tunnel.NewUDPBind()
 	}
 	if cfg.StreamListener != nil {
 		bind.stream = tunnel.NewStreamServerBind(tunnel.StreamServerConfig{

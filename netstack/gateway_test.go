@@ -197,21 +197,7 @@ func TestTCPRefused(t *testing.T) {
 
 func TestUDPEchoAndIdleExpiry(t *testing.T) {
 	p := newTestPair(t, GatewayConfig{UDPIdleTimeout: 200 * time.Millisecond})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(bytes.ToUpper(buf[:n]), from)
-		}
-	}()
+	pc := upperEcho(t)
 	p.dialer.route("192.0.2.10:53", pc.LocalAddr().String())
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -462,21 +448,7 @@ func BenchmarkTCPThroughput(b *testing.B) {
 // TestRedirectOwnAddress: flows to the gateway's own address are refused,
 // except where Redirect names a real destination (DNS on the tunnel address).
 func TestRedirectOwnAddress(t *testing.T) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(bytes.ToUpper(buf[:n]), from)
-		}
-	}()
+	pc := upperEcho(t)
 	dns := netip.AddrPortFrom(gatewayV4, 53)
 	p := newTestPair(t, GatewayConfig{Redirect: map[netip.AddrPort]netip.AddrPort{dns: netip.MustParseAddrPort("192.0.2.53:53")}})
 	p.dialer.route("192.0.2.53:53", pc.LocalAddr().String())
@@ -501,4 +473,25 @@ func TestRedirectOwnAddress(t *testing.T) {
 		tc.Close()
 		t.Errorf("dial gateway:54: connected, want refused")
 	}
+}
+
+// upperEcho is a loopback UDP server answering each datagram upper-cased.
+func upperEcho(t *testing.T) net.PacketConn {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(bytes.ToUpper(buf[:n]), from)
+		}
+	}()
+	return pc
 }
