@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,6 +60,7 @@ type Control struct {
 	mu     sync.Mutex
 	leases map[tunnel.Key]*lease
 	byAddr map[netip.Addr]tunnel.Key
+	icpt   *Intercepts // nil = intercept endpoints answer 501
 }
 
 type lease struct {
@@ -84,6 +86,7 @@ type ControlConfig struct {
 	Registerer    prometheus.Registerer // bridgetun_gateway_peers; nil = none
 	Log           *slog.Logger          // nil discards
 	Now           func() time.Time
+	Intercepts    *Intercepts // nil = no intercepts
 }
 
 // NewControl returns the control API handler.
@@ -104,6 +107,7 @@ func NewControl(cfg ControlConfig) *Control {
 		},
 		leases: map[tunnel.Key]*lease{},
 		byAddr: map[netip.Addr]tunnel.Key{},
+		icpt:   cfg.Intercepts,
 	}
 	if c.ttl == 0 {
 		c.ttl = 10 * time.Minute
@@ -131,8 +135,13 @@ func NewControl(cfg ControlConfig) *Control {
 	return c
 }
 
-// ServeHTTP serves POST /v1/register and GET /v1/info.
+// ServeHTTP serves POST /v1/register, GET /v1/info and the intercept
+// endpoints (POST/DELETE/GET /v1/intercepts, POST /v1/intercepts/renew).
 func (c *Control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, "/v1/intercepts") {
+		c.serveIntercepts(w, r)
+		return
+	}
 	switch {
 	case r.URL.Path == "/v1/register" && r.Method == http.MethodPost:
 		var req RegisterRequest
@@ -234,6 +243,9 @@ func (c *Control) Expire() {
 		}
 		delete(c.leases, pub)
 		delete(c.byAddr, l.addr)
+		if c.icpt != nil {
+			c.icpt.RemovePeer(pub)
+		}
 		c.log.Info("peer expired", "public_key", pub.String(), "addr", l.addr)
 	}
 }
@@ -244,6 +256,9 @@ func (c *Control) Run(ctx context.Context, ln net.Listener) error {
 	go func() {
 		t := time.NewTicker(c.ttl / 4)
 		defer t.Stop()
+		// Intercept leases are seconds long: check them every second.
+		it := time.NewTicker(time.Second)
+		defer it.Stop()
 		for {
 			select {
 			case <-ctx.Done():
@@ -251,6 +266,12 @@ func (c *Control) Run(ctx context.Context, ln net.Listener) error {
 				return
 			case <-t.C:
 				c.Expire()
+			case <-it.C:
+				if c.icpt != nil {
+					if n := c.icpt.Expire(); n > 0 {
+						c.log.Info("intercept leases expired", "count", n)
+					}
+				}
 			}
 		}
 	}()
@@ -258,4 +279,120 @@ func (c *Control) Run(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("control API: %w", err)
 	}
 	return nil
+}
+
+// LeaveRequest drops a workstation's intercept of a Service.
+type LeaveRequest struct {
+	PublicKey string `json:"public_key"`
+	Namespace string `json:"namespace"`
+	Service   string `json:"service"`
+}
+
+// LeaveResponse says whether anything was dropped and how many intercepts
+// (anyone's) remain on the same workload: at 0 the caller restores it.
+type LeaveResponse struct {
+	Removed   bool `json:"removed"`
+	Remaining int  `json:"remaining"`
+}
+
+// RenewRequest extends a workstation's intercept leases.
+type RenewRequest struct {
+	PublicKey string   `json:"public_key"`
+	IDs       []string `json:"ids"`
+}
+
+// RenewResponse lists ids the gateway does not know (add them again).
+type RenewResponse struct {
+	Unknown    []string `json:"unknown,omitempty"`
+	TTLSeconds int      `json:"ttl_seconds"`
+}
+
+func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request) {
+	if c.icpt == nil {
+		http.Error(w, "intercepts are not enabled on this gateway", http.StatusNotImplemented)
+		return
+	}
+	body := http.MaxBytesReader(w, r.Body, 16<<10)
+	switch {
+	case r.URL.Path == "/v1/intercepts" && r.Method == http.MethodGet:
+		writeJSON(w, c.icpt.List(r.URL.Query().Get("namespace")))
+	case r.URL.Path == "/v1/intercepts" && r.Method == http.MethodPost:
+		var req InterceptRequest
+		if err := json.NewDecoder(body).Decode(&req); err != nil {
+			http.Error(w, "intercept: bad JSON: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		it, err := c.AddIntercept(req)
+		switch {
+		case errors.Is(err, ErrConflict):
+			http.Error(w, err.Error(), http.StatusConflict)
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusBadRequest)
+		default:
+			writeJSON(w, it)
+		}
+	case r.URL.Path == "/v1/intercepts" && r.Method == http.MethodDelete:
+		var req LeaveRequest
+		if err := json.NewDecoder(body).Decode(&req); err != nil {
+			http.Error(w, "leave: bad JSON: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		removed, remaining := c.icpt.Remove(req.PublicKey, req.Namespace, req.Service)
+		if removed {
+			c.log.Info("intercept left", "namespace", req.Namespace, "service", req.Service, "public_key", req.PublicKey, "remaining", remaining)
+		}
+		writeJSON(w, LeaveResponse{Removed: removed, Remaining: remaining})
+	case r.URL.Path == "/v1/intercepts/renew" && r.Method == http.MethodPost:
+		var req RenewRequest
+		if err := json.NewDecoder(body).Decode(&req); err != nil {
+			http.Error(w, "renew: bad JSON: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		c.touch(req.PublicKey)
+		writeJSON(w, RenewResponse{Unknown: c.icpt.Renew(req.PublicKey, req.IDs), TTLSeconds: int(c.icpt.TTL() / time.Second)})
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// AddIntercept records an intercept for a registered workstation.
+func (c *Control) AddIntercept(req InterceptRequest) (Intercept, error) {
+	pub, err := tunnel.ParseKey(req.PublicKey)
+	if err != nil {
+		return Intercept{}, fmt.Errorf("intercept: public_key: %w", err)
+	}
+	c.mu.Lock()
+	l, ok := c.leases[pub]
+	if ok {
+		l.lastSeen = c.now()
+	}
+	c.mu.Unlock()
+	if !ok {
+		return Intercept{}, fmt.Errorf("intercept: %w: register first", ErrUnknownPeer)
+	}
+	it, err := c.icpt.Add(req, l.addr)
+	if err != nil {
+		return Intercept{}, err
+	}
+	c.log.Info("intercept", "namespace", req.Namespace, "service", req.Service, "workload", req.Workload.String(),
+		"target", it.Target, "route_as", req.RouteAs, "holder", req.Holder)
+	return it, nil
+}
+
+// touch counts a renewal as a sign of life for the peer's registration too.
+func (c *Control) touch(pubKey string) {
+	pub, err := tunnel.ParseKey(pubKey)
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l, ok := c.leases[pub]; ok {
+		l.lastSeen = c.now()
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
 }

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
+
+	"github.com/bridgetun/bridgetun/internal/splice"
 )
 
 // Forward listens on local (a loopback address normally) and relays each
@@ -61,19 +61,4 @@ func ParseForward(spec string) (local, remote string, err error) {
 }
 
 // Relay copies both ways, passing half-closes on, until both directions end.
-func Relay(a, b net.Conn) {
-	var wg sync.WaitGroup
-	cp := func(dst, src net.Conn) {
-		defer wg.Done()
-		_, _ = io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		} else {
-			_ = dst.Close()
-		}
-	}
-	wg.Add(2)
-	go cp(a, b)
-	go cp(b, a)
-	wg.Wait()
-}
+func Relay(a, b net.Conn) { splice.Relay(a, b) }

@@ -1,0 +1,94 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// PatchedWorkload is a workload carrying an intercept patch.
+type PatchedWorkload struct {
+	Workload
+	PatchedAt time.Time
+}
+
+// WorkloadRestorer lists and restores patched workloads; the agent binary
+// implements it with the Kubernetes API (this package stays client-go free).
+type WorkloadRestorer interface {
+	// Patched lists the workloads in the gateway's namespace that carry a patch.
+	Patched(ctx context.Context) ([]PatchedWorkload, error)
+	// Restore puts a workload's original pod template back.
+	Restore(ctx context.Context, w Workload) error
+}
+
+// OrphanConfig configures RunOrphanRestorer.
+type OrphanConfig struct {
+	Intercepts *Intercepts
+	Restorer   WorkloadRestorer
+	// Grace is how long a patched workload without a live intercept is left
+	// alone after the later of its patch and this gateway's start (a
+	// workstation re-adds its intercepts after a gateway restart). 0 = 30 s.
+	Grace time.Duration
+	Every time.Duration // 0 = 5 s: how often patched workloads are listed
+	Log   *slog.Logger  // nil discards
+	Now   func() time.Time
+}
+
+// RunOrphanRestorer restores workloads whose intercepts are gone: at once
+// when the last lease expires (a workstation killed, a lid closed), and by
+// a periodic sweep for patches nobody holds (the gateway restarted, a client
+// crashed between patch and register). It returns when ctx ends.
+func RunOrphanRestorer(ctx context.Context, cfg OrphanConfig) {
+	if cfg.Grace == 0 {
+		cfg.Grace = 30 * time.Second
+	}
+	if cfg.Every == 0 {
+		cfg.Every = 5 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "orphans")
+	start := cfg.Now()
+	restore := func(w Workload, why string) {
+		if cfg.Intercepts.Live(w) {
+			return
+		}
+		if err := cfg.Restorer.Restore(ctx, w); err != nil {
+			log.Warn("restore workload", "workload", w.String(), "err", err)
+			return
+		}
+		log.Info("workload restored", "workload", w.String(), "why", why)
+	}
+	t := time.NewTicker(cfg.Every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-cfg.Intercepts.Kick():
+			for _, w := range cfg.Intercepts.TakeExpired() {
+				restore(w, "intercept lease expired")
+			}
+		case <-t.C:
+			ws, err := cfg.Restorer.Patched(ctx)
+			if err != nil {
+				log.Warn("list patched workloads", "err", err)
+				continue
+			}
+			for _, w := range ws {
+				since := w.PatchedAt
+				if start.After(since) {
+					since = start
+				}
+				if cfg.Now().Sub(since) >= cfg.Grace {
+					restore(w.Workload, "no live intercept")
+				}
+			}
+		}
+	}
+}
