@@ -37,6 +37,8 @@ const (
 	StreamPort    = 8082                // stream transport on 127.0.0.1 in the pod (port-forward only)
 	WireGuardPort = 51820               // UDP container port
 	MetricsPort   = 9090                // /metrics and /healthz on the pod IP
+	RelayPort     = 8083                // sidecars: route tables and CONNECT into workstation tunnels (token-protected)
+	RelayName     = "bridgetun-relay"   // ClusterIP Service in front of RelayPort: sidecars survive a gateway restart
 
 	GatewayContainer = "gateway"
 	SecretKeyPrivate = "private-key"
@@ -117,6 +119,7 @@ func GatewayObjects(spec GatewaySpec) []runtime.Object {
 			},
 		},
 		gatewayDeployment(s, meta()),
+		relayService(s.Namespace, meta()),
 	}
 	if s.ExposeNodePort {
 		objs = append(objs, gatewayNodePortService(meta()))
@@ -126,12 +129,32 @@ func GatewayObjects(spec GatewaySpec) []runtime.Object {
 
 // gatewayRoleRules is all the gateway may do, in its own namespace only:
 // read Services, Endpoints/EndpointSlices and Pods, to resolve and dial
-// in-namespace workloads and to find intercept sidecars. Nothing else.
+// in-namespace workloads and to find intercept sidecars; and put back the
+// pod templates of workloads whose intercept lease ran out (update the
+// workload, delete pods of a bare ReplicaSet so they take the template).
 func gatewayRoleRules() []rbacv1.PolicyRule {
 	read := []string{"get", "list", "watch"}
 	return []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"services", "endpoints", "pods"}, Verbs: read},
+		{APIGroups: []string{""}, Resources: []string{"services", "endpoints"}, Verbs: read},
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: append(read, "delete")},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: read},
+		{APIGroups: []string{"apps"}, Resources: []string{"deployments", "statefulsets", "replicasets"}, Verbs: append(read, "update", "patch")},
+	}
+}
+
+// relayService fronts the gateway's relay port for sidecars.
+func relayService(ns string, meta metav1.ObjectMeta) *corev1.Service {
+	meta.Name, meta.Namespace = RelayName, ns
+	return &corev1.Service{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
+		ObjectMeta: meta,
+		Spec: corev1.ServiceSpec{
+			Selector: map[string]string{LabelName: GatewayName},
+			Ports: []corev1.ServicePort{{
+				Name: "relay", Protocol: corev1.ProtocolTCP,
+				Port: RelayPort, TargetPort: intstr.FromInt32(RelayPort),
+			}},
+		},
 	}
 }
 
@@ -182,6 +205,7 @@ func gatewayDeployment(s GatewaySpec, meta metav1.ObjectMeta) *appsv1.Deployment
 						Ports: []corev1.ContainerPort{
 							{Name: "wireguard", ContainerPort: WireGuardPort, Protocol: corev1.ProtocolUDP},
 							{Name: "metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
+							{Name: "relay", ContainerPort: RelayPort, Protocol: corev1.ProtocolTCP},
 						},
 						ReadinessProbe: &corev1.Probe{
 							ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{

@@ -34,7 +34,7 @@ func TestGatewayYAML(t *testing.T) {
 	}
 	var kinds []string
 	var dep *appsv1.Deployment
-	var svc *corev1.Service
+	var svc, relay *corev1.Service
 	var secret *corev1.Secret
 	for _, doc := range bytes.Split(out, []byte("\n---\n")) {
 		obj, gvk, err := Decoder().Decode(doc, nil, nil)
@@ -42,19 +42,23 @@ func TestGatewayYAML(t *testing.T) {
 			t.Fatalf("decode %q: %v", doc, err)
 		}
 		kinds = append(kinds, gvk.Kind)
-		if m, ok := obj.(metav1.Object); !ok || m.GetName() != GatewayName || m.GetNamespace() != "bt" {
+		if m, ok := obj.(metav1.Object); !ok || (m.GetName() != GatewayName && m.GetName() != RelayName) || m.GetNamespace() != "bt" {
 			t.Errorf("%s: not named %s in namespace bt", gvk.Kind, GatewayName)
 		}
 		switch o := obj.(type) {
 		case *appsv1.Deployment:
 			dep = o
 		case *corev1.Service:
+			if o.Name == RelayName {
+				relay = o
+				continue
+			}
 			svc = o
 		case *corev1.Secret:
 			secret = o
 		}
 	}
-	if diff := cmp.Diff([]string{"ServiceAccount", "Role", "RoleBinding", "Secret", "Deployment", "Service"}, kinds); diff != "" {
+	if diff := cmp.Diff([]string{"ServiceAccount", "Role", "RoleBinding", "Secret", "Deployment", "Service", "Service"}, kinds); diff != "" {
 		t.Errorf("kinds (-want +got):\n%s", diff)
 	}
 
@@ -100,7 +104,7 @@ func TestGatewayYAML(t *testing.T) {
 			t.Errorf("port %d exposed; control and stream ports bind 127.0.0.1 only", p.ContainerPort)
 		}
 	}
-	if diff := cmp.Diff([]string{"wireguard/UDP", "metrics/TCP"}, ports); diff != "" {
+	if diff := cmp.Diff([]string{"wireguard/UDP", "metrics/TCP", "relay/TCP"}, ports); diff != "" {
 		t.Errorf("ports (-want +got):\n%s", diff)
 	}
 	env := map[string]string{}
@@ -132,12 +136,15 @@ func TestGatewayYAML(t *testing.T) {
 		svc.Spec.Selector[LabelName] != GatewayName {
 		t.Errorf("service spec = %+v", svc.Spec)
 	}
+	if relay == nil || relay.Spec.Type != "" || relay.Spec.Ports[0].Port != RelayPort || relay.Spec.Selector[LabelName] != GatewayName {
+		t.Errorf("relay service = %+v, want a ClusterIP Service on %d selecting the gateway", relay, RelayPort)
+	}
 }
 
 func TestGatewayObjectsWithoutNodePort(t *testing.T) {
 	for _, o := range GatewayObjects(testSpec) {
-		if _, ok := o.(*corev1.Service); ok {
-			t.Error("Service created without ExposeNodePort")
+		if s, ok := o.(*corev1.Service); ok && s.Name != RelayName {
+			t.Error("NodePort Service created without ExposeNodePort")
 		}
 	}
 }

@@ -239,6 +239,9 @@ func UninstallGateway(ctx context.Context, client kubernetes.Interface, ns strin
 			errs = append(errs, fmt.Errorf("delete %s %s/%s: %w", d.kind, ns, GatewayName, err))
 		}
 	}
+	if err := client.CoreV1().Services(ns).Delete(ctx, RelayName, opts); err != nil && !apierrors.IsNotFound(err) {
+		errs = append(errs, fmt.Errorf("delete service %s/%s: %w", ns, RelayName, err))
+	}
 	return errors.Join(errs...)
 }
 

@@ -101,7 +101,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		g.own[a] = true
 		g.deny = append(g.deny, netip.PrefixFrom(a, a.BitLen()))
 	}
-	m, err := newMetrics(cfg.Registerer, func() float64 { return float64(g.ep.dropped.Load()) })
+	m, err := newMetrics(cfg.Registerer, func() float64 { return float64(g.ep.dropped.Load()) }, g.tcpEvents)
 	if err != nil {
 		return nil, fmt.Errorf("new gateway: %w", err)
 	}
@@ -121,6 +121,24 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	udpFwd := udp.NewForwarder(s, g.handleUDP)
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
 	return g, nil
+}
+
+// tcpEvents reads gVisor's counters for bridgetun_gateway_tcp_events_total.
+func (g *Gateway) tcpEvents() map[string]uint64 {
+	if g.stack == nil {
+		return nil
+	}
+	st := g.stack.Stats().TCP
+	return map[string]uint64{
+		"forward_max_in_flight_drop": st.ForwardMaxInFlightDrop.Value(),
+		"listen_overflow_syn_drop":   st.ListenOverflowSynDrop.Value(),
+		"failed_connection_attempts": st.FailedConnectionAttempts.Value(),
+		"resets_sent":                st.ResetsSent.Value(),
+		"resets_received":            st.ResetsReceived.Value(),
+		"established_resets":         st.EstablishedResets.Value(),
+		"invalid_segments_received":  st.InvalidSegmentsReceived.Value(),
+		"segment_send_errors":        st.SegmentSendErrors.Value(),
+	}
 }
 
 // alwaysDenied are destinations a peer may never reach through the gateway:
@@ -260,6 +278,7 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	ep, tErr := r.CreateEndpoint(&wq)
 	if tErr != nil {
 		out.Close()
+		g.m.endpointErr.Inc()
 		log.Debug("create endpoint failed", "err", tErr.String())
 		r.Complete(true)
 		return

@@ -15,12 +15,38 @@ type metrics struct {
 	denied      prometheus.Counter
 	icmpEcho    *prometheus.CounterVec // {result}
 	linkDropped prometheus.CounterFunc
+	tcpEvents   *eventsCollector
+	endpointErr prometheus.Counter
+}
+
+// eventsCollector exports a few of gVisor's own TCP counters: the ones that
+// explain a SYN that never became a flow.
+type eventsCollector struct {
+	desc *prometheus.Desc
+	get  func() map[string]uint64
+}
+
+func (c *eventsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *eventsCollector) Collect(ch chan<- prometheus.Metric) {
+	for ev, v := range c.get() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), ev)
+	}
 }
 
 // newMetrics builds the gateway metrics and registers them with reg (nil: not
 // registered). dropped reports the link endpoint's dropped packet count.
-func newMetrics(reg prometheus.Registerer, dropped func() float64) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, dropped func() float64, tcpEvents func() map[string]uint64) (*metrics, error) {
 	m := &metrics{
+		tcpEvents: &eventsCollector{
+			desc: prometheus.NewDesc("bridgetun_gateway_tcp_events_total",
+				"gVisor TCP events that drop or refuse connections (SYNs dropped by the forwarder's in-flight bound, failed connection attempts, resets sent).",
+				[]string{"event"}, nil),
+			get: tcpEvents,
+		},
+		endpointErr: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridgetun_gateway_tcp_accept_errors_total", Help: "Forwarded TCP flows whose handshake with the peer could not be completed after the destination answered.",
+		}),
 		flowsActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "bridgetun_gateway_flows_active", Help: "Flows from peers currently relayed, by protocol.",
 		}, []string{"proto"}),
@@ -74,5 +100,5 @@ func (m *metrics) unregister(reg prometheus.Registerer) {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.flowsActive, m.flowsTotal, m.dialErrors, m.denied, m.icmpEcho, m.linkDropped}
+	return []prometheus.Collector{m.flowsActive, m.flowsTotal, m.dialErrors, m.denied, m.icmpEcho, m.linkDropped, m.tcpEvents, m.endpointErr}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -58,6 +59,14 @@ func newStack(ep *linkEndpoint, addrs []netip.Addr, opts stackOptions) (*stack.S
 	sack := tcpip.TCPSACKEnabled(true)
 	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
 		return fail(fmt.Errorf("enable tcp sack: %s", err))
+	}
+	// A short TIME_WAIT: the stack terminates flows for peers whose kernels
+	// reuse a source port soon after a close; a gVisor endpoint still in a
+	// 60 s TIME_WAIT for that 4-tuple swallows the new SYN, and the peer's
+	// connect hangs. The tunnel's own transport detects stray duplicates.
+	tw := tcpip.TCPTimeWaitTimeoutOption(time.Second)
+	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); err != nil {
+		return fail(fmt.Errorf("set tcp time-wait timeout: %s", err))
 	}
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &moderate); err != nil {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,40 +17,49 @@ import (
 
 // Status is what `bridgetun status` shows.
 type Status struct {
-	State            string    `json:"state"` // connecting, connected, reconnecting
-	PID              int       `json:"pid"`
-	Context          string    `json:"context"`
-	Namespace        string    `json:"namespace"`
-	GatewayNamespace string    `json:"gateway_namespace"`
-	GatewayPod       string    `json:"gateway_pod"`
-	GatewayVersion   string    `json:"gateway_version"`
-	ClientVersion    string    `json:"client_version"`
-	Mode             string    `json:"mode"`
-	Transport        string    `json:"transport"`
-	TUN              string    `json:"tun,omitempty"`
-	TunnelAddress    string    `json:"tunnel_address"`
-	GatewayAddress   string    `json:"gateway_address"`
-	Routes           []string  `json:"routes"`
-	ClusterDNS       string    `json:"cluster_dns"`
-	ClusterDomain    string    `json:"cluster_domain"`
-	LastHandshake    time.Time `json:"last_handshake"`
-	HandshakeAgeSec  float64   `json:"handshake_age_seconds"`
-	RxBytes          uint64    `json:"rx_bytes"`
-	TxBytes          uint64    `json:"tx_bytes"`
-	Reconnects       int64     `json:"reconnects"`
-	Since            time.Time `json:"since"`
-	DNSMode          string    `json:"dns_mode"` // resolved, resolv.conf, none, off
-	DNSListen        string    `json:"dns_listen"`
-	DNSUpstreams     []string  `json:"dns_upstreams"`
-	DNSSearch        []string  `json:"dns_search"`
-	DNSRouting       []string  `json:"dns_routing_domains"`
-	SOCKSProxy       string    `json:"socks_proxy,omitempty"`
-	HTTPProxy        string    `json:"http_proxy,omitempty"`
-	Forwards         []Forward `json:"forwards,omitempty"`
+	State            string          `json:"state"` // connecting, connected, reconnecting
+	PID              int             `json:"pid"`
+	Context          string          `json:"context"`
+	Namespace        string          `json:"namespace"`
+	GatewayNamespace string          `json:"gateway_namespace"`
+	GatewayPod       string          `json:"gateway_pod"`
+	GatewayVersion   string          `json:"gateway_version"`
+	ClientVersion    string          `json:"client_version"`
+	Mode             string          `json:"mode"`
+	Transport        string          `json:"transport"`
+	TUN              string          `json:"tun,omitempty"`
+	TunnelAddress    string          `json:"tunnel_address"`
+	GatewayAddress   string          `json:"gateway_address"`
+	Routes           []string        `json:"routes"`
+	ClusterDNS       string          `json:"cluster_dns"`
+	ClusterDomain    string          `json:"cluster_domain"`
+	LastHandshake    time.Time       `json:"last_handshake"`
+	HandshakeAgeSec  float64         `json:"handshake_age_seconds"`
+	RxBytes          uint64          `json:"rx_bytes"`
+	TxBytes          uint64          `json:"tx_bytes"`
+	Reconnects       int64           `json:"reconnects"`
+	Since            time.Time       `json:"since"`
+	DNSMode          string          `json:"dns_mode"` // resolved, resolv.conf, none, off
+	DNSListen        string          `json:"dns_listen"`
+	DNSUpstreams     []string        `json:"dns_upstreams"`
+	DNSSearch        []string        `json:"dns_search"`
+	DNSRouting       []string        `json:"dns_routing_domains"`
+	SOCKSProxy       string          `json:"socks_proxy,omitempty"`
+	HTTPProxy        string          `json:"http_proxy,omitempty"`
+	Forwards         []Forward       `json:"forwards,omitempty"`
+	Intercepts       []InterceptInfo `json:"intercepts,omitempty"`
+}
+
+// apiHandlers are what the session socket serves.
+type apiHandlers struct {
+	status    func() Status
+	down      func()
+	intercept func(context.Context, InterceptSpec) (InterceptInfo, error)
+	leave     func(service string) error
 }
 
 // serveAPI serves GET /status and POST /down on an owner-only Unix socket.
-func serveAPI(ctx context.Context, path string, status func() Status, down func()) (io.Closer, error) {
+func serveAPI(ctx context.Context, path string, h apiHandlers) (io.Closer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("socket dir %s: %w", filepath.Dir(path), err)
 	}
@@ -65,14 +75,35 @@ func serveAPI(ctx context.Context, path string, status func() Status, down func(
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(status())
+		_ = json.NewEncoder(w).Encode(h.status())
+	})
+	mux.HandleFunc("POST /intercept", func(w http.ResponseWriter, r *http.Request) {
+		var spec InterceptSpec
+		if err := json.NewDecoder(r.Body).Decode(&spec); err != nil {
+			http.Error(w, "intercept: bad request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		info, err := h.intercept(r.Context(), spec)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(info)
+	})
+	mux.HandleFunc("POST /leave", func(w http.ResponseWriter, r *http.Request) {
+		if err := h.leave(r.URL.Query().Get("service")); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("POST /down", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 		if f, ok := w.(http.Flusher); ok {
 			f.Flush() // the answer must leave before shutdown closes the server
 		}
-		go down()
+		go h.down()
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
@@ -146,6 +177,48 @@ func (c *Client) Down(ctx context.Context) error {
 		case <-time.After(100 * time.Millisecond): // polling the socket until the session has cleaned up
 		}
 	}
+}
+
+// Intercept asks the session to intercept a Service; it returns once the
+// workload's pods run the sidecar (or with why not).
+func (c *Client) Intercept(ctx context.Context, spec InterceptSpec) (InterceptInfo, error) {
+	var info InterceptInfo
+	body, _ := json.Marshal(spec)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://bridgetun/intercept", strings.NewReader(string(body)))
+	resp, err := c.long().Do(req)
+	if err != nil {
+		return info, notRunning(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))
+		return info, errors.New(strings.TrimSpace(string(b)))
+	}
+	return info, json.NewDecoder(resp.Body).Decode(&info)
+}
+
+// Leave ends the session's intercept of service and waits for the workload
+// to be restored.
+func (c *Client) Leave(ctx context.Context, service string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://bridgetun/leave?service="+url.QueryEscape(service), nil)
+	resp, err := c.long().Do(req)
+	if err != nil {
+		return notRunning(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))
+		return errors.New(strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
+// long is the client without the short timeout: intercept and leave wait
+// for rollouts (bounded by the caller's ctx).
+func (c *Client) long() *http.Client {
+	hc := *c.http
+	hc.Timeout = 0
+	return &hc
 }
 
 func notRunning(err error) error {

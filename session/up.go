@@ -74,6 +74,12 @@ type Session struct {
 	dns      *dnsState
 	proxy    *proxyState
 	forwards []Forward
+
+	gwImage      string // the gateway pod's image: the sidecar runs the same
+	gwPullPolicy corev1.PullPolicy
+	icMu         sync.Mutex // serialises intercept and leave
+	intercepts   map[string]*interceptState
+	icConns      prometheus.Counter
 }
 
 func orOff(addr string) string {
@@ -87,7 +93,11 @@ func orOff(addr string) string {
 // then it removes everything it added. Shutdown order: API socket, device and
 // routes (client.Close), session record.
 func Run(ctx context.Context, cfg Config) (err error) {
-	s := &Session{cfg: cfg, log: cfg.Log, mode: cfg.Mode, since: time.Now()}
+	s := &Session{cfg: cfg, log: cfg.Log, mode: cfg.Mode, since: time.Now(), intercepts: map[string]*interceptState{}}
+	s.icConns = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "bridgetun_intercept_inbound_connections_total",
+		Help: "Intercepted connections the gateway delivered to this workstation's local server.",
+	})
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -181,9 +191,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		s.progress("forwarding %s to %s %s", f.Local, f.Remote, f.Service)
 	}
 
+	s.repairIntercepts(ctx)
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	api, err := serveAPI(ctx, cfg.Paths.Socket, s.Status, cancel)
+	api, err := serveAPI(ctx, cfg.Paths.Socket, apiHandlers{status: s.Status, down: cancel, intercept: s.Intercept, leave: s.Leave})
 	if err != nil {
 		return err
 	}
@@ -191,7 +203,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if cfg.Ready != nil {
 		cfg.Ready(s.Status())
 	}
+	go s.renewIntercepts(ctx)
 	s.heartbeat(ctx)
+	// Intercepts end before the tunnel: their workloads go back first.
+	s.leaveAll()
 	return nil
 }
 
@@ -259,6 +274,11 @@ func (s *Session) ensureGateway(ctx context.Context) error {
 		}
 	}
 	s.setPod(pod.Name)
+	for _, c := range pod.Spec.Containers {
+		if c.Name == cluster.GatewayContainer {
+			s.gwImage, s.gwPullPolicy = c.Image, c.ImagePullPolicy
+		}
+	}
 	s.progress("gateway ready: pod %s", pod.Name)
 	return nil
 }
@@ -518,6 +538,7 @@ func (s *Session) Status() Status {
 		st.SOCKSProxy, st.HTTPProxy = s.proxy.socks, s.proxy.http
 	}
 	st.Forwards = s.forwards
+	st.Intercepts = s.interceptInfos()
 	if s.dns != nil {
 		st.DNSListen, st.DNSUpstreams, st.DNSSearch, st.DNSRouting = s.dns.listen, s.dns.upstreams, s.dns.search, s.dns.routing
 	}
@@ -547,6 +568,11 @@ func (s *Session) registerMetrics() {
 		Name: "bridgetun_tunnel_transport_reconnects_total",
 		Help: "Stream transport redials after the first connection.",
 	}, func() float64 { return float64(max(0, s.redials.Load()-1)) }))
+	_ = s.cfg.Registerer.Register(s.icConns)
+	_ = s.cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "bridgetun_intercept_active",
+		Help: "Intercepts this workstation holds.",
+	}, func() float64 { return float64(len(s.interceptInfos())) }))
 }
 
 // waitHandshake polls the client until WireGuard completes a handshake.

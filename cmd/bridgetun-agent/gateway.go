@@ -27,6 +27,7 @@ const (
 	inClusterControl = "127.0.0.1:8081"
 	inClusterStream  = "127.0.0.1:8082"
 	inClusterUDPPort = 51820
+	inClusterRelay   = ":8083" // agent.RelayPort on the pod network, for sidecars (token-protected)
 )
 
 func newGatewayCmd() *cobra.Command {
@@ -142,18 +143,40 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 		return err
 	}
 	defer gw.Close()
+	ns := os.Getenv("POD_NAMESPACE")
+	intercepts := agent.NewIntercepts(0, nil)
 	ctl := agent.NewControl(agent.ControlConfig{
 		Gateway: gw, GatewayKey: key, ClusterDNS: dns, ClusterDomain: domain,
-		Namespace: os.Getenv("POD_NAMESPACE"), Log: log, Registerer: reg,
+		Namespace: ns, Log: log, Registerer: reg, Intercepts: intercepts,
 	})
 	ln, err := net.Listen("tcp", inClusterControl)
 	if err != nil {
 		return fmt.Errorf("control API listen %s: %w", inClusterControl, err)
 	}
+	relayLn, err := net.Listen("tcp", inClusterRelay)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("relay listen %s: %w", inClusterRelay, err)
+	}
+	relay := agent.NewRelay(agent.RelayConfig{
+		Intercepts: intercepts, Token: os.Getenv("BRIDGETUN_SIDECAR_TOKEN"),
+		Dial: gw.Stack().DialContext, Registerer: reg, Log: log,
+	})
+	restorer, err := newRestorer(ns)
+	if err != nil {
+		ln.Close()
+		relayLn.Close()
+		return err
+	}
 	ready.Store(true)
 	log.Info("ready", "public_key", key.PublicKey().String(), "cluster_dns", dns, "cluster_domain", domain)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return ctl.Run(gctx, ln) })
+	g.Go(func() error { return relay.Run(gctx, relayLn) })
+	g.Go(func() error {
+		agent.RunOrphanRestorer(gctx, agent.OrphanConfig{Intercepts: intercepts, Restorer: restorer, Log: log})
+		return nil
+	})
 	err = g.Wait()
 	log.Info("shutting down")
 	return errors.Join(err, gw.Close())

@@ -28,6 +28,7 @@ tunnels of workstations and forwards their flows to real pod and service IPs.`,
 		SilenceErrors: true,
 	}
 	root.AddCommand(newGatewayCmd())
+	root.AddCommand(newSidecarCmd(), newInitCmd())
 	root.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the agent version",

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/bridgetun/bridgetun/cluster"
 	"github.com/bridgetun/bridgetun/internal/version"
@@ -92,9 +94,12 @@ running bridgetun-agent as non-root with no added capabilities. With
 }
 
 func newUninstallCmd() *cobra.Command {
-	var cf clusterFlags
+	var (
+		cf  clusterFlags
+		all bool
+	)
 	cmd := &cobra.Command{
-		Use:   "uninstall",
+		Use:   "uninstall [--all]",
 		Short: "Remove the in-cluster gateway and everything install created",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -108,6 +113,11 @@ func newUninstallCmd() *cobra.Command {
 			if ns == "" {
 				ns = conn.Namespace
 			}
+			if all {
+				if err := restoreAll(ctx, conn.Client, cmd.OutOrStdout()); err != nil {
+					return err
+				}
+			}
 			if err := cluster.UninstallGateway(ctx, conn.Client, ns); err != nil {
 				return err
 			}
@@ -116,5 +126,27 @@ func newUninstallCmd() *cobra.Command {
 		},
 	}
 	cf.add(cmd)
+	cmd.Flags().BoolVar(&all, "all", false, "first restore every workload bridgetun patched for an intercept, in every namespace")
 	return cmd
+}
+
+// restoreAll puts back every workload carrying an intercept patch, in every
+// namespace the user can list.
+func restoreAll(ctx context.Context, client kubernetes.Interface, out io.Writer) error {
+	refs, err := cluster.PatchedWorkloads(ctx, client, "")
+	if err != nil {
+		return fmt.Errorf("uninstall --all: %w", err)
+	}
+	var errs []error
+	for _, ref := range refs {
+		if _, err := cluster.RestoreWorkload(ctx, client, ref); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		fmt.Fprintf(out, "restored %s\n", ref)
+	}
+	if len(refs) == 0 {
+		fmt.Fprintln(out, "no patched workloads")
+	}
+	return errors.Join(errs...)
 }

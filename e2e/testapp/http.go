@@ -29,7 +29,10 @@ type Response struct {
 	SecretEnv  map[string]bool     `json:"secret_env,omitempty"`
 	Env        map[string]string   `json:"env,omitempty"`
 	Downstream json.RawMessage     `json:"downstream,omitempty"`
-	Error      string              `json:"error,omitempty"`
+	// DownstreamServedBy is the downstream answer's Bridgetun-Served-By
+	// header (set by an isolating intercept sidecar): local or cluster.
+	DownstreamServedBy string `json:"downstream_served_by,omitempty"`
+	Error              string `json:"error,omitempty"`
 }
 
 func runHTTP(args []string) error {
@@ -100,11 +103,11 @@ func newHandler(cfg config, client *http.Client) http.Handler {
 			resp.Env[n] = os.Getenv(n)
 		}
 		if d := cfg.Downstream; d != "" {
-			body, err := callDownstream(r.Context(), client, d, r.Header.Get(RouteAsHeader))
+			body, servedBy, err := callDownstream(r.Context(), client, d, r.Header.Get(RouteAsHeader))
 			if err != nil {
 				resp.Error = fmt.Sprintf("downstream %s: %v", d, err)
 			} else {
-				resp.Downstream = body
+				resp.Downstream, resp.DownstreamServedBy = body, servedBy
 			}
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -118,30 +121,31 @@ func newHandler(cfg config, client *http.Client) http.Handler {
 	return mux
 }
 
-func callDownstream(ctx context.Context, c *http.Client, url, routeAs string) (json.RawMessage, error) {
+func callDownstream(ctx context.Context, c *http.Client, url, routeAs string) (json.RawMessage, string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if routeAs != "" {
 		req.Header.Set(RouteAsHeader, routeAs)
 	}
 	res, err := c.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer res.Body.Close()
+	servedBy := res.Header.Get("Bridgetun-Served-By")
 	b, err := io.ReadAll(io.LimitReader(res.Body, 1<<20))
 	if err != nil {
-		return nil, err
+		return nil, servedBy, err
 	}
 	if !json.Valid(b) {
 		b, _ = json.Marshal(string(b))
 	}
 	if res.StatusCode/100 != 2 {
-		return b, fmt.Errorf("status %s", res.Status)
+		return b, servedBy, fmt.Errorf("status %s", res.Status)
 	}
-	return b, nil
+	return b, servedBy, nil
 }
 
 func logRequests(h http.Handler) http.Handler {

@@ -1,5 +1,7 @@
 // Package layering holds the test that keeps dependencies pointing inward
-// (STYLE rule 1): the data plane and the agent never pull in client-go.
+// (STYLE rule 1): the data plane and the agent never pull in client-go. The
+// agent binary (cmd/bridgetun-agent) is wiring: it gives the gateway a
+// client-go restorer for expired intercepts, like cmd/bridgetun does for up.
 package layering
 
 import (
@@ -9,7 +11,7 @@ import (
 )
 
 func TestNoKubernetesBelowCluster(t *testing.T) {
-	for _, pkg := range []string{"tunnel", "netstack", "dnsproxy", "agent", "client", "cmd/bridgetun-agent"} {
+	for _, pkg := range []string{"tunnel", "netstack", "dnsproxy", "agent", "agent/sidecar", "agent/iptables", "client"} {
 		out, err := exec.Command("go", "list", "-deps", "github.com/bridgetun/bridgetun/"+pkg).Output()
 		if err != nil {
 			t.Fatalf("go list %s: %v", pkg, err)

@@ -1,0 +1,308 @@
+// Package sidecar is the intercept sidecar: it runs in the target pod, next
+// to the original container, and receives the container port's inbound TCP
+// (redirected by the rules of agent/iptables). Each connection goes to a
+// workstation through the gateway's relay, or to the original container:
+//
+//   - a full route: the whole connection is relayed to the workstation;
+//   - isolated routes: HTTP is proxied request by request, on the route-as
+//     header; anything that is not HTTP goes to the original;
+//   - no route, or a workstation that does not answer: the original.
+//
+// An intercept must never take a service down: every failure to reach a
+// workstation before it answered ends at the original container.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/bridgetun/bridgetun/agent"
+)
+
+// RouteSource gives the routes the sidecar follows.
+type RouteSource interface {
+	// Current returns the latest route table; the zero table means no routes.
+	Current() agent.RouteTable
+}
+
+// Config configures a Sidecar.
+type Config struct {
+	Listener      net.Listener // redirected connections (required); Run closes it
+	ProbeListener net.Listener // nil = none; kubelet probes, always passed to Original; Run closes it
+	Original      string       // the original container, e.g. "127.0.0.1:8080" (required)
+	Routes        RouteSource  // the current routes (required)
+	// Dial opens a relayed connection to a Route's Target through the
+	// gateway, e.g. GatewayClient.Dial (required). It must give up when ctx ends.
+	Dial         func(ctx context.Context, target string) (net.Conn, error)
+	DialTimeout  time.Duration         // 0 = 2s: a workstation not reached within this is skipped (pass-through)
+	SniffTimeout time.Duration         // 0 = 3s: isolated mode waits this long for a request line before passing through
+	Log          *slog.Logger          // nil discards
+	Registerer   prometheus.Registerer // nil = no metrics
+}
+
+// Sidecar routes redirected connections; see the package documentation.
+type Sidecar struct {
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics
+	httpLn  *chanListener
+	srv     *http.Server
+	errLog  *log.Logger    // net/http's own complaints, at debug level
+	cluster http.Handler   // reverse proxy to the original container
+	direct  protoTransport // HTTP to the original container
+	relay   protoTransport // HTTP to workstations, over relayed connections
+	conns   sync.WaitGroup // one per accepted connection
+	dialer  net.Dialer     // to the original container
+}
+
+const (
+	defaultDialTimeout  = 2 * time.Second
+	defaultSniffTimeout = 3 * time.Second
+	originalDialTimeout = 5 * time.Second
+)
+
+// New checks cfg and builds a Sidecar; Run starts it.
+func New(cfg Config) (*Sidecar, error) {
+	switch {
+	case cfg.Listener == nil:
+		return nil, errors.New("sidecar: Listener is required")
+	case cfg.Routes == nil:
+		return nil, errors.New("sidecar: Routes is required")
+	case cfg.Dial == nil:
+		return nil, errors.New("sidecar: Dial is required")
+	}
+	if _, _, err := net.SplitHostPort(cfg.Original); err != nil {
+		return nil, fmt.Errorf("sidecar: original container address %q: %w", cfg.Original, err)
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = defaultDialTimeout
+	}
+	if cfg.SniffTimeout <= 0 {
+		cfg.SniffTimeout = defaultSniffTimeout
+	}
+	logger := cfg.Log
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("component", "sidecar")
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("sidecar: %w", err)
+	}
+	s := &Sidecar{
+		cfg:    cfg,
+		log:    logger,
+		m:      m,
+		httpLn: newChanListener(cfg.Listener.Addr()),
+		dialer: net.Dialer{Timeout: originalDialTimeout},
+	}
+	s.errLog = slog.NewLogLogger(logger.Handler(), slog.LevelDebug)
+	s.direct = newProtoTransport(func(ctx context.Context, addr string) (net.Conn, error) {
+		return s.dialer.DialContext(ctx, "tcp", addr)
+	})
+	s.cluster = s.clusterProxy(s.direct)
+	s.relay = newProtoTransport(s.dialRelay)
+	return s, nil
+}
+
+// Run serves until ctx ends or a listener fails, then closes the listeners
+// and every connection, and returns once all of its goroutines have exited.
+// A Sidecar runs once.
+func (s *Sidecar) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.srv = &http.Server{
+		Handler:     http.HandlerFunc(s.serveHTTP),
+		Protocols:   new(http.Protocols),
+		BaseContext: func(net.Listener) context.Context { return ctx },
+		ErrorLog:    s.errLog,
+		// Idle keep-alive connections of HTTP mode; the original container
+		// applies its own limits behind us.
+		IdleTimeout: 5 * time.Minute,
+	}
+	s.srv.Protocols.SetHTTP1(true)
+	s.srv.Protocols.SetUnencryptedHTTP2(true)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := s.srv.Serve(s.httpLn); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("sidecar http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { return s.acceptLoop(gctx, s.cfg.Listener, s.handle) })
+	if s.cfg.ProbeListener != nil {
+		g.Go(func() error { return s.acceptLoop(gctx, s.cfg.ProbeListener, s.handleProbe) })
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		// Shutdown order: stop accepting, then close HTTP-mode connections
+		// (the server's), then raw ones (their handlers watch ctx).
+		_ = s.cfg.Listener.Close()
+		if s.cfg.ProbeListener != nil {
+			_ = s.cfg.ProbeListener.Close()
+		}
+		_ = s.srv.Close()
+		cancel()
+		return nil
+	})
+	err := g.Wait()
+	s.conns.Wait()
+	s.direct.closeIdle()
+	s.relay.closeIdle()
+	return err
+}
+
+// acceptLoop hands every connection of ln to handle, in its own goroutine.
+func (s *Sidecar) acceptLoop(ctx context.Context, ln net.Listener, handle func(context.Context, net.Conn)) error {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if isTemporary(err) {
+				// Out of file descriptors and the like: wait, as net/http does.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "addr", ln.Addr().String(), "err", err, "delay", backoff)
+				select {
+				case <-time.After(backoff):
+				case <-ctx.Done():
+					return nil
+				}
+				continue
+			}
+			return fmt.Errorf("sidecar accept on %s: %w", ln.Addr(), err)
+		}
+		backoff = 0
+		s.conns.Go(func() { handle(ctx, c) })
+	}
+}
+
+// handle routes one redirected connection on a snapshot of the routes.
+func (s *Sidecar) handle(ctx context.Context, c net.Conn) {
+	table := s.cfg.Routes.Current()
+	if r, ok := table.Full(); ok {
+		up, err := s.dialRelay(ctx, r.Target)
+		if err != nil {
+			s.log.Warn("workstation unreachable; passing the connection to the original", "target", r.Target, "holder", r.Holder, "err", err)
+			s.passThrough(ctx, c, nil, reasonDialFailed)
+			return
+		}
+		s.m.connections.WithLabelValues(routeLocal).Inc()
+		splice(ctx, c, up)
+		return
+	}
+	if len(table.Routes) == 0 {
+		s.passThrough(ctx, c, nil, reasonNoRoute)
+		return
+	}
+	head, isHTTP := sniff(c, s.cfg.SniffTimeout)
+	if !isHTTP {
+		s.passThrough(ctx, c, head, reasonNotHTTP)
+		return
+	}
+	s.serveHTTPConn(ctx, c, head)
+}
+
+// handleProbe passes a kubelet probe to the original, whatever the routes.
+func (s *Sidecar) handleProbe(ctx context.Context, c net.Conn) {
+	s.passThrough(ctx, c, nil, "")
+}
+
+// passThrough relays c to the original container, head (bytes already read
+// from c) first. reason "" counts nothing (probes).
+func (s *Sidecar) passThrough(ctx context.Context, c net.Conn, head []byte, reason string) {
+	if reason != "" {
+		s.m.passthrough.WithLabelValues(reason).Inc()
+		s.m.connections.WithLabelValues(routeCluster).Inc()
+	}
+	up, err := s.dialer.DialContext(ctx, "tcp", s.cfg.Original)
+	if err != nil {
+		s.log.Warn("original container unreachable", "addr", s.cfg.Original, "err", err)
+		_ = c.Close()
+		return
+	}
+	if len(head) > 0 {
+		if _, err := up.Write(head); err != nil {
+			_ = up.Close()
+			_ = c.Close()
+			return
+		}
+	}
+	splice(ctx, c, up)
+}
+
+// dialRelay dials a workstation's target through the gateway within DialTimeout.
+func (s *Sidecar) dialRelay(ctx context.Context, target string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	defer cancel()
+	c, err := s.cfg.Dial(ctx, target)
+	if err != nil {
+		s.m.relayErrors.Inc()
+		return nil, &relayDialError{target: target, err: err}
+	}
+	return c, nil
+}
+
+// relayDialError marks a failure to reach a workstation, so HTTP mode can
+// tell it from a failure after the workstation answered.
+type relayDialError struct {
+	target string
+	err    error
+}
+
+func (e *relayDialError) Error() string {
+	return fmt.Sprintf("relay dial %s: %v", e.target, e.err)
+}
+
+func (e *relayDialError) Unwrap() error { return e.err }
+
+// splice copies both ways until both directions end, passing a half-close
+// on, or until ctx ends. It closes a and b.
+func splice(ctx context.Context, a, b net.Conn) {
+	stop := context.AfterFunc(ctx, func() {
+		_ = a.Close()
+		_ = b.Close()
+	})
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Go(func() { pipe(b, a) })
+	pipe(a, b)
+	wg.Wait()
+	_ = a.Close()
+	_ = b.Close()
+}
+
+// pipe copies src to dst. At src's end it half-closes dst; on an error it
+// closes both, so the other direction ends too.
+func pipe(dst, src net.Conn) {
+	if _, err := io.Copy(dst, src); err != nil {
+		_ = dst.Close()
+		_ = src.Close()
+		return
+	}
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		if cw.CloseWrite() == nil {
+			return
+		}
+	}
+	_ = dst.Close()
+}
+
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/cluster"
+)
+
+// restorer lets the gateway put back workloads whose intercept lease ran
+// out, through the Kubernetes API with the gateway's own service account
+// (RBAC: its namespace only). The agent package stays client-go free; this
+// wiring is where the two meet.
+type restorer struct {
+	client kubernetes.Interface
+	ns     string
+}
+
+func newRestorer(ns string) (*restorer, error) {
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("in-cluster API config (the gateway restores expired intercepts with it): %w", err)
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return &restorer{client: c, ns: ns}, nil
+}
+
+func (r *restorer) Patched(ctx context.Context) ([]agent.PatchedWorkload, error) {
+	refs, err := cluster.PatchedWorkloads(ctx, r.client, r.ns)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]agent.PatchedWorkload, 0, len(refs))
+	for _, w := range refs {
+		out = append(out, agent.PatchedWorkload{Workload: agent.Workload{Namespace: w.Namespace, Kind: w.Kind, Name: w.Name}, PatchedAt: w.PatchedAt})
+	}
+	return out, nil
+}
+
+func (r *restorer) Restore(ctx context.Context, w agent.Workload) error {
+	_, err := cluster.RestoreWorkload(ctx, r.client, cluster.WorkloadRef{Namespace: w.Namespace, Kind: w.Kind, Name: w.Name})
+	return err
+}

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/agent/sidecar"
+	"github.com/bridgetun/bridgetun/internal/obs"
+)
+
+// sidecarTokenEnv carries the sidecar's bearer token for the gateway relay.
+const sidecarTokenEnv = "BRIDGETUN_SIDECAR_TOKEN"
+
+func newSidecarCmd() *cobra.Command {
+	var (
+		listen, probeListen, original, gateway string
+		namespace, service                     string
+		metricsAddr, logLevel                  string
+		dialTimeout                            time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "sidecar --original ADDR --gateway HOST:PORT --namespace NS --service SVC",
+		Short: "Run the intercept sidecar next to a Service's container",
+		Long: `Run the intercept sidecar. It runs in the target pod, next to the original
+container, and receives the intercepted container port's inbound TCP (redirected to
+--listen by the rules "bridgetun-agent init" installs). It follows the Service's
+routes at the gateway and, per connection:
+
+  full intercept       relays the connection to the workstation through the gateway
+  isolated intercepts  proxies HTTP/1.x and h2c request by request: a request whose
+                       ` + agent.RouteAsHeader + ` header names a route goes to that
+                       workstation, the rest to the original; responses carry
+                       ` + agent.ServedByHeader + `: local or cluster
+  no intercept         passes the connection to the original (--original)
+
+A workstation that cannot be reached within --dial-timeout is skipped: the traffic
+goes to the original, so an intercept never takes the Service down. Connections to
+--probe-listen (the kubelet's rewritten probes) always go to the original.
+
+The gateway token comes from $` + sidecarTokenEnv + `.`,
+		Example: `  bridgetun-agent sidecar --listen :15001 --probe-listen :15002 \
+    --original 127.0.0.1:8080 --gateway bridgetun-relay.bridgetun:8083 \
+    --namespace shop --service web --metrics-addr :15090`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			token := os.Getenv(sidecarTokenEnv)
+			if token == "" {
+				return fmt.Errorf("sidecar: $%s is empty: the pod spec must set it from bridgetun's sidecar Secret (redo the intercept to repair the pod)", sidecarTokenEnv)
+			}
+			log, err := obs.NewLogger(os.Stderr, logLevel)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("--listen %s: %w", listen, err)
+			}
+			var probe net.Listener
+			if probeListen != "" {
+				if probe, err = net.Listen("tcp", probeListen); err != nil {
+					_ = ln.Close()
+					return fmt.Errorf("--probe-listen %s: %w", probeListen, err)
+				}
+			}
+			reg := obs.NewRegistry()
+			gc := sidecar.NewGatewayClient(sidecar.GatewayClientConfig{Addr: gateway, Token: token, Log: log})
+			var routes sidecar.RouteState
+			sc, err := sidecar.New(sidecar.Config{
+				Listener: ln, ProbeListener: probe, Original: original,
+				Routes: &routes, Dial: gc.Dial, DialTimeout: dialTimeout,
+				Log: log, Registerer: reg,
+			})
+			if err != nil {
+				_ = ln.Close()
+				if probe != nil {
+					_ = probe.Close()
+				}
+				return err
+			}
+			// Ready once listening: with no routes the sidecar passes
+			// everything through, so it never holds the pod back.
+			var ready atomic.Bool
+			if metricsAddr != "" {
+				bound, err := obs.ServeMetrics(ctx, metricsAddr, reg, log, ready.Load)
+				if err != nil {
+					_ = ln.Close()
+					if probe != nil {
+						_ = probe.Close()
+					}
+					return err
+				}
+				log.Info("metrics", "addr", bound.String())
+			}
+			g, gctx := errgroup.WithContext(ctx)
+			g.Go(func() error { return sc.Run(gctx) })
+			g.Go(func() error { return gc.WatchRoutes(gctx, namespace, service, routes.Set) })
+			ready.Store(true)
+			log.Info("ready", "listen", ln.Addr().String(), "original", original, "gateway", gateway, "namespace", namespace, "service", service)
+			err = g.Wait()
+			log.Info("shut down")
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", ":15001", "where the redirected connections arrive (the init step's --sidecar-port)")
+	f.StringVar(&probeListen, "probe-listen", "", "where rewritten kubelet probes arrive, always passed to --original (e.g. :15002); empty = none")
+	f.StringVar(&original, "original", "", "the original container's port on loopback, e.g. 127.0.0.1:8080")
+	f.StringVar(&gateway, "gateway", "", fmt.Sprintf("the gateway's relay, HOST:PORT (its port is %d)", agent.RelayPort))
+	f.StringVar(&namespace, "namespace", "", "namespace of the intercepted Service")
+	f.StringVar(&service, "service", "", "name of the intercepted Service")
+	f.DurationVar(&dialTimeout, "dial-timeout", 2*time.Second, "give up on a workstation not reached within this and pass the traffic to --original")
+	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (e.g. :15090); empty = off")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	for _, name := range []string{"original", "gateway", "namespace", "service"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
+	return cmd
+}

@@ -1,0 +1,556 @@
+package e2e
+
+// bridgetun intercept against the real cluster with the sample app
+// (frontend → api → stats). Local servers run in the workstation namespace:
+//
+//	load loop (host) ─► NodePort 30080 ─► frontend ─► api Service ─► api pod :8080
+//	                                                    iptables REDIRECT ─► bridgetun-sidecar :15001
+//	  sidecar ─► bridgetun-relay ─► gateway ─► netstack dial 198.19.x.y:LOCAL ══ WireGuard ══► bt-ws ─► 127.0.0.1:LOCAL
+//
+// A request loop at 50 requests/s runs through every phase and the failed
+// requests of each are reported.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// apiTemplate is the api Deployment's pod template as JSON, for
+// before/after comparisons.
+func apiTemplate(t *testing.T, ctx context.Context, c *Cluster) (string, map[string]string) {
+	t.Helper()
+	d, err := c.Client.AppsV1().Deployments(SampleNamespace).Get(ctx, "api", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(d.Spec.Template)
+	return string(b), d.Annotations
+}
+
+// localServer runs testapp http in bt-ws (as root or as User) on listen.
+func localServer(t *testing.T, ctx context.Context, c *Cluster, asUser bool, listen, name, downstream string) {
+	t.Helper()
+	args := []string{c.Testapp, "http", "-listen", listen}
+	var cmd *exec.Cmd
+	if asUser {
+		cmd = c.InWorkstationAs(ctx, User, args...)
+	} else {
+		cmd = c.InWorkstation(ctx, args...)
+	}
+	cmd.Env = append(cmd.Env, "SERVICE_NAME="+name, "POD_NAME="+name+"-local", "DOWNSTREAM_URL="+downstream)
+	var logs strings.Builder
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("--- local server %s:\n%s", name, tailLines(logs.String(), 30))
+		}
+	})
+	if err := Eventually(ctx, 20*time.Second, func(ctx context.Context) error {
+		_, err := c.inWS(ctx, c.Testapp, "get", "-timeout", "1s", "http://"+listen+"/healthz")
+		return err
+	}); err != nil {
+		t.Fatalf("local server %s on %s: %v", name, listen, err)
+	}
+}
+
+// loadLoop sends GET requests to the frontend NodePort at a fixed rate and
+// counts failures per phase.
+type loadLoop struct {
+	mu     sync.Mutex
+	phase  string
+	ok     map[string]int
+	failed map[string]int
+	first  map[string]string // phase → first failure
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func startLoad(rate int) *loadLoop {
+	l := &loadLoop{phase: "baseline", ok: map[string]int{}, failed: map[string]int{}, first: map[string]string{}, stop: make(chan struct{}), done: make(chan struct{})}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	go func() {
+		defer close(l.done)
+		var wg sync.WaitGroup
+		tick := time.NewTicker(time.Second / time.Duration(rate)) // the load's pace, not synchronisation
+		defer tick.Stop()
+		for {
+			select {
+			case <-l.stop:
+				wg.Wait()
+				return
+			case <-tick.C:
+			}
+			l.mu.Lock()
+			phase := l.phase
+			l.mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := func() error {
+					resp, err := hc.Get("http://" + NodeIP + ":30080/")
+					if err != nil {
+						return err
+					}
+					defer resp.Body.Close()
+					b, _ := io.ReadAll(resp.Body)
+					if resp.StatusCode != 200 {
+						var r struct{ Error string }
+						_ = json.Unmarshal(b, &r)
+						return fmt.Errorf("%s: %s", resp.Status, r.Error)
+					}
+					return nil
+				}()
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				if err != nil {
+					l.failed[phase]++
+					if l.first[phase] == "" {
+						l.first[phase] = err.Error()
+					}
+				} else {
+					l.ok[phase]++
+				}
+			}()
+		}
+	}()
+	return l
+}
+
+func (l *loadLoop) setPhase(p string) {
+	l.mu.Lock()
+	l.phase = p
+	l.mu.Unlock()
+}
+
+func (l *loadLoop) finish(t *testing.T, phases []string) {
+	close(l.stop)
+	<-l.done
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var b strings.Builder
+	fmt.Fprintf(&b, "request loop (50 req/s to frontend → api), failed/total per phase:\n")
+	for _, p := range phases {
+		fmt.Fprintf(&b, "  %-28s %4d / %5d", p, l.failed[p], l.failed[p]+l.ok[p])
+		if l.first[p] != "" {
+			fmt.Fprintf(&b, "   first: %.160s", l.first[p])
+		}
+		b.WriteString("\n")
+	}
+	t.Log(b.String())
+	if l.ok["baseline"] == 0 {
+		t.Errorf("the request loop never succeeded in the baseline phase")
+	}
+}
+
+// interceptProc is a foreground `bridgetun intercept`.
+type interceptProc struct {
+	cmd  *exec.Cmd
+	out  *safeBuffer
+	done chan error
+}
+
+type safeBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *safeBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *safeBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startIntercept runs `bridgetun intercept ARGS` in the foreground and waits
+// until it says it is intercepting.
+func startIntercept(t *testing.T, ctx context.Context, w *workstation, args ...string) *interceptProc {
+	t.Helper()
+	cmd := w.cmd(ctx, append([]string{"intercept"}, args...)...)
+	p := &interceptProc{cmd: cmd, out: &safeBuffer{}, done: make(chan error, 1)}
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = io.MultiWriter(p.out, pw), p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "press Ctrl-C") {
+				close(ready)
+				_, _ = io.Copy(io.Discard, pr)
+				return
+			}
+		}
+	}()
+	go func() { err := cmd.Wait(); pw.Close(); p.done <- err }()
+	t.Cleanup(func() { p.stop(t) })
+	select {
+	case <-ready:
+		t.Logf("intercept %s:\n%s", strings.Join(args, " "), p.out.String())
+		return p
+	case err := <-p.done:
+		p.done <- err
+		t.Fatalf("intercept %s exited: %v\n%s", strings.Join(args, " "), err, p.out.String())
+	case <-time.After(4 * time.Minute):
+		t.Fatalf("intercept %s: not ready after 4 min:\n%s", strings.Join(args, " "), p.out.String())
+	}
+	return nil
+}
+
+// stop sends Ctrl-C and waits for the intercept to leave.
+func (p *interceptProc) stop(t *testing.T) {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case err := <-p.done:
+		p.done <- err
+		if err != nil {
+			t.Errorf("intercept after Ctrl-C: %v\n%s", err, p.out.String())
+		}
+	case <-time.After(4 * time.Minute):
+		_ = p.cmd.Process.Kill()
+		t.Errorf("intercept did not end after Ctrl-C:\n%s", p.out.String())
+	}
+}
+
+// frontendVia GETs the frontend Service from bt-ws with an optional
+// route-as header and decodes the chain's answer.
+func frontendVia(ctx context.Context, c *Cluster, url, routeAs string) (map[string]any, error) {
+	args := []string{c.Testapp, "get", "-timeout", "10s"}
+	if routeAs != "" {
+		args = append(args, "-H", "Kubernetes-Route-As: "+routeAs)
+	}
+	out, err := c.inWS(ctx, append(args, url)...)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &m); err != nil {
+		return nil, fmt.Errorf("decode %q: %w", out, err)
+	}
+	return m, nil
+}
+
+// hop returns field of the n-th hop (0 = frontend) of a chain answer.
+func hop(m map[string]any, n int, field string) string {
+	for ; n > 0 && m != nil; n-- {
+		m, _ = m["downstream"].(map[string]any)
+	}
+	if m == nil {
+		return ""
+	}
+	s, _ := m[field].(string)
+	return s
+}
+
+func TestIntercept(t *testing.T) {
+	c := Start(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 25*time.Minute)
+	defer cancel()
+	c.DumpOnFailure(t, SampleNamespace)
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, args := range [][]string{
+			{"logs", "-l", "app=api", "-c", "bridgetun-sidecar", "--tail", "40", "--prefix"},
+			{"logs", "-l", "app.kubernetes.io/name=bridgetun-gateway", "--tail", "60"},
+		} {
+			out, _ := c.RunKubectl(context.Background(), append([]string{"-n", SampleNamespace}, args...)...)
+			t.Logf("--- kubectl %s:\n%s", strings.Join(args, " "), out)
+		}
+	})
+	if err := c.DeploySample(ctx); err != nil {
+		t.Fatal(err)
+	}
+	frontendIP := clusterIP(t, ctx, c, "frontend")
+	statsIP := clusterIP(t, ctx, c, "stats")
+	frontendURL := "http://" + frontendIP + "/"
+
+	ws := newWorkstation(t, c, "icpt", false)
+	if out, err := ws.run(ctx, "uninstall", "--all", "-n", SampleNamespace); err != nil {
+		t.Fatalf("uninstall --all: %v\n%s", err, out)
+	}
+	if _, err := ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage,
+		"--transport", "stream", "--metrics-addr", "127.0.0.1:9092"); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := apiTemplate(t, ctx, c)
+	localServer(t, ctx, c, false, "127.0.0.1:18090", "api-local", "http://"+statsIP+"/")
+	load := startLoad(50)
+	phase := load.setPhase
+	defer load.finish(t, []string{"baseline", "bad input", "full: start", "full: running", "full: leave",
+		"isolated: start", "isolated: running", "isolated: leave", "kill -9: start", "kill -9: killed", "kill -9: restored"})
+	if err := Eventually(ctx, 30*time.Second, func(context.Context) error {
+		load.mu.Lock()
+		defer load.mu.Unlock()
+		if load.ok["baseline"] < 25 {
+			return fmt.Errorf("%d baseline requests so far", load.ok["baseline"])
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("bad input", func(t *testing.T) {
+		phase("bad input")
+		noSel := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "no-selector", Namespace: SampleNamespace},
+			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+		}
+		if _, err := c.Client.CoreV1().Services(SampleNamespace).Create(ctx, noSel, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defer c.Client.CoreV1().Services(SampleNamespace).Delete(context.Background(), "no-selector", metav1.DeleteOptions{})
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"nope", "--port", "18090"}, "not found"},
+			{[]string{"no-selector", "--port", "18090"}, "selector"},
+			{[]string{"api", "--port", "18090:grpc"}, "http"}, // the error lists the ports there are
+			{[]string{"api", "--port", "18099"}, "nothing listens on 127.0.0.1:18099"},
+			{[]string{"api", "--port", "x"}, "--port"},
+		} {
+			out, err := ws.run(ctx, append([]string{"intercept"}, tc.args...)...)
+			if err == nil || !strings.Contains(out, tc.want) {
+				t.Errorf("intercept %v: got %v\n%s\nwant an error containing %q", tc.args, err, out, tc.want)
+			}
+		}
+		if got, ann := apiTemplate(t, ctx, c); got != before || ann["bridgetun.io/original-template"] != "" {
+			t.Errorf("api Deployment changed by refused intercepts")
+		}
+	})
+
+	t.Run("full intercept", func(t *testing.T) {
+		phase("full: start")
+		envFile := filepath.Join(ws.stateDir, "api.env")
+		mount := filepath.Join(ws.stateDir, "vol")
+		p := startIntercept(t, ctx, ws, "api", "--port", "18090", "--env-file", envFile, "--mount", mount)
+		phase("full: running")
+		// Every frontend call to api lands on the local server, which calls stats in the cluster.
+		for i := 0; i < 5; i++ {
+			m, err := frontendVia(ctx, c, frontendURL, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := hop(m, 1, "service"); got != "api-local" {
+				t.Fatalf("request %d: api hop answered by %q, want api-local (the workstation)", i, got)
+			}
+			if got := hop(m, 2, "service"); got != "stats" {
+				t.Fatalf("request %d: stats hop %q, want stats (called from the workstation)", i, got)
+			}
+		}
+		env, err := os.ReadFile(envFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{`API_TOKEN="s3cr3t-token"`, `DB_PASSWORD="hunter2"`, `GREETING="hello"`, `DOWNSTREAM_URL="http://stats/"`, `POD_NAMESPACE="bt-sample"`, `POD_NAME="api-`} {
+			if !strings.Contains(string(env), want) {
+				t.Errorf("env file: missing %s\n%s", want, env)
+			}
+		}
+		cfgFile := filepath.Join(mount, "etc/api/config.txt")
+		if b, err := os.ReadFile(cfgFile); err != nil || !strings.Contains(string(b), "greeting=hello from api-config") {
+			t.Errorf("mounted config: %q, %v", b, err)
+		}
+		if target, err := os.Readlink(filepath.Join(mount, "etc/api/..data")); err != nil || !strings.HasPrefix(target, "..20") {
+			t.Errorf("..data symlink: %q, %v (want the kubelet layout)", target, err)
+		}
+		patch := `{"data":{"config.txt":"greeting=changed in the cluster\n"}}`
+		if out, err := c.RunKubectl(ctx, "-n", SampleNamespace, "patch", "configmap", "api-config", "--type", "merge", "-p", patch); err != nil {
+			t.Fatalf("patch configmap: %v %s", err, out)
+		}
+		defer c.RunKubectl(context.Background(), "-n", SampleNamespace, "patch", "configmap", "api-config", "--type", "merge", "-p",
+			`{"data":{"config.txt":"greeting=hello from api-config\nfeature.stats=true\n"}}`)
+		if err := Eventually(ctx, 30*time.Second, func(context.Context) error {
+			b, err := os.ReadFile(cfgFile)
+			if err != nil || !strings.Contains(string(b), "changed in the cluster") {
+				return fmt.Errorf("local config.txt = %q, %v", b, err)
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+		st, _ := ws.status(ctx)
+		if len(st.Intercepts) != 1 || st.Intercepts[0].Service != "api" || st.Intercepts[0].RouteAs != "" {
+			t.Errorf("status intercepts: %+v, want api (full)", st.Intercepts)
+		}
+		raw, err := c.Client.CoreV1().Pods(SampleNamespace).ProxyGet("http", st.GatewayPod, "9090", "/metrics", nil).DoRaw(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := metricValue(string(raw), `bridgetun_gateway_relay_connections_total{result="ok"}`); v < 5 {
+			t.Errorf("gateway relay connections ok: got %v, want >= 5", v)
+		}
+
+		phase("full: leave")
+		p.stop(t)
+		if !strings.Contains(p.out.String(), "left api") {
+			t.Errorf("intercept output after Ctrl-C lacks 'left api':\n%s", p.out.String())
+		}
+		if got, ann := apiTemplate(t, ctx, c); got != before || ann["bridgetun.io/original-template"] != "" {
+			t.Errorf("api pod template after leave differs from before:\nbefore %s\nafter  %s", before, got)
+		}
+		m, err := frontendVia(ctx, c, frontendURL, "")
+		if err != nil || hop(m, 1, "service") != "api" {
+			t.Errorf("after leave: api hop %q (%v), want the cluster's api", hop(m, 1, "service"), err)
+		}
+	})
+
+	t.Run("isolated, two workstations", func(t *testing.T) {
+		ws2 := newWorkstation(t, c, "icpt2", true)
+		if _, err := ws2.run(ctx, "up", "--background", "--netstack", "-n", SampleNamespace, "--gateway-image", gatewayImage,
+			"--transport", "stream", "--forward", "stats=18093"); err != nil {
+			t.Fatal(err)
+		}
+		localServer(t, ctx, c, false, "127.0.0.1:18091", "api-alice", "http://"+statsIP+"/")
+		// ws2's forward of stats: the first Service forward gets 127.0.0.2.
+		localServer(t, ctx, c, true, "127.0.0.1:18092", "api-bob", "http://127.0.0.2:18093/")
+		phase("isolated: start")
+		pa := startIntercept(t, ctx, ws, "api", "--port", "18091", "--isolate", "--route-as", "alice", "--no-mount")
+		pb := startIntercept(t, ctx, ws2, "api", "--port", "18092", "--isolate", "--route-as", "bob", "--no-mount")
+		phase("isolated: running")
+		for _, tc := range []struct{ routeAs, wantAPI, servedBy string }{
+			{"alice", "api-alice", "local"}, {"bob", "api-bob", "local"}, {"", "api", "cluster"}, {"carol", "api", "cluster"},
+		} {
+			m, err := frontendVia(ctx, c, frontendURL, tc.routeAs)
+			if err != nil {
+				t.Fatalf("route-as %q: %v", tc.routeAs, err)
+			}
+			if got := hop(m, 1, "service"); got != tc.wantAPI {
+				t.Errorf("route-as %q: api hop %q, want %q", tc.routeAs, got, tc.wantAPI)
+			}
+			if got := hop(m, 0, "downstream_served_by"); got != tc.servedBy {
+				t.Errorf("route-as %q: frontend saw Bridgetun-Served-By %q, want %q", tc.routeAs, got, tc.servedBy)
+			}
+			if got := hop(m, 2, "service"); got != "stats" || hop(m, 2, "route_as") != tc.routeAs {
+				t.Errorf("route-as %q: stats hop %q with route-as %q, want stats with the header propagated", tc.routeAs, got, hop(m, 2, "route_as"))
+			}
+		}
+		// The local URL adds alice's header: a browser here reaches her version.
+		url := ""
+		for _, l := range strings.Split(pa.out.String(), "\n") {
+			if _, u, ok := strings.Cut(l, "local URL (adds the header): "); ok {
+				url = strings.TrimSpace(u)
+			}
+		}
+		if url == "" {
+			t.Fatalf("no local URL in:\n%s", pa.out.String())
+		}
+		if m, err := frontendVia(ctx, c, url, ""); err != nil || hop(m, 0, "service") != "api-alice" {
+			t.Errorf("local URL %s: answered by %q (%v), want api-alice", url, hop(m, 0, "service"), err)
+		}
+		// A full intercept of a service others isolate is refused, naming them.
+		out, err := ws.run(ctx, "intercept", "api", "--port", "18090", "--detach", "--no-mount")
+		if err == nil || !strings.Contains(out, "intercepted by") {
+			t.Errorf("full intercept over isolated ones: %v\n%s\nwant a refusal naming the holder", err, out)
+		}
+		phase("isolated: leave")
+		pa.stop(t)
+		if _, ann := apiTemplate(t, ctx, c); ann["bridgetun.io/original-template"] == "" {
+			t.Errorf("api restored while bob still isolates it")
+		}
+		if m, err := frontendVia(ctx, c, frontendURL, "bob"); err != nil || hop(m, 1, "service") != "api-bob" {
+			t.Errorf("after alice left: bob's request answered by %q (%v), want api-bob", hop(m, 1, "service"), err)
+		}
+		pb.stop(t)
+		if got, _ := apiTemplate(t, ctx, c); got != before {
+			t.Errorf("api pod template after both left differs from before")
+		}
+		if _, err := ws2.run(ctx, "down"); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("kill -9: pass-through, then the lease restores", func(t *testing.T) {
+		phase("kill -9: start")
+		out, err := ws.run(ctx, "intercept", "api", "--port", "18090", "--detach", "--no-mount")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("intercept --detach:\n%s", out)
+		if m, err := frontendVia(ctx, c, frontendURL, ""); err != nil || hop(m, 1, "service") != "api-local" {
+			t.Fatalf("detached intercept: api hop %q (%v), want api-local", hop(m, 1, "service"), err)
+		}
+		st, err := ws.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		phase("kill -9: killed")
+		if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		killed := time.Now()
+		// The sidecars pass traffic through at once they cannot reach the workstation...
+		if err := Eventually(ctx, time.Minute, func(ctx context.Context) error {
+			m, err := frontendVia(ctx, c, "http://"+NodeIP+":30080/", "")
+			if err != nil {
+				return err
+			}
+			if got := hop(m, 1, "service"); got != "api" {
+				return fmt.Errorf("api hop %q", got)
+			}
+			return nil
+		}); err != nil {
+			t.Errorf("service after kill -9: %v", err)
+		}
+		// ...and the gateway restores the template when the lease runs out.
+		var restoredAfter time.Duration
+		if err := Eventually(ctx, 3*time.Minute, func(ctx context.Context) error {
+			got, ann := apiTemplate(t, ctx, c)
+			if ann["bridgetun.io/original-template"] != "" || got != before {
+				return fmt.Errorf("api still patched")
+			}
+			restoredAfter = time.Since(killed)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("api Deployment restored by the gateway %s after kill -9", restoredAfter.Round(100*time.Millisecond))
+		if err := c.WaitRollout(ctx, SampleNamespace, "api"); err != nil {
+			t.Error(err)
+		}
+		phase("kill -9: restored")
+		// The next up repairs what the killed session left on this machine.
+		out, err = ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, "repaired") {
+			t.Errorf("up after kill -9: no repair reported:\n%s", out)
+		}
+		if _, err := ws.run(ctx, "down"); err != nil {
+			t.Error(err)
+		}
+	})
+}
