@@ -136,12 +136,20 @@ func (t *Intercepts) Remove(pub, ns, svc string) (removed bool, remaining int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	it, ok := t.byID[id]
-	if ok {
-		delete(t.byID, id)
-		t.bumpLocked()
-		remaining = t.onWorkloadLocked(it.Workload)
+	if !ok {
+		// Already gone (its lease expired): still say who else holds the
+		// Service's workload, so the caller does not restore it under them.
+		for _, o := range t.byID {
+			if o.Namespace == ns && o.Service == svc {
+				remaining = t.onWorkloadLocked(o.Workload)
+				break
+			}
+		}
+		return false, remaining
 	}
-	return ok, remaining
+	delete(t.byID, id)
+	t.bumpLocked()
+	return true, t.onWorkloadLocked(it.Workload)
 }
 
 // RemovePeer drops every intercept of a peer (its registration expired).

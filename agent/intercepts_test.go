@@ -110,6 +110,10 @@ func TestInterceptTableAndLease(t *testing.T) {
 	if w := tab.TakeExpired(); len(w) != 0 {
 		t.Fatalf("orphans while A holds the workload: got %v", w)
 	}
+	// B leaves after its lease already ran out: A still holds the workload.
+	if removed, remaining := tab.Remove(keyB, "ns", "api"); removed || remaining != 1 {
+		t.Fatalf("late leave: got removed=%v remaining=%d, want false, 1", removed, remaining)
+	}
 	clk.add(10 * time.Second)
 	if n := tab.Expire(); n != 1 {
 		t.Fatalf("expired: got %d, want 1", n)

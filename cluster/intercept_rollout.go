@@ -131,7 +131,34 @@ func checkDeployment(ctx context.Context, client kubernetes.Interface, ref Workl
 	case st.ReadyReplicas < want || st.AvailableReplicas < want:
 		return false, notReady(pods, min(st.ReadyReplicas, st.AvailableReplicas), want), nil
 	}
-	return st.UpdatedReplicas == want && st.Replicas == want, "", nil
+	if st.UpdatedReplicas != want || st.Replicas != want {
+		return false, "", nil
+	}
+	// Old pods still terminating take connections until every node has
+	// dropped them: done means gone, so traffic has settled on the new ones.
+	if n, err := terminatingPods(ctx, client, ref.Namespace, d.Spec.Selector); err != nil || n > 0 {
+		return false, fmt.Sprintf("%d old pod(s) still terminating", n), err
+	}
+	return true, "", nil
+}
+
+// terminatingPods counts the selector's pods that are being deleted.
+func terminatingPods(ctx context.Context, client kubernetes.Interface, ns string, sel *metav1.LabelSelector) (int, error) {
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	if err != nil {
+		return 0, err
+	}
+	pods, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: s.String()})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // checkStatefulSet: the controller has seen the spec, every pod (at or

@@ -260,6 +260,19 @@ func frontendVia(ctx context.Context, c *Cluster, url, routeAs string) (map[stri
 	return m, nil
 }
 
+// frontendEventually is frontendVia retried for up to 30 s: a request that
+// meets a pod going away at a rollout fails (the load loop counts those);
+// the functional checks want the steady state.
+func frontendEventually(ctx context.Context, c *Cluster, url, routeAs string) (map[string]any, error) {
+	var m map[string]any
+	err := Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
+		var err error
+		m, err = frontendVia(ctx, c, url, routeAs)
+		return err
+	})
+	return m, err
+}
+
 // hop returns field of the n-th hop (0 = frontend) of a chain answer.
 func hop(m map[string]any, n int, field string) string {
 	for ; n > 0 && m != nil; n-- {
@@ -308,7 +321,7 @@ func TestIntercept(t *testing.T) {
 	localServer(t, ctx, c, false, "127.0.0.1:18090", "api-local", "http://"+statsIP+"/")
 	load := startLoad(50)
 	phase := load.setPhase
-	defer load.finish(t, []string{"baseline", "bad input", "full: start", "full: running", "full: leave",
+	defer load.finish(t, []string{"baseline", "baseline: rollout restart", "bad input", "full: start", "full: running", "full: leave",
 		"isolated: start", "isolated: running", "isolated: leave", "kill -9: start", "kill -9: killed", "kill -9: restored"})
 	if err := Eventually(ctx, 30*time.Second, func(context.Context) error {
 		load.mu.Lock()
@@ -320,6 +333,20 @@ func TestIntercept(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+
+	// The reference for the failure counts below: the same Deployment
+	// rolled without bridgetun (its pods exit at once on SIGTERM, before
+	// every node has stopped sending them new connections).
+	t.Run("baseline: rollout restart", func(t *testing.T) {
+		phase("baseline: rollout restart")
+		if out, err := c.RunKubectl(ctx, "-n", SampleNamespace, "rollout", "restart", "deployment/api"); err != nil {
+			t.Fatalf("rollout restart: %v %s", err, out)
+		}
+		if err := c.WaitRollout(ctx, SampleNamespace, "api"); err != nil {
+			t.Fatal(err)
+		}
+		before, _ = apiTemplate(t, ctx, c)
+	})
 
 	t.Run("bad input", func(t *testing.T) {
 		phase("bad input")
@@ -359,7 +386,7 @@ func TestIntercept(t *testing.T) {
 		phase("full: running")
 		// Every frontend call to api lands on the local server, which calls stats in the cluster.
 		for i := 0; i < 5; i++ {
-			m, err := frontendVia(ctx, c, frontendURL, "")
+			m, err := frontendEventually(ctx, c, frontendURL, "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -421,9 +448,16 @@ func TestIntercept(t *testing.T) {
 		if got, ann := apiTemplate(t, ctx, c); got != before || ann["bridgetun.io/original-template"] != "" {
 			t.Errorf("api pod template after leave differs from before:\nbefore %s\nafter  %s", before, got)
 		}
-		m, err := frontendVia(ctx, c, frontendURL, "")
-		if err != nil || hop(m, 1, "service") != "api" {
-			t.Errorf("after leave: api hop %q (%v), want the cluster's api", hop(m, 1, "service"), err)
+		// The last patched pod may still be going away: the cluster's api
+		// answers again within moments.
+		if err := Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
+			m, err := frontendVia(ctx, c, frontendURL, "")
+			if err != nil || hop(m, 1, "service") != "api" {
+				return fmt.Errorf("api hop %q (%v), want the cluster's api", hop(m, 1, "service"), err)
+			}
+			return nil
+		}); err != nil {
+			t.Errorf("after leave: %v", err)
 		}
 	})
 
@@ -443,8 +477,9 @@ func TestIntercept(t *testing.T) {
 		for _, tc := range []struct{ routeAs, wantAPI, servedBy string }{
 			{"alice", "api-alice", "local"}, {"bob", "api-bob", "local"}, {"", "api", "cluster"}, {"carol", "api", "cluster"},
 		} {
-			m, err := frontendVia(ctx, c, frontendURL, tc.routeAs)
+			m, err := frontendEventually(ctx, c, frontendURL, tc.routeAs)
 			if err != nil {
+				sidecarDiagnostics(t, ctx, c)
 				t.Fatalf("route-as %q: %v", tc.routeAs, err)
 			}
 			if got := hop(m, 1, "service"); got != tc.wantAPI {
@@ -480,7 +515,7 @@ func TestIntercept(t *testing.T) {
 		if _, ann := apiTemplate(t, ctx, c); ann["bridgetun.io/original-template"] == "" {
 			t.Errorf("api restored while bob still isolates it")
 		}
-		if m, err := frontendVia(ctx, c, frontendURL, "bob"); err != nil || hop(m, 1, "service") != "api-bob" {
+		if m, err := frontendEventually(ctx, c, frontendURL, "bob"); err != nil || hop(m, 1, "service") != "api-bob" {
 			t.Errorf("after alice left: bob's request answered by %q (%v), want api-bob", hop(m, 1, "service"), err)
 		}
 		pb.stop(t)
@@ -499,7 +534,7 @@ func TestIntercept(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("intercept --detach:\n%s", out)
-		if m, err := frontendVia(ctx, c, frontendURL, ""); err != nil || hop(m, 1, "service") != "api-local" {
+		if m, err := frontendEventually(ctx, c, frontendURL, ""); err != nil || hop(m, 1, "service") != "api-local" {
 			t.Fatalf("detached intercept: api hop %q (%v), want api-local", hop(m, 1, "service"), err)
 		}
 		st, err := ws.status(ctx)
@@ -553,4 +588,25 @@ func TestIntercept(t *testing.T) {
 			t.Error(err)
 		}
 	})
+}
+
+// sidecarDiagnostics logs the api pods' sidecar logs and metrics.
+func sidecarDiagnostics(t *testing.T, ctx context.Context, c *Cluster) {
+	t.Helper()
+	pods, err := c.Client.CoreV1().Pods(SampleNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=api"})
+	if err != nil {
+		t.Logf("list api pods: %v", err)
+		return
+	}
+	for _, p := range pods.Items {
+		out, _ := c.RunKubectl(ctx, "-n", SampleNamespace, "logs", p.Name, "-c", "bridgetun-sidecar", "--tail", "60")
+		raw, _ := c.Client.CoreV1().Pods(SampleNamespace).ProxyGet("http", p.Name, "15090", "/metrics", nil).DoRaw(ctx)
+		var ms []string
+		for _, l := range strings.Split(string(raw), "\n") {
+			if strings.HasPrefix(l, "bridgetun_intercept") {
+				ms = append(ms, l)
+			}
+		}
+		t.Logf("--- sidecar of %s (%s):\n%s\nmetrics:\n%s", p.Name, p.Status.Phase, out, strings.Join(ms, "\n"))
+	}
 }

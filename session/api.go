@@ -55,7 +55,7 @@ type apiHandlers struct {
 	status    func() Status
 	down      func()
 	intercept func(context.Context, InterceptSpec) (InterceptInfo, error)
-	leave     func(service string) error
+	leave     func(service string) (string, error)
 }
 
 // serveAPI serves GET /status and POST /down on an owner-only Unix socket.
@@ -92,11 +92,12 @@ func serveAPI(ctx context.Context, path string, h apiHandlers) (io.Closer, error
 		_ = json.NewEncoder(w).Encode(info)
 	})
 	mux.HandleFunc("POST /leave", func(w http.ResponseWriter, r *http.Request) {
-		if err := h.leave(r.URL.Query().Get("service")); err != nil {
+		msg, err := h.leave(r.URL.Query().Get("service"))
+		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		_, _ = io.WriteString(w, "ok\n")
+		_, _ = io.WriteString(w, msg+"\n")
 	})
 	mux.HandleFunc("POST /down", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
@@ -199,18 +200,19 @@ func (c *Client) Intercept(ctx context.Context, spec InterceptSpec) (InterceptIn
 
 // Leave ends the session's intercept of service and waits for the workload
 // to be restored.
-func (c *Client) Leave(ctx context.Context, service string) error {
+// It returns what became of the workload.
+func (c *Client) Leave(ctx context.Context, service string) (string, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://bridgetun/leave?service="+url.QueryEscape(service), nil)
 	resp, err := c.long().Do(req)
 	if err != nil {
-		return notRunning(err)
+		return "", notRunning(err)
 	}
 	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))
 	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))
-		return errors.New(strings.TrimSpace(string(b)))
+		return "", errors.New(strings.TrimSpace(string(b)))
 	}
-	return nil
+	return strings.TrimSpace(string(b)), nil
 }
 
 // long is the client without the short timeout: intercept and leave wait

@@ -81,9 +81,12 @@ func (s *Session) Intercept(ctx context.Context, spec InterceptSpec) (_ Intercep
 	if ns != s.gwNS {
 		return InterceptInfo{}, fmt.Errorf("intercept: the gateway runs in %q but services are taken from %q: intercepts need the gateway in the Service's namespace (`bridgetun up -n %s`)", s.gwNS, ns, ns)
 	}
+	s.icOp.Lock()
+	defer s.icOp.Unlock()
 	s.icMu.Lock()
-	defer s.icMu.Unlock()
-	if have, ok := s.intercepts[spec.Service]; ok {
+	have, ok := s.intercepts[spec.Service]
+	s.icMu.Unlock()
+	if ok {
 		return InterceptInfo{}, fmt.Errorf("intercept: %s is already intercepted by this session (to local port %d): run `bridgetun leave %s` first", spec.Service, have.info.LocalPort, spec.Service)
 	}
 	if err := checkLocalPort(spec.LocalPort); err != nil {
@@ -155,7 +158,9 @@ func (s *Session) Intercept(ctx context.Context, spec InterceptSpec) (_ Intercep
 			return InterceptInfo{}, err
 		}
 	}
+	s.icMu.Lock()
 	s.intercepts[spec.Service] = st
+	s.icMu.Unlock()
 	s.progress("intercepting %s (%s): %s → 127.0.0.1:%d", spec.Service, routeDesc(spec.RouteAs), st.ref, spec.LocalPort)
 	return st.info, nil
 }
@@ -200,7 +205,20 @@ func (s *Session) listenInbound(st *interceptState, port int) error {
 		return fmt.Errorf("intercept: listen on the tunnel address, port %d: %w", port, err)
 	}
 	local := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	var wg sync.WaitGroup
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		active = map[net.Conn]bool{}
+	)
+	track := func(c net.Conn, on bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if on {
+			active[c] = true
+		} else {
+			delete(active, c)
+		}
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -209,9 +227,11 @@ func (s *Session) listenInbound(st *interceptState, port int) error {
 			if err != nil {
 				return
 			}
+			track(c, true)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				defer track(c, false)
 				defer c.Close()
 				up, err := net.DialTimeout("tcp", local, 2*time.Second)
 				if err != nil {
@@ -224,8 +244,15 @@ func (s *Session) listenInbound(st *interceptState, port int) error {
 			}()
 		}
 	}()
+	// Leaving cuts the connections in flight (a sidecar's idle keep-alive
+	// connection would otherwise hold the leave for minutes).
 	st.closers = append(st.closers, func() error {
 		err := ln.Close()
+		mu.Lock()
+		for c := range active {
+			c.Close()
+		}
+		mu.Unlock()
 		wg.Wait()
 		return err
 	})
@@ -282,30 +309,41 @@ func (s *Session) serveLocalURL(ctx context.Context, st *interceptState, spec In
 
 // Leave ends the intercept of service: the gateway forgets it and, when no
 // one else intercepts the workload, its original pod template comes back.
-func (s *Session) Leave(service string) error {
+func (s *Session) Leave(service string) (string, error) {
+	s.icOp.Lock()
+	defer s.icOp.Unlock()
 	s.icMu.Lock()
-	defer s.icMu.Unlock()
-	if _, ok := s.intercepts[service]; !ok {
-		return fmt.Errorf("leave: %s is not intercepted by this session (see `bridgetun status`)", service)
+	_, ok := s.intercepts[service]
+	s.icMu.Unlock()
+	if !ok {
+		return "", fmt.Errorf("leave: %s is not intercepted by this session (see `bridgetun status`)", service)
 	}
-	s.leaveLocked(service)
-	return nil
+	return s.leaveLocked(service), nil
 }
 
-func (s *Session) leaveLocked(service string) {
+func (s *Session) leaveLocked(service string) string {
+	s.icMu.Lock()
 	st, ok := s.intercepts[service]
-	if !ok {
-		return
-	}
 	delete(s.intercepts, service)
+	s.icMu.Unlock()
+	if !ok {
+		return ""
+	}
 	st.close()
 	lr, err := s.unregister(st)
-	if err == nil && lr.Remaining > 0 {
+	switch {
+	case err != nil:
+		// Unknown whether others hold it: the gateway restores the
+		// workload itself once no lease remains.
+		s.progress("left %s; the gateway did not answer (%v): it restores %s when no intercept remains", st.req.Service, err, st.ref)
+		return "gateway unreachable: it restores the workload when no intercept remains"
+	case lr.Remaining > 0:
 		s.progress("left %s; %d other intercept(s) keep %s patched", st.req.Service, lr.Remaining, st.ref)
-		return
+		return fmt.Sprintf("%d other intercept(s) keep %s patched", lr.Remaining, st.ref)
 	}
 	s.restoreWorkload(st.ref)
 	s.progress("left %s: %s restored", st.req.Service, st.ref)
+	return st.ref.String() + " runs its original pod template again"
 }
 
 // unregister tells the gateway the intercept is over.
@@ -334,9 +372,15 @@ func (s *Session) restoreWorkload(ref cluster.WorkloadRef) {
 
 // leaveAll ends every intercept (down, Ctrl-C).
 func (s *Session) leaveAll() {
+	s.icOp.Lock()
+	defer s.icOp.Unlock()
 	s.icMu.Lock()
-	defer s.icMu.Unlock()
+	var names []string
 	for name := range s.intercepts {
+		names = append(names, name)
+	}
+	s.icMu.Unlock()
+	for _, name := range names {
 		s.leaveLocked(name)
 	}
 }

@@ -77,7 +77,8 @@ type Session struct {
 
 	gwImage      string // the gateway pod's image: the sidecar runs the same
 	gwPullPolicy corev1.PullPolicy
-	icMu         sync.Mutex // serialises intercept and leave
+	icOp         sync.Mutex // serialises intercept and leave operations (slow: rollouts)
+	icMu         sync.Mutex // guards intercepts only (held briefly: the lease renewal needs it)
 	intercepts   map[string]*interceptState
 	icConns      prometheus.Counter
 }

@@ -19,10 +19,6 @@ import (
 // on the senders through TCP flow control instead of dropping.
 const rxQueueLen = 1024
 
-// errStreamGone is returned by StreamServerBind.Send for a stream that has
-// closed; wireguard-go switches to the peer's new stream once the peer
-// reconnects and sends from it.
-var errStreamGone = errors.New("stream closed")
 
 // StreamServerConfig configures the server side of the stream transport.
 type StreamServerConfig struct {
@@ -177,7 +173,11 @@ func (b *StreamServerBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	sc := b.conns[sep.id]
 	b.mu.Unlock()
 	if sc == nil {
-		return fmt.Errorf("send to %s: %w", sep, errStreamGone)
+		// Like a datagram to a host that went away: dropped and counted,
+		// not an error (wireguard-go would log every packet at error level
+		// until the peer reconnects or expires).
+		b.m.dropped.WithLabelValues(dropStreamDown).Add(float64(len(bufs)))
+		return nil
 	}
 	if err := sc.writeBatch(bufs); err != nil {
 		sc.fail(err)

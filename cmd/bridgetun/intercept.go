@@ -138,10 +138,11 @@ A bridgetun.yaml in the working directory may set defaults:
 			leave := func() error {
 				lctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 				defer cancel()
-				if err := sc.Leave(lctx, service); err != nil {
+				msg, err := sc.Leave(lctx, service)
+				if err != nil {
 					return fmt.Errorf("leave %s: %w", service, err)
 				}
-				fmt.Fprintf(out, "left %s: its workload runs its original pod template again\n", service)
+				fmt.Fprintf(out, "left %s: %s\n", service, msg)
 				return nil
 			}
 			fmt.Fprintf(out, "intercepting %s/%s (%s, container %s port %d) → 127.0.0.1:%d\n",
@@ -383,10 +384,11 @@ func newLeaveCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 3*time.Minute)
 			defer cancel()
-			if err := session.NewClient(session.DefaultPaths().Socket).Leave(ctx, args[0]); err != nil {
+			msg, err := session.NewClient(session.DefaultPaths().Socket).Leave(ctx, args[0])
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "left %s\n", args[0])
+			fmt.Fprintf(cmd.OutOrStdout(), "left %s: %s\n", args[0], msg)
 			return nil
 		},
 	}

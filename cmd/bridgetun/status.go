@@ -52,6 +52,19 @@ func newStatusCmd() *cobra.Command {
 			if st.SOCKSProxy != "" || st.HTTPProxy != "" {
 				fmt.Fprintf(w, "proxies:    SOCKS5 %s, HTTP %s\n", st.SOCKSProxy, st.HTTPProxy)
 			}
+			for _, f := range st.Forwards {
+				fmt.Fprintf(w, "forward:    %s → %s %s\n", f.Local, f.Remote, f.Service)
+			}
+			for _, it := range st.Intercepts {
+				route := "all traffic"
+				if it.RouteAs != "" {
+					route = "kubernetes-route-as: " + it.RouteAs
+				}
+				fmt.Fprintf(w, "intercept:  %s (%s, port %d) → 127.0.0.1:%d, %s, since %s\n", it.Service, it.Workload, it.ContainerPort, it.LocalPort, route, it.Since.Format("15:04:05"))
+				if it.LocalURL != "" {
+					fmt.Fprintf(w, "            local URL %s\n", it.LocalURL)
+				}
+			}
 			if diagnostics {
 				printDiagnostics(ctx, w, st)
 			}
