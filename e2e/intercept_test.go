@@ -345,6 +345,21 @@ func TestIntercept(t *testing.T) {
 		if err := c.WaitRollout(ctx, SampleNamespace, "api"); err != nil {
 			t.Fatal(err)
 		}
+		// Done like bridgetun's own rollouts: when the old pod is gone.
+		if err := Eventually(ctx, time.Minute, func(ctx context.Context) error {
+			pods, err := c.Client.CoreV1().Pods(SampleNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=api"})
+			if err != nil {
+				return err
+			}
+			for _, p := range pods.Items {
+				if p.DeletionTimestamp != nil {
+					return fmt.Errorf("pod %s still terminating", p.Name)
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 		before, _ = apiTemplate(t, ctx, c)
 	})
 

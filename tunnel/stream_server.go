@@ -19,7 +19,6 @@ import (
 // on the senders through TCP flow control instead of dropping.
 const rxQueueLen = 1024
 
-
 // StreamServerConfig configures the server side of the stream transport.
 type StreamServerConfig struct {
 	Listener   net.Listener          // closed by Shutdown (and Device.Close), never by Close

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -25,7 +27,7 @@ func newSidecarCmd() *cobra.Command {
 		listen, probeListen, original, gateway string
 		namespace, service                     string
 		metricsAddr, logLevel                  string
-		dialTimeout                            time.Duration
+		dialTimeout, drain                     time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "sidecar --original ADDR --gateway HOST:PORT --namespace NS --service SVC",
@@ -60,7 +62,7 @@ The gateway token comes from $` + sidecarTokenEnv + `.`,
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := drainOnSignal(cmd.Context(), drain, log)
 			defer stop()
 
 			ln, err := net.Listen("tcp", listen)
@@ -120,6 +122,7 @@ The gateway token comes from $` + sidecarTokenEnv + `.`,
 	f.StringVar(&gateway, "gateway", "", fmt.Sprintf("the gateway's relay, HOST:PORT (its port is %d)", agent.RelayPort))
 	f.StringVar(&namespace, "namespace", "", "namespace of the intercepted Service")
 	f.StringVar(&service, "service", "", "name of the intercepted Service")
+	f.DurationVar(&drain, "drain", 3*time.Second, "on SIGTERM keep serving this long before exiting: the pod's endpoints take a moment to drop it everywhere, and the app may still be draining")
 	f.DurationVar(&dialTimeout, "dial-timeout", 2*time.Second, "give up on a workstation not reached within this and pass the traffic to --original")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (e.g. :15090); empty = off")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -127,4 +130,29 @@ The gateway token comes from $` + sidecarTokenEnv + `.`,
 		_ = cmd.MarkFlagRequired(name)
 	}
 	return cmd
+}
+
+// drainOnSignal returns a context that ends drain after the first SIGTERM
+// or SIGINT (a second signal ends it at once): a terminating pod still gets
+// connections until every node has dropped it from the Service, and the
+// sidecar must keep passing them to the app meanwhile.
+func drainOnSignal(parent context.Context, drain time.Duration, log *slog.Logger) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(parent)
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		select {
+		case <-ctx.Done():
+			return
+		case s := <-sig:
+			log.Info("terminating: still serving while the pod drains", "signal", s.String(), "drain", drain)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(drain):
+		case <-sig:
+		}
+		cancel()
+	}()
+	return ctx, func() { signal.Stop(sig); cancel() }
 }
