@@ -1,7 +1,8 @@
 #!/bin/bash
 # make demo: start the local real cluster (or reuse it), deploy the sample app
 # frontend -> api -> stats, join the workstation namespace bt-ws to the cluster
-# with `bridgetun up`, and show cluster services answering from the workstation.
+# with `bridgetun up`, show cluster services answering from the workstation,
+# then intercept the api Service to a server running on the workstation.
 # The cluster stays up afterwards (make cluster-down removes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,22 @@ say "by its full name, with the route-as header propagated frontend -> api -> st
 ws "$TESTAPP" get -H "kubernetes-route-as: demo" http://frontend.bt-sample.svc.cluster.local/ | grep -E '"(service|instance|route_as)"' | head -9
 say "UDP through the tunnel: udp-echo.bt-sample:5353"
 ws "$TESTAPP" udp -timeout 3s "$(ws getent ahostsv4 udp-echo | awk 'NR==1{print $1}')":5353 hello-from-the-workstation
+say "intercept: a local api server on the workstation (127.0.0.1:18090) takes the api Service's traffic"
+ws env SERVICE_NAME=api-on-my-laptop DOWNSTREAM_URL="http://stats.bt-sample/" "$TESTAPP" http -listen 127.0.0.1:18090 >"$STATE/local-api.log" 2>&1 &
+LOCAL_API=$!
+for _ in $(seq 50); do ws "$TESTAPP" get -timeout 1s http://127.0.0.1:18090/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+ws env BRIDGETUN_STATE_DIR="$STATE" "$REPO/bin/bridgetun" intercept api --port 18090 --detach --env-file "$STATE/api.env" --mount "$STATE/volumes"
+echo "the pod's environment (ConfigMap/Secret references resolved), as written to --env-file:"
+grep -E '^(GREETING|API_TOKEN|DOWNSTREAM_URL|POD_NAME)=' "$STATE/api.env"
+echo "its ConfigMap volume, mirrored with the kubelet's layout:"
+ls -la "$STATE/volumes/etc/api"
+say "GET http://frontend/ -> frontend (cluster) -> api (THIS workstation) -> stats (cluster)"
+ws "$TESTAPP" get http://frontend/ | grep -E '"(service|instance)"'
+say "bridgetun leave api   (the Deployment gets its original pod template back)"
+ws env BRIDGETUN_STATE_DIR="$STATE" "$REPO/bin/bridgetun" leave api
+ws "$TESTAPP" get http://frontend/ | grep -E '"(service|instance)"'
+kill "$LOCAL_API" 2>/dev/null || true
+
 say "bridgetun down"
 ws env BRIDGETUN_STATE_DIR="$STATE" "$REPO/bin/bridgetun" down
 echo
