@@ -6,7 +6,10 @@ LDFLAGS   := -s -w -X github.com/bridgetun/bridgetun/internal/version.Version=$(
 GOTEST    ?= $(GO) test
 E2E_TIMEOUT ?= 45m
 
-.PHONY: all build deps test e2e ci bench bench-dataplane bench-cluster bench-dns lint cluster-up cluster-down images demo clean
+# kubectl as built for the e2e cluster (fresh machines have no other).
+KUBECTL ?= $(HOME)/.cache/bridgetun/k8s-v1.34.4/kubectl
+
+.PHONY: all build deps test e2e ci bench bench-dataplane bench-cluster bench-headless bench-dns lint cluster-up cluster-down images demo clean
 
 all: build
 
@@ -54,10 +57,17 @@ clean:
 # bridgetun up vs kubectl port-forward on the e2e cluster (after make cluster-up images).
 bench-cluster: build
 	e2e/cluster/images.sh >/dev/null
-	kubectl --kubeconfig /var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig apply -f e2e/testdata/sample-app.yaml >/dev/null
-	kubectl --kubeconfig /var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig -n bt-sample rollout restart deploy/sink >/dev/null
-	kubectl --kubeconfig /var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig -n bt-sample rollout status deploy/sink --timeout=120s
+	$(KUBECTL) --kubeconfig /var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig apply -f e2e/testdata/sample-app.yaml >/dev/null
+	$(KUBECTL) --kubeconfig /var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig -n bt-sample rollout restart deploy/sink >/dev/null
+	$(KUBECTL) --kubeconfig /var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig -n bt-sample rollout status deploy/sink --timeout=120s
 	$(GO) run ./bench/cluster $(BENCH_ARGS)
+
+# Headless paths to one pod: TUN vs netstack --forward vs SOCKS5 (after make cluster-up images).
+bench-headless: build
+	e2e/cluster/images.sh >/dev/null
+	$(KUBECTL) --kubeconfig /var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig apply -f e2e/testdata/sample-app.yaml >/dev/null
+	$(KUBECTL) --kubeconfig /var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig -n bt-sample rollout status deploy/sink --timeout=120s
+	$(GO) run ./bench/headless $(BENCH_ARGS)
 
 # Split-DNS latency at 2,000 q/s for 10 s, cluster and foreign names, against the upstream queried directly.
 bench-dns:

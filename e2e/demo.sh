@@ -30,7 +30,9 @@ if ws "$TESTAPP" dial -timeout 2s "$FRONTEND:80"; then echo "unexpected: reachab
 echo "dial $FRONTEND:80 from bt-ws: unreachable, as it should be"
 
 STATE=$(mktemp -d)
+LOCAL_API=
 cleanup() {
+  [ -n "$LOCAL_API" ] && kill "$LOCAL_API" 2>/dev/null || true
   ws env BRIDGETUN_STATE_DIR="$STATE" "$REPO/bin/bridgetun" down >/dev/null 2>&1 || true
   rm -rf "$STATE" "$(dirname "$TESTAPP")"
 }
@@ -49,8 +51,8 @@ ws "$TESTAPP" get -H "kubernetes-route-as: demo" http://frontend.bt-sample.svc.c
 say "UDP through the tunnel: udp-echo.bt-sample:5353"
 ws "$TESTAPP" udp -timeout 3s "$(ws getent ahostsv4 udp-echo | awk 'NR==1{print $1}')":5353 hello-from-the-workstation
 say "intercept: a local api server on the workstation (127.0.0.1:18090) takes the api Service's traffic"
-ws env SERVICE_NAME=api-on-my-laptop DOWNSTREAM_URL="http://stats.bt-sample/" "$TESTAPP" http -listen 127.0.0.1:18090 >"$STATE/local-api.log" 2>&1 &
-LOCAL_API=$!
+ip netns exec bt-ws env SERVICE_NAME=api-on-my-laptop DOWNSTREAM_URL="http://stats.bt-sample/" "$TESTAPP" http -listen 127.0.0.1:18090 >"$STATE/local-api.log" 2>&1 &
+LOCAL_API=$!  # ip netns exec execs the program: this is the server's own pid
 for _ in $(seq 50); do ws "$TESTAPP" get -timeout 1s http://127.0.0.1:18090/healthz >/dev/null 2>&1 && break; sleep 0.1; done
 ws env BRIDGETUN_STATE_DIR="$STATE" "$REPO/bin/bridgetun" intercept api --port 18090 --detach --env-file "$STATE/api.env" --mount "$STATE/volumes"
 echo "the pod's environment (ConfigMap/Secret references resolved), as written to --env-file:"

@@ -14,6 +14,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -46,6 +47,9 @@ func apiTemplate(t *testing.T, ctx context.Context, c *Cluster) (string, map[str
 // localServer runs testapp http in bt-ws (as root or as User) on listen.
 func localServer(t *testing.T, ctx context.Context, c *Cluster, asUser bool, listen, name, downstream string) {
 	t.Helper()
+	if _, err := c.inWS(ctx, c.Testapp, "dial", "-timeout", "1s", listen); err == nil {
+		t.Fatalf("local server %s: something already listens on %s in %s (a leftover of another run?)", name, listen, WorkstationNS)
+	}
 	args := []string{c.Testapp, "http", "-listen", listen}
 	var cmd *exec.Cmd
 	if asUser {
@@ -322,7 +326,7 @@ func TestIntercept(t *testing.T) {
 	load := startLoad(50)
 	phase := load.setPhase
 	defer load.finish(t, []string{"baseline", "baseline: rollout restart", "bad input", "full: start", "full: running", "full: leave",
-		"isolated: start", "isolated: running", "isolated: leave", "kill -9: start", "kill -9: killed", "kill -9: restored"})
+		"isolated: start", "isolated: running", "isolated: leave", "CMD: start, exit", "down, uninstall --all", "kill -9: start", "kill -9: killed", "kill -9: restored"})
 	if err := Eventually(ctx, 30*time.Second, func(context.Context) error {
 		load.mu.Lock()
 		defer load.mu.Unlock()
@@ -542,8 +546,55 @@ func TestIntercept(t *testing.T) {
 		}
 	})
 
+	t.Run("CMD gets the pod's environment; its exit ends the intercept", func(t *testing.T) {
+		phase("CMD: start, exit")
+		cmd := ws.cmd(ctx, "intercept", "api", "--port", "18090", "--no-mount", "--",
+			"sh", "-c", `test "$API_TOKEN" = s3cr3t-token && test "$GRPC_DNS_RESOLVER" = native && echo got-the-env; exit 3`)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 3 || !strings.Contains(string(out), "got-the-env") {
+			t.Errorf("intercept -- CMD: %v\n%s\nwant CMD's exit code 3 and the pod's env", err, out)
+		}
+		if got, ann := apiTemplate(t, ctx, c); got != before || ann["bridgetun.io/original-template"] != "" {
+			t.Errorf("api still patched after CMD exited")
+		}
+	})
+
+	t.Run("down and uninstall --all restore", func(t *testing.T) {
+		phase("down, uninstall --all")
+		if _, err := ws.run(ctx, "intercept", "api", "--port", "18090", "--detach", "--no-mount"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ws.run(ctx, "down"); err != nil {
+			t.Fatal(err)
+		}
+		if got, ann := apiTemplate(t, ctx, c); got != before || ann["bridgetun.io/original-template"] != "" {
+			t.Errorf("api still patched after down")
+		}
+		if _, err := ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ws.run(ctx, "intercept", "api", "--port", "18090", "--detach", "--no-mount"); err != nil {
+			t.Fatal(err)
+		}
+		out, err := ws.run(ctx, "uninstall", "--all", "-n", SampleNamespace)
+		if err != nil || !strings.Contains(out, "restored deployment/api") {
+			t.Errorf("uninstall --all: %v\n%s", err, out)
+		}
+		if got, ann := apiTemplate(t, ctx, c); got != before || ann["bridgetun.io/original-template"] != "" {
+			t.Errorf("api still patched after uninstall --all")
+		}
+		_, _ = ws.run(ctx, "down") // the gateway is gone: down still cleans the workstation
+		if err := c.WaitRollout(ctx, SampleNamespace, "api"); err != nil {
+			t.Error(err)
+		}
+	})
+
 	t.Run("kill -9: pass-through, then the lease restores", func(t *testing.T) {
 		phase("kill -9: start")
+		if _, err := ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream"); err != nil {
+			t.Fatal(err)
+		}
 		out, err := ws.run(ctx, "intercept", "api", "--port", "18090", "--detach", "--no-mount")
 		if err != nil {
 			t.Fatal(err)

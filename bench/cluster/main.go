@@ -14,8 +14,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -25,10 +23,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
+	"github.com/bridgetun/bridgetun/bench/benchutil"
 	"github.com/bridgetun/bridgetun/internal/nstest"
 )
 
@@ -65,8 +63,8 @@ func main() {
 		log.Fatalf("%v (start the cluster: make cluster-up)", err)
 	}
 	ctx := context.Background()
-	sinkPod, sinkIP := podOf("app=sink")
-	statsPod, statsIP := podOf("app=stats")
+	sinkPod, sinkIP := benchutil.PodOf(*kubectl, *kubeconfig, ns, "app=sink")
+	statsPod, statsIP := benchutil.PodOf(*kubectl, *kubeconfig, ns, "app=stats")
 	if sinkPod == "" || statsPod == "" {
 		log.Fatal("need the sample app and the sink Deployment in bt-sample (run the e2e suite once with BRIDGETUN_E2E_KEEP=1)")
 	}
@@ -125,12 +123,12 @@ func main() {
 	}
 }
 
-func measure(ctx context.Context, ws *nstest.NS, name, sink, http string) result {
+func measure(ctx context.Context, ws *nstest.NS, name, sink, httpAddr string) result {
 	log.Printf("measuring %s", name)
 	r := result{Path: name}
 	var speeds []float64
 	for range *reps {
-		v, err := upload(ctx, ws, sink)
+		v, err := benchutil.Upload(ctx, ws.DialContext, sink, *bytesN)
 		if err != nil {
 			log.Printf("%s upload: %v", name, err)
 			r.Errors++
@@ -138,101 +136,8 @@ func measure(ctx context.Context, ws *nstest.NS, name, sink, http string) result
 		}
 		speeds = append(speeds, v)
 	}
-	if len(speeds) > 0 {
-		slices.Sort(speeds)
-		r.MBps = speeds[len(speeds)/2]
-	}
-	r.P50ms, r.P99ms = latency(ws, http, &r.Errors)
-	return r
-}
-
-// upload runs testapp's sink protocol: 8-byte length, the bytes, then the
-// sink's "N sha256" reply, which must match what was sent.
-func upload(ctx context.Context, ws *nstest.NS, addr string) (float64, error) {
-	c, err := ws.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Minute)) // a stuck path is an error, not a hang
-	start := time.Now()
-	var hdr [8]byte
-	binary.BigEndian.PutUint64(hdr[:], uint64(*bytesN))
-	if _, err := c.Write(hdr[:]); err != nil {
-		return 0, err
-	}
-	h := sha256.New()
-	buf := make([]byte, 256<<10)
-	for i := range buf {
-		buf[i] = byte(i * 7)
-	}
-	for sent := int64(0); sent < *bytesN; {
-		chunk := buf[:min(int64(len(buf)), *bytesN-sent)]
-		h.Write(chunk)
-		if _, err := c.Write(chunk); err != nil {
-			return 0, err
-		}
-		sent += int64(len(chunk))
-	}
-	reply, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return 0, fmt.Errorf("sink reply: %w", err)
-	}
-	if want := fmt.Sprintf("%d %x", *bytesN, h.Sum(nil)); strings.TrimSpace(reply) != want {
-		return 0, fmt.Errorf("sink got %q, want %q", strings.TrimSpace(reply), want)
-	}
-	return float64(*bytesN) / time.Since(start).Seconds() / 1e6, nil
-}
-
-// latency times sequential HTTP GETs on one keep-alive connection.
-func latency(ws *nstest.NS, addr string, errs *int) (p50, p99 float64) {
+	r.MBps = benchutil.Median(speeds)
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: ws.DialContext, MaxIdleConnsPerHost: 1}}
-	var samples []float64
-	for i := range *rr + 20 {
-		t0 := time.Now()
-		resp, err := hc.Get("http://" + addr + "/healthz")
-		if err != nil {
-			*errs++
-			continue
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if i >= 20 {
-			samples = append(samples, float64(time.Since(t0).Microseconds())/1e3)
-		}
-	}
-	if len(samples) == 0 {
-		return 0, 0
-	}
-	slices.Sort(samples)
-	return samples[len(samples)/2], samples[len(samples)*99/100]
-}
-
-// podOf returns a running, not terminating pod matching selector.
-func podOf(selector string) (name, ip string) {
-	b, err := exec.Command(*kubectl, "--kubeconfig", *kubeconfig, "-n", ns, "get", "pods", "-l", selector, "-o", "json").Output()
-	if err != nil {
-		return "", ""
-	}
-	var list struct {
-		Items []struct {
-			Metadata struct {
-				Name              string  `json:"name"`
-				DeletionTimestamp *string `json:"deletionTimestamp"`
-			} `json:"metadata"`
-			Status struct {
-				Phase string `json:"phase"`
-				PodIP string `json:"podIP"`
-			} `json:"status"`
-		} `json:"items"`
-	}
-	if json.Unmarshal(b, &list) != nil {
-		return "", ""
-	}
-	for _, p := range list.Items {
-		if p.Metadata.DeletionTimestamp == nil && p.Status.Phase == "Running" {
-			return p.Metadata.Name, p.Status.PodIP
-		}
-	}
-	return "", ""
+	r.P50ms, r.P99ms = benchutil.Latency(hc, "http://"+httpAddr, *rr, &r.Errors)
+	return r
 }

@@ -6,7 +6,8 @@
 //	testapp get       [-H K:V]... URL     HTTP GET, body to stdout, non-2xx exits 1 (busybox wget segfaults here)
 //	testapp dial      [-timeout D] ADDR   TCP connect, exit 0 if it connects
 //	testapp udp       [-timeout D] ADDR MSG  send MSG, print the reply
-//	testapp lookup    [-server IP:53] NAME   resolve NAME (optionally with a given DNS server)
+//	testapp lookup    [-server IP:53 [-socks HOST:PORT]] NAME   resolve NAME (optionally with a given DNS
+//	                                      server, optionally over a SOCKS5 proxy's UDP ASSOCIATE)
 //	testapp sink      [-listen :9000]     bulk TCP: read everything, reply with the byte count
 //	testapp source    ADDR BYTES          bulk TCP: send BYTES, print bytes, seconds and MB/s
 //	testapp pause                          pod sandbox: sleep until SIGTERM, reap zombies

@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -129,15 +130,27 @@ func runUDPEcho(args []string) error {
 func runLookup(args []string) error {
 	fs := flag.NewFlagSet("lookup", flag.ContinueOnError)
 	server := fs.String("server", "", "DNS server IP:PORT (default: the system resolver)")
+	socks := fs.String("socks", "", "send the query over this SOCKS5 proxy's UDP ASSOCIATE (needs -server)")
 	timeout := fs.Duration("timeout", 3*time.Second, "timeout")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return errors.New("usage: lookup [-server IP:53] NAME")
+	if fs.NArg() != 1 || (*socks != "" && *server == "") {
+		return errors.New("usage: lookup [-server IP:53 [-socks HOST:PORT]] NAME")
 	}
 	r := net.DefaultResolver
-	if *server != "" {
+	if *socks != "" {
+		dst, err := netip.ParseAddrPort(*server)
+		if err != nil {
+			return fmt.Errorf("-server %q: %w", *server, err)
+		}
+		r = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			if network != "udp" {
+				return nil, errors.New("lookup over SOCKS: UDP only")
+			}
+			return dialSOCKSUDP(*socks, dst, *timeout)
+		}}
+	} else if *server != "" {
 		r = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, network, *server)
