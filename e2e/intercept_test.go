@@ -325,7 +325,7 @@ func TestIntercept(t *testing.T) {
 	localServer(t, ctx, c, false, "127.0.0.1:18090", "api-local", "http://"+statsIP+"/")
 	load := startLoad(50)
 	phase := load.setPhase
-	defer load.finish(t, []string{"baseline", "baseline: rollout restart", "bad input", "full: start", "full: running", "full: leave",
+	defer load.finish(t, []string{"baseline", "baseline: rollout restart", "bad input", "full: start", "full: running", "full: leave", "multi-replica",
 		"isolated: start", "isolated: running", "isolated: leave", "CMD: start, exit", "down, uninstall --all", "kill -9: start", "kill -9: killed", "kill -9: restored"})
 	if err := Eventually(ctx, 30*time.Second, func(context.Context) error {
 		load.mu.Lock()
@@ -477,6 +477,29 @@ func TestIntercept(t *testing.T) {
 			return nil
 		}); err != nil {
 			t.Errorf("after leave: %v", err)
+		}
+	})
+
+	t.Run("every replica of a multi-replica workload", func(t *testing.T) {
+		phase("multi-replica")
+		localServer(t, ctx, c, false, "127.0.0.1:18094", "stats-local", "")
+		if _, err := ws.run(ctx, "intercept", "stats", "--port", "18094", "--detach", "--no-mount"); err != nil {
+			t.Fatal(err)
+		}
+		d, err := c.Client.AppsV1().Deployments(SampleNamespace).Get(ctx, "stats", metav1.GetOptions{})
+		if err != nil || d.Status.UpdatedReplicas != 2 {
+			t.Fatalf("stats: %v, %d updated replicas, want 2 patched", err, d.Status.UpdatedReplicas)
+		}
+		// api opens a new connection per call, so kube-proxy spreads them
+		// over both replicas: every one must come here.
+		for i := 0; i < 8; i++ {
+			m, err := frontendEventually(ctx, c, frontendURL, "")
+			if err != nil || hop(m, 2, "service") != "stats-local" {
+				t.Fatalf("request %d: stats hop %q (%v), want stats-local", i, hop(m, 2, "service"), err)
+			}
+		}
+		if _, err := ws.run(ctx, "leave", "stats"); err != nil {
+			t.Fatal(err)
 		}
 	})
 
