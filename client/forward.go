@@ -4,33 +4,87 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 
 	"github.com/bridgetun/bridgetun/internal/splice"
 )
+
+// ForwardListener is one running forward: a local socket whose connections
+// (TCP) or flows (UDP) are relayed through the netstack tunnel.
+type ForwardListener struct {
+	addr   net.Addr
+	cancel context.CancelFunc
+	done   chan struct{} // closed once the local socket is closed
+	once   sync.Once
+}
+
+// Addr returns the bound local address.
+func (l *ForwardListener) Addr() net.Addr { return l.addr }
+
+// Close stops the forward and returns once its local socket is closed, so
+// the address can be bound again at once. TCP connections already relayed
+// run on until either end closes them; UDP flows end. Idempotent.
+func (l *ForwardListener) Close() error {
+	l.once.Do(l.cancel)
+	<-l.done
+	return nil
+}
+
+// closeWhenDone closes sock when ctx ends, then waits for its reader to
+// exit. Only the Close call that closes the descriptor waits for it, hence
+// this goroutine: done must not be signalled before the port is free.
+func (l *ForwardListener) closeWhenDone(ctx context.Context, sock io.Closer, reader <-chan struct{}) {
+	defer close(l.done)
+	<-ctx.Done()
+	_ = sock.Close()
+	<-reader
+}
 
 // Forward listens on local (a loopback address normally) and relays each
 // connection through the netstack tunnel to remote, until ctx ends. It is how
 // programs on a no-root workstation reach a cluster address. It returns the
 // bound address.
 func (c *Client) Forward(ctx context.Context, local, remote string, log *slog.Logger) (net.Addr, error) {
+	l, err := c.ListenForward(ctx, "tcp", local, remote, log)
+	if err != nil {
+		return nil, err
+	}
+	return l.Addr(), nil
+}
+
+// ListenForward opens a forward for network "tcp" or "udp" (see Forward and
+// ForwardUDP); it runs until ctx ends or the listener is closed.
+func (c *Client) ListenForward(ctx context.Context, network, local, remote string, log *slog.Logger) (*ForwardListener, error) {
 	if c.stack == nil {
 		return nil, errors.New("forward: only in netstack mode (in TUN mode, dial the destination directly)")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	switch network {
+	case "tcp":
+		return c.listenTCP(ctx, local, remote, log)
+	case "udp":
+		return c.listenUDP(ctx, local, remote, log)
+	}
+	return nil, fmt.Errorf("forward %s: network %q: want tcp or udp", local, network)
+}
+
+func (c *Client) listenTCP(ctx context.Context, local, remote string, log *slog.Logger) (*ForwardListener, error) {
 	ln, err := net.Listen("tcp", local)
 	if err != nil {
 		return nil, fmt.Errorf("forward %s: %w", local, err)
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	l := &ForwardListener{addr: ln.Addr(), cancel: cancel, done: make(chan struct{})}
+	accepting := make(chan struct{})
+	go l.closeWhenDone(ctx, ln, accepting)
 	go func() {
-		<-ctx.Done()
-		_ = ln.Close()
-	}()
-	go func() {
+		defer close(accepting)
 		for {
 			in, err := ln.Accept()
 			if err != nil {
@@ -48,7 +102,7 @@ func (c *Client) Forward(ctx context.Context, local, remote string, log *slog.Lo
 			}()
 		}
 	}()
-	return ln.Addr(), nil
+	return l, nil
 }
 
 // ParseForward splits "LOCAL=REMOTE".

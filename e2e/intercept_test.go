@@ -534,6 +534,24 @@ func TestIntercept(t *testing.T) {
 				t.Errorf("route-as %q: stats hop %q with route-as %q, want stats with the header propagated", tc.routeAs, got, hop(m, 2, "route_as"))
 			}
 		}
+		// The sidecars count requests by route and by header value.
+		pods, err := c.Client.CoreV1().Pods(SampleNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=api"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var alice, bob, cluster float64
+		for _, p := range pods.Items {
+			raw, err := c.Client.CoreV1().Pods(SampleNamespace).ProxyGet("http", p.Name, "15090", "/metrics", nil).DoRaw(ctx)
+			if err != nil {
+				continue // a pod going away
+			}
+			alice += metricValue(string(raw), `bridgetun_intercept_requests_total{route="local",route_as="alice"}`)
+			bob += metricValue(string(raw), `bridgetun_intercept_requests_total{route="local",route_as="bob"}`)
+			cluster += metricValue(string(raw), `bridgetun_intercept_requests_total{route="cluster",route_as=""}`)
+		}
+		if alice < 1 || bob < 1 || cluster < 1 {
+			t.Errorf("sidecar requests_total: alice %v, bob %v, cluster (no header) %v; want each >= 1", alice, bob, cluster)
+		}
 		// The local URL adds alice's header: a browser here reaches her version.
 		url := ""
 		for _, l := range strings.Split(pa.out.String(), "\n") {

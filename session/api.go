@@ -248,7 +248,9 @@ func RunEnv(st Status) []string {
 		env = append(env, "NO_PROXY=localhost,127.0.0.0/8,::1", "no_proxy=localhost,127.0.0.0/8,::1")
 	}
 	// Kubernetes-style variables for forwarded Services point at the local
-	// forwards, so code written against them works unchanged.
+	// forwards, so code written against them works unchanged. As with the
+	// kubelet, <SVC>_SERVICE_PORT and <SVC>_PORT are the first port's (the
+	// first forward of the Service: forwards are in Service port order).
 	seen := map[string]bool{}
 	for _, f := range st.Forwards {
 		if f.Service == "" {
@@ -256,12 +258,13 @@ func RunEnv(st Status) []string {
 		}
 		host, port, _ := net.SplitHostPort(f.Local)
 		name := strings.ToUpper(strings.ReplaceAll(f.Service, "-", "_"))
+		proto := f.network()
 		if !seen[name] {
 			seen[name] = true
-			env = append(env, name+"_SERVICE_HOST="+host, name+"_SERVICE_PORT="+port, name+"_PORT=tcp://"+f.Local)
+			env = append(env, name+"_SERVICE_HOST="+host, name+"_SERVICE_PORT="+port, name+"_PORT="+proto+"://"+f.Local)
 		}
-		pfx := fmt.Sprintf("%s_PORT_%d_TCP", name, f.Port)
-		env = append(env, pfx+"=tcp://"+f.Local, pfx+"_PROTO=tcp", pfx+"_PORT="+port, pfx+"_ADDR="+host)
+		pfx := fmt.Sprintf("%s_PORT_%d_%s", name, f.Port, strings.ToUpper(proto))
+		env = append(env, pfx+"="+proto+"://"+f.Local, pfx+"_PROTO="+proto, pfx+"_PORT="+port, pfx+"_ADDR="+host)
 	}
 	return env
 }

@@ -42,7 +42,8 @@ type Config struct {
 	AllowConflicts   bool
 	AlsoProxy        []netip.Prefix
 	MTU              int
-	Forwards         []string // netstack mode: LOCAL=REMOTE or SVC[:PORT][=LOCALPORT] TCP forwards
+	Forwards         []string // netstack mode: [udp:]LOCAL=REMOTE or SVC[:PORT][=LOCALPORT] forwards
+	ForwardAll       bool     // netstack mode: forward every Service of the namespace, kept current by a watch
 	DNS              string   // auto (split DNS, OS configured in TUN mode) or none
 	SOCKSAddr        string   // netstack mode: SOCKS5 listen address; "" = off
 	HTTPProxyAddr    string   // netstack mode: HTTP proxy listen address; "" = off
@@ -73,7 +74,7 @@ type Session struct {
 	redials  atomic.Int64
 	dns      *dnsState
 	proxy    *proxyState
-	forwards []Forward
+	forwards forwardSet // its own lock: the --forward-all watch changes it
 
 	gwImage      string // the gateway pod's image: the sidecar runs the same
 	gwPullPolicy corev1.PullPolicy
@@ -185,12 +186,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if s.proxy != nil {
 		s.progress("proxies: SOCKS5 %s, HTTP %s (names resolve in the cluster)", orOff(s.proxy.socks), orOff(s.proxy.http))
 	}
-	if s.forwards, err = s.startForwards(ctx); err != nil {
+	if err := s.startForwards(ctx, clientListen(s.client, s.log)); err != nil {
 		return err
 	}
-	for _, f := range s.forwards {
-		s.progress("forwarding %s to %s %s", f.Local, f.Remote, f.Service)
-	}
+	defer s.forwards.stop()
 
 	s.repairIntercepts(ctx)
 
@@ -538,7 +537,7 @@ func (s *Session) Status() Status {
 	if s.proxy != nil {
 		st.SOCKSProxy, st.HTTPProxy = s.proxy.socks, s.proxy.http
 	}
-	st.Forwards = s.forwards
+	st.Forwards = s.forwards.list()
 	st.Intercepts = s.interceptInfos()
 	if s.dns != nil {
 		st.DNSListen, st.DNSUpstreams, st.DNSSearch, st.DNSRouting = s.dns.listen, s.dns.upstreams, s.dns.search, s.dns.routing

@@ -53,7 +53,7 @@ func newStatusCmd() *cobra.Command {
 				fmt.Fprintf(w, "proxies:    SOCKS5 %s, HTTP %s\n", st.SOCKSProxy, st.HTTPProxy)
 			}
 			for _, f := range st.Forwards {
-				fmt.Fprintf(w, "forward:    %s → %s %s\n", f.Local, f.Remote, f.Service)
+				fmt.Fprintf(w, "forward:    %s\n", f)
 			}
 			for _, it := range st.Intercepts {
 				route := "all traffic"

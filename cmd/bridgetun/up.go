@@ -56,7 +56,7 @@ func newUpCmd() *cobra.Command {
 		metricsAddr, logLevel, dnsMode           string
 		socksAddr, httpProxyAddr                 string
 		netstackMode, allowConflicts, background bool
-		upgrade                                  bool
+		upgrade, forwardAll                      bool
 		alsoProxy, forwards                      []string
 		mtu                                      int
 	)
@@ -76,7 +76,8 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 ` + "`bridgetun down`" + ` ends it. A session that crashed is repaired by the next up.`,
 		Example: `  sudo bridgetun up -n my-app
   sudo bridgetun up --background --transport udp --expose nodeport
-  bridgetun up --netstack`,
+  bridgetun up --netstack
+  bridgetun up --netstack --forward-all --forward db=15432`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			paths := session.DefaultPaths()
@@ -92,7 +93,7 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 				Cluster: cf.options(), GatewayNamespace: cf.gatewayNamespace, GatewayImage: cf.gatewayImage,
 				Upgrade: upgrade, Transport: transport, GatewayEndpoint: endpoint,
 				Mode: client.ModeTUN, TUNName: tunName, AllowConflicts: allowConflicts, MTU: mtu,
-				Paths: paths, Log: log, Progress: cmd.OutOrStdout(), Forwards: forwards, DNS: dnsMode,
+				Paths: paths, Log: log, Progress: cmd.OutOrStdout(), Forwards: forwards, ForwardAll: forwardAll, DNS: dnsMode,
 				SOCKSAddr: socksAddr, HTTPProxyAddr: httpProxyAddr,
 			}
 			if dnsMode != session.DNSAuto && dnsMode != session.DNSNone {
@@ -109,6 +110,8 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 				cfg.Mode = client.ModeNetstack
 			} else if len(forwards) > 0 {
 				return errors.New("--forward needs --netstack (in TUN mode, programs reach cluster addresses directly)")
+			} else if forwardAll {
+				return errors.New("--forward-all needs --netstack (in TUN mode, programs reach Service addresses directly)")
 			} else if os.Geteuid() != 0 {
 				return errors.New("TUN mode needs root: run with sudo, or use --netstack")
 			}
@@ -142,7 +145,8 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 	cmd.Flags().BoolVar(&allowConflicts, "allow-conflicts", false, "route cluster CIDRs even where they overlap existing routes")
 	cmd.Flags().StringArrayVar(&alsoProxy, "also-proxy", nil, "extra CIDR to send through the gateway (repeatable)")
 	cmd.Flags().IntVar(&mtu, "mtu", 0, "inner MTU (default 1420)")
-	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "netstack mode: LOCAL=REMOTE TCP forward, e.g. 127.0.0.1:8080=10.96.0.20:80 (repeatable)")
+	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "netstack mode: SVC[:PORT][=LOCALPORT] forwards a Service's TCP and UDP ports on its own 127.0.0.x; [udp:]LOCAL=REMOTE forwards an address, e.g. 127.0.0.1:8080=10.96.0.20:80 (repeatable)")
+	cmd.Flags().BoolVar(&forwardAll, "forward-all", false, "netstack mode: forward every Service of the namespace, each on its own 127.0.0.x, kept current as Services come and go (ports below 1024 on 10000+port)")
 	cmd.Flags().BoolVar(&background, "background", false, "return once connected, leaving the session running (logs in $TMPDIR/bridgetun/)")
 	cmd.Flags().StringVar(&socksAddr, "socks", "127.0.0.1:1080", "netstack mode: SOCKS5 proxy address (CONNECT, UDP ASSOCIATE, names resolved in the cluster); empty = off")
 	cmd.Flags().StringVar(&httpProxyAddr, "http-proxy", "127.0.0.1:3128", "netstack mode: HTTP proxy address (CONNECT and plain requests); empty = off")
