@@ -309,6 +309,20 @@ func (m *Mirror) listAndWatch(ctx context.Context, r objRef) error {
 	}
 }
 
+// named returns the item called name as an object, or nil.
+func named[T any, P interface {
+	*T
+	runtime.Object
+	GetName() string
+}](items []T, name string) runtime.Object {
+	for i := range items {
+		if p := P(&items[i]); p.GetName() == name {
+			return p
+		}
+	}
+	return nil
+}
+
 // list returns the object (nil when it does not exist) and the list's
 // resource version to watch from.
 func (m *Mirror) list(ctx context.Context, r objRef, opts metav1.ListOptions) (runtime.Object, string, error) {
@@ -318,34 +332,19 @@ func (m *Mirror) list(ctx context.Context, r objRef, opts metav1.ListOptions) (r
 		if err != nil {
 			return nil, "", err
 		}
-		for i := range l.Items {
-			if l.Items[i].Name == r.name {
-				return &l.Items[i], l.ResourceVersion, nil
-			}
-		}
-		return nil, l.ResourceVersion, nil
+		return named(l.Items, r.name), l.ResourceVersion, nil
 	case kindSecret:
 		l, err := m.client.CoreV1().Secrets(m.namespace).List(ctx, opts)
 		if err != nil {
 			return nil, "", err
 		}
-		for i := range l.Items {
-			if l.Items[i].Name == r.name {
-				return &l.Items[i], l.ResourceVersion, nil
-			}
-		}
-		return nil, l.ResourceVersion, nil
+		return named(l.Items, r.name), l.ResourceVersion, nil
 	case kindPod:
 		l, err := m.client.CoreV1().Pods(m.namespace).List(ctx, opts)
 		if err != nil {
 			return nil, "", err
 		}
-		for i := range l.Items {
-			if l.Items[i].Name == r.name {
-				return &l.Items[i], l.ResourceVersion, nil
-			}
-		}
-		return nil, l.ResourceVersion, nil
+		return named(l.Items, r.name), l.ResourceVersion, nil
 	}
 	return nil, "", fmt.Errorf("unknown kind %q", r.kind)
 }
