@@ -114,6 +114,26 @@ func UpAccessChecks(ns string) []AccessCheck {
 	return checks
 }
 
+// InterceptAccessChecks lists what `bridgetun intercept` needs in ns: find
+// the workload behind a Service, patch and restore its pod template, wait
+// for the rollout (and delete a bare ReplicaSet's pods), read the pod's
+// ConfigMaps and Secrets for its environment and volumes.
+func InterceptAccessChecks() []AccessCheck {
+	checks := []AccessCheck{
+		{Verb: "get", Resource: "services"},
+		{Verb: "list", Resource: "pods"},
+		{Verb: "delete", Resource: "pods"},
+		{Verb: "get", Resource: "configmaps"},
+		{Verb: "get", Resource: "secrets"},
+	}
+	for _, res := range []string{"deployments", "statefulsets", "replicasets"} {
+		for _, verb := range []string{"get", "list", "update"} {
+			checks = append(checks, AccessCheck{Verb: verb, Group: "apps", Resource: res})
+		}
+	}
+	return checks
+}
+
 // UninstallAccessChecks lists what `bridgetun uninstall` needs in ns.
 func UninstallAccessChecks(ns string) []AccessCheck {
 	return []AccessCheck{

@@ -565,15 +565,16 @@ func TestIntercept(t *testing.T) {
 		if m, err := frontendVia(ctx, c, url, ""); err != nil || hop(m, 0, "service") != "api-alice" {
 			t.Errorf("local URL %s: answered by %q (%v), want api-alice", url, hop(m, 0, "service"), err)
 		}
-		// A full intercept of a service others isolate is refused, naming them.
-		out, err := ws.run(ctx, "intercept", "api", "--port", "18090", "--detach", "--no-mount")
-		if err == nil || !strings.Contains(out, "intercepted by") {
-			t.Errorf("full intercept over isolated ones: %v\n%s\nwant a refusal naming the holder", err, out)
-		}
 		phase("isolated: leave")
 		pa.stop(t)
 		if _, ann := apiTemplate(t, ctx, c); ann["bridgetun.io/original-template"] == "" {
 			t.Errorf("api restored while bob still isolates it")
+		}
+		// A full intercept of a service someone else isolates is refused,
+		// naming them, and changes nothing.
+		out, err := ws.run(ctx, "intercept", "api", "--port", "18090", "--detach", "--no-mount")
+		if err == nil || !strings.Contains(out, "intercepted by "+User+"@") || !strings.Contains(out, `route-as "bob"`) {
+			t.Errorf("full intercept over bob's isolated one: %v\n%s\nwant a refusal naming %s and route-as bob", err, out, User)
 		}
 		if m, err := frontendEventually(ctx, c, frontendURL, "bob"); err != nil || hop(m, 1, "service") != "api-bob" {
 			t.Errorf("after alice left: bob's request answered by %q (%v), want api-bob", hop(m, 1, "service"), err)

@@ -92,6 +92,9 @@ func (s *Session) Intercept(ctx context.Context, spec InterceptSpec) (_ Intercep
 	if err := checkLocalPort(spec.LocalPort); err != nil {
 		return InterceptInfo{}, err
 	}
+	if err := cluster.CheckAccess(ctx, s.conn.Client, ns, cluster.InterceptAccessChecks()); err != nil {
+		return InterceptInfo{}, fmt.Errorf("intercept %s: %w", spec.Service, err)
+	}
 	t, err := cluster.ResolveInterceptTarget(ctx, s.conn.Client, ns, spec.Service, spec.Port)
 	if err != nil {
 		return InterceptInfo{}, err
