@@ -326,7 +326,7 @@ func TestIntercept(t *testing.T) {
 	load := startLoad(50)
 	phase := load.setPhase
 	defer load.finish(t, []string{"baseline", "baseline: rollout restart", "bad input", "full: start", "full: running", "full: leave", "multi-replica",
-		"isolated: start", "isolated: running", "isolated: leave", "CMD: start, exit", "down, uninstall --all", "kill -9: start", "kill -9: killed", "kill -9: restored"})
+		"isolated: start", "isolated: running", "isolated: leave", "CMD: start, exit", "down, uninstall --all", "kill -9: start", "kill -9: killed", "kill -9: restored", "crash repair by up"})
 	if err := Eventually(ctx, 30*time.Second, func(context.Context) error {
 		load.mu.Lock()
 		defer load.mu.Unlock()
@@ -693,6 +693,60 @@ func TestIntercept(t *testing.T) {
 			t.Errorf("up after kill -9: no repair reported:\n%s", out)
 		}
 		if _, err := ws.run(ctx, "down"); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("crash while the gateway is down: the next up restores the workload", func(t *testing.T) {
+		phase("crash repair by up")
+		if _, err := ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ws.run(ctx, "intercept", "api", "--port", "18090", "--detach", "--no-mount"); err != nil {
+			t.Fatal(err)
+		}
+		st, err := ws.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// No gateway to expire the lease, and the session dies: only the
+		// next start can put the workload back.
+		if out, err := c.RunKubectl(ctx, "-n", SampleNamespace, "scale", "deployment/bridgetun-gateway", "--replicas=0"); err != nil {
+			t.Fatalf("scale gateway: %v %s", err, out)
+		}
+		if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if err := Eventually(ctx, time.Minute, func(ctx context.Context) error {
+			pods, err := c.Client.CoreV1().Pods(SampleNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=bridgetun-gateway"})
+			if err != nil || len(pods.Items) > 0 {
+				return fmt.Errorf("gateway pods left: %d (%v)", len(pods.Items), err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if _, ann := apiTemplate(t, ctx, c); ann["bridgetun.io/original-template"] == "" {
+			t.Fatal("api not patched before the repair: nothing to prove")
+		}
+		// The workload still answers: its sidecars cannot reach a gateway and pass through.
+		if m, err := frontendEventually(ctx, c, "http://"+NodeIP+":30080/", ""); err != nil || hop(m, 1, "service") != "api" {
+			t.Errorf("with the gateway gone: api hop %q (%v), want the cluster's api", hop(m, 1, "service"), err)
+		}
+		out, err := ws.run(ctx, "up", "--background", "--upgrade", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, "restored deployment/api") {
+			t.Errorf("up after the crash: no workload repair reported:\n%s", out)
+		}
+		if got, ann := apiTemplate(t, ctx, c); got != before || ann["bridgetun.io/original-template"] != "" {
+			t.Errorf("api still patched after the repairing up")
+		}
+		if _, err := ws.run(ctx, "down"); err != nil {
+			t.Error(err)
+		}
+		if err := c.WaitRollout(ctx, SampleNamespace, "api"); err != nil {
 			t.Error(err)
 		}
 	})
