@@ -248,8 +248,8 @@ func (p *interceptProc) stop(t *testing.T) {
 
 // frontendVia GETs the frontend Service from bt-ws with an optional
 // route-as header and decodes the chain's answer.
-func frontendVia(ctx context.Context, c *Cluster, url, routeAs string) (map[string]any, error) {
-	args := []string{c.Testapp, "get", "-timeout", "10s"}
+func frontendVia(ctx context.Context, c *Cluster, url, routeAs string, extra ...string) (map[string]any, error) {
+	args := append([]string{c.Testapp, "get", "-timeout", "10s"}, extra...)
 	if routeAs != "" {
 		args = append(args, "-H", "Kubernetes-Route-As: "+routeAs)
 	}
@@ -532,6 +532,20 @@ func TestIntercept(t *testing.T) {
 			}
 			if got := hop(m, 2, "service"); got != "stats" || hop(m, 2, "route_as") != tc.routeAs {
 				t.Errorf("route-as %q: stats hop %q with route-as %q, want stats with the header propagated", tc.routeAs, got, hop(m, 2, "route_as"))
+			}
+		}
+		// h2c (HTTP/2 prior knowledge, as gRPC speaks it) is routed per
+		// request too, and reaches each side as HTTP/2.
+		apiURL := "http://" + clusterIP(t, ctx, c, "api") + "/"
+		for _, tc := range []struct{ routeAs, want string }{{"alice", "api-alice"}, {"bob", "api-bob"}, {"", "api"}} {
+			var m map[string]any
+			err := Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
+				var err error
+				m, err = frontendVia(ctx, c, apiURL, tc.routeAs, "-h2c")
+				return err
+			})
+			if err != nil || hop(m, 0, "service") != tc.want || hop(m, 0, "proto") != "HTTP/2.0" {
+				t.Errorf("h2c with route-as %q: answered by %q over %q (%v), want %s over HTTP/2.0", tc.routeAs, hop(m, 0, "service"), hop(m, 0, "proto"), err, tc.want)
 			}
 		}
 		// The sidecars count requests by route and by header value.

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,7 +79,28 @@ func (e *AlreadyUpError) Error() string {
 	return fmt.Sprintf("already up (pid %d): see `bridgetun status`, or `bridgetun down` first", e.PID)
 }
 
+// processAlive reports whether pid runs. A zombie (killed, not yet reaped
+// by its parent — often init, which may take its time) does not: it holds
+// no socket and no device, so its leftovers are ours to repair.
 func processAlive(pid int) bool {
 	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	if err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	return !zombie(pid)
+}
+
+// zombie reads the process state from /proc (Linux); elsewhere it says no.
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// "pid (comm) S ...": comm may hold spaces and parentheses; the state
+	// follows the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return false
+	}
+	return b[i+2] == 'Z' || b[i+2] == 'X'
 }

@@ -23,6 +23,7 @@ type Response struct {
 	PodIP      string              `json:"pod_ip,omitempty"`
 	Namespace  string              `json:"namespace,omitempty"`
 	Path       string              `json:"path"`
+	Proto      string              `json:"proto"` // HTTP/1.1 or HTTP/2.0 (h2c prior knowledge)
 	RouteAs    string              `json:"route_as,omitempty"`
 	Headers    map[string][]string `json:"headers"`
 	Config     *string             `json:"config,omitempty"`
@@ -42,12 +43,17 @@ func runHTTP(args []string) error {
 		return err
 	}
 	log.Printf("testapp http %s on %s (downstream %q)", envOr("SERVICE_NAME", "testapp"), *listen, os.Getenv("DOWNSTREAM_URL"))
-	return http.ListenAndServe(*listen, logRequests(newHandler(configFromEnv(), &http.Client{
+	// HTTP/1.1 and h2c (HTTP/2 with prior knowledge, as gRPC speaks it).
+	protos := new(http.Protocols)
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Addr: *listen, Protocols: protos, Handler: logRequests(newHandler(configFromEnv(), &http.Client{
 		Timeout: 10 * time.Second,
 		// A new connection per call, so kube-proxy spreads the calls over
 		// every replica (a kept-alive connection would pin one).
 		Transport: &http.Transport{DisableKeepAlives: true},
-	})))
+	}))}
+	return srv.ListenAndServe()
 }
 
 // config is what an instance reports and calls; configFromEnv reads it from the pod's environment.
@@ -79,6 +85,7 @@ func newHandler(cfg config, client *http.Client) http.Handler {
 			PodIP:     cfg.PodIP,
 			Namespace: cfg.Namespace,
 			Path:      r.URL.Path,
+			Proto:     r.Proto,
 			RouteAs:   r.Header.Get(RouteAsHeader),
 			Headers:   r.Header,
 		}

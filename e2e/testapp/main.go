@@ -1,9 +1,9 @@
 // Command testapp is the e2e suite's test and sample application (image bridgetun.local/testapp:dev).
 //
-//	testapp http      [-listen :8080]     HTTP echo: JSON with service, instance, headers, config file, secret env
+//	testapp http      [-listen :8080]     HTTP/1.1 + h2c echo: JSON with service, instance, protocol, headers, config file, secret env
 //	                                      flags and the response of $DOWNSTREAM_URL (kubernetes-route-as propagated)
 //	testapp udp-echo  [-listen :5353]     UDP echo server
-//	testapp get       [-H K:V]... URL     HTTP GET, body to stdout, non-2xx exits 1 (busybox wget segfaults here)
+//	testapp get       [-h2c] [-H K:V]... URL  HTTP GET (h2c: HTTP/2 prior knowledge), body to stdout, non-2xx exits 1
 //	testapp dial      [-timeout D] ADDR   TCP connect, exit 0 if it connects
 //	testapp udp       [-timeout D] ADDR MSG  send MSG, print the reply
 //	testapp lookup    [-server IP:53 [-socks HOST:PORT]] NAME   resolve NAME (optionally with a given DNS

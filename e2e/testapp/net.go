@@ -32,11 +32,12 @@ func runGet(args []string) error {
 	var hs headers
 	fs.Var(&hs, "H", "header K:V (repeatable)")
 	timeout := fs.Duration("timeout", 10*time.Second, "request timeout")
+	h2c := fs.Bool("h2c", false, "speak HTTP/2 with prior knowledge (h2c, as gRPC does)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return errors.New("usage: get [-H K:V]... URL")
+		return errors.New("usage: get [-h2c] [-H K:V]... URL")
 	}
 	req, err := http.NewRequest(http.MethodGet, fs.Arg(0), nil)
 	if err != nil {
@@ -46,7 +47,13 @@ func runGet(args []string) error {
 		k, v, _ := strings.Cut(h, ":")
 		req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
 	}
-	res, err := (&http.Client{Timeout: *timeout}).Do(req)
+	client := &http.Client{Timeout: *timeout}
+	if *h2c {
+		t := &http.Transport{Protocols: new(http.Protocols)}
+		t.Protocols.SetUnencryptedHTTP2(true)
+		client.Transport = t
+	}
+	res, err := client.Do(req)
 	if err != nil {
 		return err
 	}
