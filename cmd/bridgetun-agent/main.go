@@ -23,7 +23,9 @@ func newRootCmd() *cobra.Command {
 		Use:   "bridgetun-agent",
 		Short: "bridgetun's in-cluster agent (gateway and sidecar)",
 		Long: `bridgetun-agent runs inside the cluster. "gateway" terminates the WireGuard
-tunnels of workstations and forwards their flows to real pod and service IPs.`,
+tunnels of workstations, forwards their flows to real pod and service IPs, and
+relays intercepted connections back into them. "init" (an init container with
+NET_ADMIN) and "sidecar" are what an intercept adds to a workload's pods.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -380,7 +380,11 @@ func newLeaveCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "leave SERVICE",
 		Short: "End an intercept: the workload gets its original pod template back",
-		Args:  cobra.ExactArgs(1),
+		Long: `End this session's intercept of SERVICE (one started with --detach, or from
+another terminal). The gateway forgets it; when nobody else intercepts the
+workload, its original pod template is restored and leave waits for the
+rollout. ` + "`bridgetun down`" + ` ends every intercept the same way.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 3*time.Minute)
 			defer cancel()
