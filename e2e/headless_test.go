@@ -91,6 +91,34 @@ func TestHeadless(t *testing.T) {
 		}
 	})
 
+	t.Run("bad forwards fail with one clear line and leave nothing running", func(t *testing.T) {
+		// A port taken by another program of this user.
+		busy := userCmd(ctx, c, env, c.Testapp, "http", "-listen", "127.0.0.2:18199")
+		if err := busy.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = busy.Process.Kill(); _ = busy.Wait() }()
+		if err := Eventually(ctx, 20*time.Second, func(ctx context.Context) error {
+			_, err := c.inWS(ctx, c.Testapp, "dial", "-timeout", "1s", "127.0.0.2:18199")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct{ forward, want string }{
+			{"nope", `service "nope"`},
+			{"stats=18199", "127.0.0.2:18199 (tcp) is already in use"},
+		} {
+			out, err := run("up", "--background", "--netstack", "-n", SampleNamespace, "--gateway-image", gatewayImage,
+				"--transport", "stream", "--upgrade", "--forward", tc.forward)
+			if err == nil || !strings.Contains(out, tc.want) {
+				t.Errorf("up --forward %s: %v\n%s\nwant an error containing %q", tc.forward, err, out, tc.want)
+			}
+			if st, err := run("status"); err == nil {
+				t.Errorf("after the failed up --forward %s a session runs:\n%s", tc.forward, st)
+			}
+		}
+	})
+
 	out, err := run("up", "--background", "--netstack", "-n", SampleNamespace, "--gateway-image", gatewayImage,
 		"--transport", "stream", "--upgrade", "--forward", "stats=18181", "--forward", "udp-echo", "--forward-all")
 	if err != nil {
