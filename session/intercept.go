@@ -55,6 +55,9 @@ type interceptState struct {
 	req     agent.InterceptRequest
 	ref     cluster.WorkloadRef
 	closers []func() error
+	// quiesce waits, up to a bound, for the relayed connections in flight
+	// to end (nil: nothing to wait for).
+	quiesce func(max time.Duration)
 }
 
 func (st *interceptState) close() {
@@ -247,7 +250,19 @@ func (s *Session) listenInbound(st *interceptState, port int) error {
 			}()
 		}
 	}()
-	// Leaving cuts the connections in flight (a sidecar's idle keep-alive
+	st.quiesce = func(max time.Duration) {
+		deadline := time.Now().Add(max)
+		for time.Now().Before(deadline) {
+			mu.Lock()
+			n := len(active)
+			mu.Unlock()
+			if n == 0 {
+				return
+			}
+			time.Sleep(20 * time.Millisecond) // polling the relay count, bounded by max
+		}
+	}
+	// Leaving cuts the connections still open (a sidecar's idle keep-alive
 	// connection would otherwise hold the leave for minutes).
 	st.closers = append(st.closers, func() error {
 		err := ln.Close()
@@ -332,8 +347,14 @@ func (s *Session) leaveLocked(service string) string {
 	if !ok {
 		return ""
 	}
-	st.close()
+	// Routes first: the sidecars send new connections to the original at
+	// once; the ones in flight here get a moment to finish before the
+	// listener and whatever is left (idle keep-alives) are cut.
 	lr, err := s.unregister(st)
+	if st.quiesce != nil {
+		st.quiesce(time.Second)
+	}
+	st.close()
 	switch {
 	case err != nil:
 		// Unknown whether others hold it: the gateway restores the
