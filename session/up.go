@@ -1,9 +1,7 @@
 package session
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -324,24 +322,9 @@ func (s *Session) register(ctx context.Context) error {
 }
 
 func (s *Session) registerOnce(ctx context.Context) error {
-	dial := cluster.PortForwardDialer(s.conn.Config, s.conn.Client, s.gwNS, s.currentPod(), cluster.ControlPort)
-	hc := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
-		DialContext:       func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
-		DisableKeepAlives: true,
-	}}
-	body, _ := json.Marshal(agent.RegisterRequest{PublicKey: s.key.PublicKey().String(), Version: version.Version})
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://gateway/v1/register", bytes.NewReader(body))
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("register with gateway pod %s/%s: %w", s.gwNS, s.currentPod(), err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("register with gateway: %s: %s", resp.Status, bytes.TrimSpace(b))
-	}
 	var rr agent.RegisterResponse
-	if err := json.NewDecoder(resp.Body).Decode(&rr); err != nil {
+	req := agent.RegisterRequest{PublicKey: s.key.PublicKey().String(), Version: version.Version}
+	if err := s.control(ctx, http.MethodPost, "/v1/register", req, &rr); err != nil {
 		return fmt.Errorf("register with gateway: %w", err)
 	}
 	if s.reg.Address != "" && rr.Address != s.reg.Address {

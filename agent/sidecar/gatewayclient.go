@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/internal/splice"
 )
 
 // GatewayClientConfig configures a GatewayClient.
@@ -190,29 +191,9 @@ func (c *GatewayClient) Dial(ctx context.Context, target string) (net.Conn, erro
 		return fail(fmt.Errorf("relay to %s: %w", target, ctx.Err()))
 	}
 	_ = conn.SetDeadline(time.Time{})
-	return &relayConn{Conn: conn, r: br}, nil
-}
-
-// relayConn is a relayed connection: reads first drain what was buffered
-// with the gateway's answer (the workstation may speak first).
-type relayConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (c *relayConn) Read(p []byte) (int, error) {
-	if c.r.Buffered() > 0 {
-		return c.r.Read(p)
-	}
-	return c.Conn.Read(p)
-}
-
-// CloseWrite half-closes the connection to the gateway, which passes it on.
-func (c *relayConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return errors.ErrUnsupported
+	// Reads first drain what was buffered with the gateway's answer (the
+	// workstation may speak first).
+	return &splice.BufferedConn{Conn: conn, R: br}, nil
 }
 
 // RouteState holds the latest route table. It is a RouteSource, fed by

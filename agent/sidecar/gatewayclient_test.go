@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/splice"
+
 	"github.com/bridgetun/bridgetun/agent"
 )
 
@@ -176,4 +178,4 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-var _ net.Conn = (*relayConn)(nil)
+var _ net.Conn = (*splice.BufferedConn)(nil)

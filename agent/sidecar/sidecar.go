@@ -202,7 +202,7 @@ func (s *Sidecar) handle(ctx context.Context, c net.Conn) {
 			return
 		}
 		s.m.connections.WithLabelValues(routeLocal).Inc()
-		splice(ctx, c, up)
+		spliceCtx(ctx, c, up)
 		return
 	}
 	if len(table.Routes) == 0 {
@@ -242,7 +242,7 @@ func (s *Sidecar) passThrough(ctx context.Context, c net.Conn, head []byte, reas
 			return
 		}
 	}
-	splice(ctx, c, up)
+	spliceCtx(ctx, c, up)
 }
 
 // dialRelay dials a workstation's target through the gateway within DialTimeout.
@@ -270,9 +270,9 @@ func (e *relayDialError) Error() string {
 
 func (e *relayDialError) Unwrap() error { return e.err }
 
-// splice copies both ways until both directions end, passing a half-close
+// spliceCtx copies both ways until both directions end, passing a half-close
 // on, or until ctx ends. It closes a and b.
-func splice(ctx context.Context, a, b net.Conn) {
+func spliceCtx(ctx context.Context, a, b net.Conn) {
 	stop := context.AfterFunc(ctx, func() {
 		_ = a.Close()
 		_ = b.Close()

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"os/exec"
@@ -82,6 +83,35 @@ func Latency(client *http.Client, url string, count int, errs *int) (p50, p99 fl
 	}
 	slices.Sort(samples)
 	return samples[len(samples)/2], samples[len(samples)*99/100]
+}
+
+// Sample is one path's measurement.
+type Sample struct {
+	MBps   float64 `json:"upload_MBps"`
+	P50ms  float64 `json:"http_p50_ms"`
+	P99ms  float64 `json:"http_p99_ms"`
+	Errors int     `json:"errors"`
+}
+
+// Measure uploads n bytes to sink reps times (median kept) and times rr
+// GETs of httpAddr on one keep-alive connection, all dialled with dial.
+func Measure(ctx context.Context, name string, dial DialFunc, sink, httpAddr string, n int64, reps, rr int) Sample {
+	log.Printf("measuring %s", name)
+	var s Sample
+	var speeds []float64
+	for range reps {
+		v, err := Upload(ctx, dial, sink, n)
+		if err != nil {
+			log.Printf("%s upload: %v", name, err)
+			s.Errors++
+			continue
+		}
+		speeds = append(speeds, v)
+	}
+	s.MBps = Median(speeds)
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 1}}
+	s.P50ms, s.P99ms = Latency(hc, "http://"+httpAddr, rr, &s.Errors)
+	return s
 }
 
 // Median returns the median of xs (0 if empty).

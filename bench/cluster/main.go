@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,13 +45,10 @@ var (
 )
 
 type result struct {
-	Path     string  `json:"path"`
-	MBps     float64 `json:"upload_MBps"`
-	P50ms    float64 `json:"http_p50_ms"`
-	P99ms    float64 `json:"http_p99_ms"`
+	Path string `json:"path"`
+	benchutil.Sample
 	Ratio    float64 `json:"throughput_ratio_vs_pf"`
 	P50Ratio float64 `json:"p50_ratio_vs_pf"`
-	Errors   int     `json:"errors"`
 }
 
 func main() {
@@ -124,20 +120,5 @@ func main() {
 }
 
 func measure(ctx context.Context, ws *nstest.NS, name, sink, httpAddr string) result {
-	log.Printf("measuring %s", name)
-	r := result{Path: name}
-	var speeds []float64
-	for range *reps {
-		v, err := benchutil.Upload(ctx, ws.DialContext, sink, *bytesN)
-		if err != nil {
-			log.Printf("%s upload: %v", name, err)
-			r.Errors++
-			continue
-		}
-		speeds = append(speeds, v)
-	}
-	r.MBps = benchutil.Median(speeds)
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: ws.DialContext, MaxIdleConnsPerHost: 1}}
-	r.P50ms, r.P99ms = benchutil.Latency(hc, "http://"+httpAddr, *rr, &r.Errors)
-	return r
+	return result{Path: name, Sample: benchutil.Measure(ctx, name, ws.DialContext, sink, httpAddr, *bytesN, *reps, *rr)}
 }
