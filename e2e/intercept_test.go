@@ -78,6 +78,13 @@ func localServer(t *testing.T, ctx context.Context, c *Cluster, asUser bool, lis
 	}
 }
 
+// loadFailure is one failed request of the loop.
+type loadFailure struct {
+	phase string
+	sent  time.Time
+	err   string
+}
+
 // loadLoop sends GET requests to the frontend NodePort at a fixed rate and
 // counts failures per phase.
 type loadLoop struct {
@@ -86,12 +93,15 @@ type loadLoop struct {
 	ok     map[string]int
 	failed map[string]int
 	first  map[string]string // phase → first failure
+	start  map[string]time.Time
+	fails  []loadFailure
 	stop   chan struct{}
 	done   chan struct{}
 }
 
 func startLoad(rate int) *loadLoop {
-	l := &loadLoop{phase: "baseline", ok: map[string]int{}, failed: map[string]int{}, first: map[string]string{}, stop: make(chan struct{}), done: make(chan struct{})}
+	l := &loadLoop{phase: "baseline", ok: map[string]int{}, failed: map[string]int{}, first: map[string]string{},
+		start: map[string]time.Time{"baseline": time.Now()}, stop: make(chan struct{}), done: make(chan struct{})}
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	go func() {
 		defer close(l.done)
@@ -111,6 +121,7 @@ func startLoad(rate int) *loadLoop {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				sent := time.Now()
 				err := func() error {
 					resp, err := hc.Get("http://" + NodeIP + ":30080/")
 					if err != nil {
@@ -129,6 +140,7 @@ func startLoad(rate int) *loadLoop {
 				defer l.mu.Unlock()
 				if err != nil {
 					l.failed[phase]++
+					l.fails = append(l.fails, loadFailure{phase: phase, sent: sent, err: err.Error()})
 					if l.first[phase] == "" {
 						l.first[phase] = err.Error()
 					}
@@ -144,6 +156,7 @@ func startLoad(rate int) *loadLoop {
 func (l *loadLoop) setPhase(p string) {
 	l.mu.Lock()
 	l.phase = p
+	l.start[p] = time.Now()
 	l.mu.Unlock()
 }
 
@@ -160,6 +173,11 @@ func (l *loadLoop) finish(t *testing.T, phases []string) {
 			fmt.Fprintf(&b, "   first: %.160s", l.first[p])
 		}
 		b.WriteString("\n")
+	}
+	// When failures happen, relative to their phase's start, and what they were:
+	// that is what ties them to a rollout, a gateway restart or a leave.
+	for _, f := range l.fails {
+		fmt.Fprintf(&b, "  failed %-24s +%6.2fs  %.200s\n", f.phase, f.sent.Sub(l.start[f.phase]).Seconds(), f.err)
 	}
 	t.Log(b.String())
 	if l.ok["baseline"] == 0 {
