@@ -28,7 +28,7 @@ type Networks struct {
 
 // NetworkOptions tunes DiscoverNetworksWith.
 type NetworkOptions struct {
-	Namespace     string       // where the dry-run Service probe is created; "" = "default"
+	Namespace     string       // the user's namespace: the dry-run Service probe, and where Services and pods are read when cluster-wide lists are forbidden; "" = "default"
 	ClusterDomain string       // "" = read it from the CoreDNS Corefile, else "cluster.local"
 	Log           *slog.Logger // nil discards
 }
@@ -58,7 +58,7 @@ func DiscoverNetworksWith(ctx context.Context, client kubernetes.Interface, o Ne
 	if n.ServiceCIDRs, err = serviceCIDRs(ctx, client, o.Namespace, log); err != nil {
 		return n, err
 	}
-	if n.PodCIDRs, err = podCIDRs(ctx, client, log); err != nil {
+	if n.PodCIDRs, err = podCIDRs(ctx, client, o.Namespace, log); err != nil {
 		return n, err
 	}
 	if len(n.PodCIDRs) == 0 {
@@ -163,8 +163,9 @@ func ParseServiceRangeError(msg string) []netip.Prefix {
 	return out
 }
 
-// podCIDRs unions Node.spec.podCIDRs, else covers running pods' IPs with /16s.
-func podCIDRs(ctx context.Context, client kubernetes.Interface, log *slog.Logger) ([]netip.Prefix, error) {
+// podCIDRs unions Node.spec.podCIDRs, else covers running pods' IPs with
+// /16s: every namespace's, or ns's when only a namespaced Role allows it.
+func podCIDRs(ctx context.Context, client kubernetes.Interface, ns string, log *slog.Logger) ([]netip.Prefix, error) {
 	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err == nil {
 		var out []netip.Prefix
@@ -185,7 +186,11 @@ func podCIDRs(ctx context.Context, client kubernetes.Interface, log *slog.Logger
 		log.Debug("cannot list nodes for pod CIDRs", "error", err)
 	}
 
-	pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "status.phase=Running"})
+	running := metav1.ListOptions{FieldSelector: "status.phase=Running"}
+	pods, err := client.CoreV1().Pods("").List(ctx, running)
+	if apierrors.IsForbidden(err) {
+		pods, err = client.CoreV1().Pods(ns).List(ctx, running)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()

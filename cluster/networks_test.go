@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -205,5 +206,38 @@ func TestCheckAccess(t *testing.T) {
 	want = `context "kind-dev": forbidden: you need "create" on "pods/portforward" in namespace "bt" (ask your cluster admin for the bridgetun role)`
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v, want %q", err, want)
+	}
+}
+
+// TestDiscoverNetworksNamespacedRole: a developer whose Role covers one
+// namespace (nothing cluster-wide, no kube-system) still gets routes: the
+// dry-run probe in that namespace gives the service range, its pods the
+// pod range.
+func TestDiscoverNetworksNamespacedRole(t *testing.T) {
+	client := fake.NewClientset(node("n1", "10.244.0.0/24"), pod("dev", "api", "10.42.7.3", false), pod("other", "x", "10.50.0.9", false),
+		svc("kube-system", "kube-dns", "10.43.0.10", nil))
+	var probedIn []string
+	client.PrependReactor("*", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetNamespace() == "dev" {
+			if a.GetVerb() == "create" && a.GetResource().Resource == "services" {
+				probedIn = append(probedIn, a.GetNamespace())
+				return true, nil, apierrors.NewBadRequest(`Service "p" is invalid: spec.clusterIPs: Invalid value: []string{"1.1.1.1"}: failed to allocate IP 1.1.1.1: the provided IP (1.1.1.1) is not in the valid range. The range of valid IPs is 10.43.0.0/16`)
+			}
+			return false, nil, nil // the Role allows reads here
+		}
+		return true, nil, apierrors.NewForbidden(a.GetResource().GroupResource(), "", fmt.Errorf("namespaced Role only"))
+	})
+	got, err := DiscoverNetworksWith(t.Context(), client, NetworkOptions{Namespace: "dev"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := prefixes("10.43.0.0/16"); !slices.Equal(got.ServiceCIDRs, want) || !slices.Equal(probedIn, []string{"dev"}) {
+		t.Errorf("service CIDRs %v (probed in %v), want %v from the probe in dev", got.ServiceCIDRs, probedIn, want)
+	}
+	if want := prefixes("10.42.0.0/16"); !slices.Equal(got.PodCIDRs, want) {
+		t.Errorf("pod CIDRs %v, want %v from dev's pods only", got.PodCIDRs, want)
+	}
+	if got.DNS.IsValid() || got.ClusterDomain != DefaultClusterDomain {
+		t.Errorf("DNS %v, domain %q: want none (kube-system unreadable) and %s", got.DNS, got.ClusterDomain, DefaultClusterDomain)
 	}
 }

@@ -30,6 +30,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/bridgetun/bridgetun/cluster"
 )
 
 // apiTemplate is the api Deployment's pod template as JSON, for
@@ -387,20 +389,38 @@ func TestIntercept(t *testing.T) {
 
 	t.Run("bad input", func(t *testing.T) {
 		phase("bad input")
-		noSel := &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: "no-selector", Namespace: SampleNamespace},
-			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+		// A Service without a selector, and one whose only pod is a bare Pod
+		// (a kind bridgetun cannot patch).
+		zero := int64(0)
+		solo := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "solo", Namespace: SampleNamespace, Labels: map[string]string{"app": "solo"}},
+			Spec: corev1.PodSpec{TerminationGracePeriodSeconds: &zero, Containers: []corev1.Container{{Name: "solo",
+				Image: "bridgetun.local/testapp:dev", ImagePullPolicy: corev1.PullNever, Command: []string{"/testapp", "http"},
+				Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}},
 		}
-		if _, err := c.Client.CoreV1().Services(SampleNamespace).Create(ctx, noSel, metav1.CreateOptions{}); err != nil {
+		for _, svc := range []*corev1.Service{
+			{ObjectMeta: metav1.ObjectMeta{Name: "no-selector", Namespace: SampleNamespace},
+				Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "solo", Namespace: SampleNamespace},
+				Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "solo"},
+					Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}}},
+		} {
+			if _, err := c.Client.CoreV1().Services(SampleNamespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			defer c.Client.CoreV1().Services(SampleNamespace).Delete(context.Background(), svc.Name, metav1.DeleteOptions{})
+		}
+		if _, err := c.Client.CoreV1().Pods(SampleNamespace).Create(ctx, solo, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		defer c.Client.CoreV1().Services(SampleNamespace).Delete(context.Background(), "no-selector", metav1.DeleteOptions{})
+		defer c.Client.CoreV1().Pods(SampleNamespace).Delete(context.Background(), "solo", metav1.DeleteOptions{GracePeriodSeconds: &zero})
 		for _, tc := range []struct {
 			args []string
 			want string
 		}{
 			{[]string{"nope", "--port", "18090"}, "not found"},
 			{[]string{"no-selector", "--port", "18090"}, "selector"},
+			{[]string{"solo", "--port", "18090"}, "served by Pod/solo: bridgetun can intercept Deployments, StatefulSets and ReplicaSets"},
 			{[]string{"api", "--port", "18090:grpc"}, "http"}, // the error lists the ports there are
 			{[]string{"api", "--port", "18099"}, "nothing listens on 127.0.0.1:18099"},
 			{[]string{"api", "--port", "x"}, "--port"},
@@ -409,6 +429,36 @@ func TestIntercept(t *testing.T) {
 			if err == nil || !strings.Contains(out, tc.want) {
 				t.Errorf("intercept %v: got %v\n%s\nwant an error containing %q", tc.args, err, out, tc.want)
 			}
+		}
+		if p, err := c.Client.CoreV1().Pods(SampleNamespace).Get(ctx, "solo", metav1.GetOptions{}); err != nil || len(p.Spec.Containers) != 1 {
+			t.Errorf("bare pod solo after the refused intercept: %v", err)
+		}
+
+		// Missing RBAC, decided by the real API server: a developer whose
+		// Role allows `up` but not what an intercept needs is told what is
+		// missing before anything is touched.
+		limited := newWorkstation(t, c, "limited", false)
+		kc, cleanupRBAC, err := c.LimitedKubeconfig(ctx, SampleNamespace, "bt-e2e-limited", limited.stateDir, cluster.UpAccessChecks(SampleNamespace))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cleanupRBAC()
+		limited.env = []string{"KUBECONFIG=" + kc}
+		if out, err := limited.run(ctx, "up", "--background", "--netstack", "-n", SampleNamespace, "--gateway-image", gatewayImage,
+			"--transport", "stream", "--socks=", "--http-proxy="); err != nil {
+			t.Fatalf("up with only up's permissions: %v\n%s", err, out)
+		}
+		out, err := limited.run(ctx, "intercept", "api", "--port", "18090")
+		for _, want := range []string{`intercept api: `, `forbidden: you need "get" on "configmaps" in namespace "bt-sample"`, `ask your cluster admin`} {
+			if err == nil || !strings.Contains(out, want) {
+				t.Errorf("intercept without RBAC: %v\n%s\nwant an error containing %q", err, out, want)
+			}
+		}
+		if n := strings.Count(strings.TrimSpace(out), "\n"); n > 1 {
+			t.Errorf("intercept without RBAC: %d lines, want the reason in one:\n%s", n+1, out)
+		}
+		if _, err := limited.run(ctx, "down"); err != nil {
+			t.Error(err)
 		}
 		if got, ann := apiTemplate(t, ctx, c); got != before || ann["bridgetun.io/original-template"] != "" {
 			t.Errorf("api Deployment changed by refused intercepts")

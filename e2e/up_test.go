@@ -33,6 +33,7 @@ type workstation struct {
 	bin      string
 	stateDir string
 	asUser   bool
+	env      []string // extra environment for every command (KUBECONFIG of another user)
 }
 
 func newWorkstation(t *testing.T, c *Cluster, name string, asUser bool) *workstation {
@@ -75,6 +76,7 @@ func (w *workstation) cmd(ctx context.Context, args ...string) *exec.Cmd {
 		cmd = w.c.InWorkstation(ctx, append([]string{w.bin}, args...)...)
 	}
 	cmd.Env = append(cmd.Env, "BRIDGETUN_STATE_DIR="+w.stateDir, "TMPDIR="+w.stateDir)
+	cmd.Env = append(cmd.Env, w.env...)
 	return cmd
 }
 

@@ -337,7 +337,9 @@ func (s *Session) registerOnce(ctx context.Context) error {
 // computeRoutes sends service and pod CIDRs (and --also-proxy) into the
 // tunnel, never the API server's own address.
 func (s *Session) computeRoutes(ctx context.Context) error {
-	nets, err := cluster.DiscoverNetworks(ctx, s.conn.Client)
+	// The gateway's namespace is where up's permissions were checked: a
+	// developer with only a namespaced Role can still learn the networks.
+	nets, err := cluster.DiscoverNetworksWith(ctx, s.conn.Client, cluster.NetworkOptions{Namespace: s.gwNS, Log: s.log})
 	if err != nil {
 		return err
 	}
