@@ -346,7 +346,7 @@ func TestIntercept(t *testing.T) {
 	load := startLoad(50)
 	phase := load.setPhase
 	defer load.finish(t, []string{"baseline", "baseline: rollout restart", "bad input", "full: start", "full: running", "full: leave", "multi-replica",
-		"isolated: start", "isolated: running", "isolated: leave", "CMD: start, exit", "down, uninstall --all", "kill -9: start", "kill -9: killed", "kill -9: restored", "crash repair by up"})
+		"isolated: start", "isolated: running", "isolated: leave", "CMD: start, exit", "down, uninstall --all", "uninstall --all", "uninstall --all: down, rollout", "kill -9: start", "kill -9: killed", "kill -9: restored", "crash repair by up"})
 	if err := Eventually(ctx, 30*time.Second, func(context.Context) error {
 		load.mu.Lock()
 		defer load.mu.Unlock()
@@ -701,6 +701,7 @@ func TestIntercept(t *testing.T) {
 		if _, err := ws.run(ctx, "intercept", "api", "--port", "18090", "--detach", "--no-mount"); err != nil {
 			t.Fatal(err)
 		}
+		phase("uninstall --all")
 		out, err := ws.run(ctx, "uninstall", "--all", "-n", SampleNamespace)
 		if err != nil || !strings.Contains(out, "restored deployment/api") {
 			t.Errorf("uninstall --all: %v\n%s", err, out)
@@ -708,6 +709,7 @@ func TestIntercept(t *testing.T) {
 		if got, ann := apiTemplate(t, ctx, c); got != before || ann["bridgetun.io/original-template"] != "" {
 			t.Errorf("api still patched after uninstall --all")
 		}
+		phase("uninstall --all: down, rollout")
 		_, _ = ws.run(ctx, "down") // the gateway is gone: down still cleans the workstation
 		if err := c.WaitRollout(ctx, SampleNamespace, "api"); err != nil {
 			t.Error(err)

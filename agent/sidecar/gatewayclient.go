@@ -23,13 +23,9 @@ import (
 
 // GatewayClientConfig configures a GatewayClient.
 type GatewayClientConfig struct {
-	Addr  string // the gateway's relay listener, host:port (required), e.g. "bridgetun-relay.bridgetun:8083"
-	Token string // the sidecar token, sent as a bearer token
-	// StaleAfter: 0 = 30s. When the gateway has not answered for this long,
-	// WatchRoutes reports an empty table, so traffic stops waiting for
-	// workstations that cannot be reached anyway.
-	StaleAfter time.Duration
-	Log        *slog.Logger // nil discards
+	Addr  string       // the gateway's relay listener, host:port (required), e.g. "bridgetun-relay.bridgetun:8083"
+	Token string       // the sidecar token, sent as a bearer token
+	Log   *slog.Logger // nil discards
 }
 
 // GatewayClient is the sidecar's side of the protocol in agent/routes.go:
@@ -42,17 +38,13 @@ type GatewayClient struct {
 }
 
 const (
-	pollTimeout       = time.Minute // above the gateway's ~25 s long poll
-	maxPollBackoff    = 2 * time.Second
-	defaultStaleAfter = 30 * time.Second
-	failureLogEvery   = time.Minute
+	pollTimeout     = time.Minute // above the gateway's ~25 s long poll
+	maxPollBackoff  = 2 * time.Second
+	failureLogEvery = time.Minute
 )
 
 // NewGatewayClient returns a client of the gateway at cfg.Addr.
 func NewGatewayClient(cfg GatewayClientConfig) *GatewayClient {
-	if cfg.StaleAfter <= 0 {
-		cfg.StaleAfter = defaultStaleAfter
-	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -99,8 +91,10 @@ func (c *GatewayClient) Poll(ctx context.Context, namespace, service string, aft
 // WatchRoutes long-polls the routes of namespace/service and calls onChange
 // with every table whose Version differs from the last one (a restarted
 // gateway may count from lower). Failures are logged and retried with a
-// backoff capped at 2 s; after StaleAfter of failures an empty table is
-// reported. It returns nil when ctx ends.
+// backoff capped at 2 s. The first failure reports an empty table: every
+// relay goes through the gateway, so while it does not answer no
+// workstation can be reached, and a restarted gateway starts with no
+// routes until workstations register again. It returns nil when ctx ends.
 func (c *GatewayClient) WatchRoutes(ctx context.Context, namespace, service string, onChange func(agent.RouteTable)) error {
 	if namespace == "" || service == "" {
 		return errors.New("watch routes: namespace and service are required")
@@ -137,8 +131,8 @@ func (c *GatewayClient) WatchRoutes(ctx context.Context, namespace, service stri
 			lastLogged = now
 			log.Warn("still cannot get routes; retrying", "for", now.Sub(failingSince).Round(time.Second).String(), "err", err)
 		}
-		if len(last.Routes) > 0 && now.Sub(failingSince) >= c.cfg.StaleAfter {
-			log.Warn("dropping routes: the gateway is unreachable; all traffic goes to the original container", "for", now.Sub(failingSince).Round(time.Second).String())
+		if len(last.Routes) > 0 {
+			log.Warn("dropping routes: the gateway is unreachable; all traffic goes to the original container")
 			last = agent.RouteTable{}
 			onChange(last)
 		}

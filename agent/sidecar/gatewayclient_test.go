@@ -20,7 +20,7 @@ import (
 
 func TestWatchRoutesFollowsVersions(t *testing.T) {
 	gw := newFakeGateway(t)
-	gc := NewGatewayClient(GatewayClientConfig{Addr: gw.addr(), Token: testToken, StaleAfter: 300 * time.Millisecond, Log: testLogger(t)})
+	gc := NewGatewayClient(GatewayClientConfig{Addr: gw.addr(), Token: testToken, Log: testLogger(t)})
 	got := make(chan agent.RouteTable, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -53,7 +53,7 @@ func TestWatchRoutesFollowsVersions(t *testing.T) {
 		t.Fatalf("second table: got %+v, want version 2 with two routes", tbl)
 	}
 
-	// The gateway goes away: after StaleAfter the routes are dropped.
+	// The gateway goes away: the routes are dropped at once.
 	gw.close()
 	if tbl := next(); len(tbl.Routes) != 0 {
 		t.Fatalf("gateway gone: got %+v, want an empty table", tbl)

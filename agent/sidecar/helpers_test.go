@@ -42,6 +42,7 @@ type fakeGateway struct {
 	changed chan struct{}     // closed and replaced on every change
 	hang    map[string]bool   // CONNECT targets that are never answered
 	conns   map[net.Conn]bool // hijacked relay connections
+	dials   int               // CONNECT requests received
 }
 
 func newFakeGateway(t *testing.T) *fakeGateway {
@@ -53,6 +54,13 @@ func newFakeGateway(t *testing.T) *fakeGateway {
 }
 
 func (g *fakeGateway) addr() string { return g.srv.Listener.Addr().String() }
+
+// connects returns how many CONNECT requests the gateway has received.
+func (g *fakeGateway) connects() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.dials
+}
 
 // close stops the gateway: blocked handlers return, relays are cut.
 func (g *fakeGateway) close() {
@@ -137,6 +145,7 @@ func (g *fakeGateway) connect(w http.ResponseWriter, r *http.Request) {
 		live = live || rt.Target == target
 	}
 	hang := g.hang[target]
+	g.dials++
 	g.mu.Unlock()
 	if !live {
 		http.Error(w, "not a live route's target", http.StatusForbidden)
@@ -282,6 +291,7 @@ type env struct {
 type envOptions struct {
 	rawOriginal bool          // a rawServer instead of an httpServer
 	dialTimeout time.Duration // 0 = Config's default
+	coolOff     time.Duration // 0 = Config's default
 }
 
 func newEnv(t *testing.T, opt envOptions) *env {
@@ -298,7 +308,7 @@ func newEnv(t *testing.T, opt envOptions) *env {
 	sc, err := New(Config{
 		Listener: ln, ProbeListener: probe, Original: original,
 		Routes: state, Dial: gc.Dial,
-		DialTimeout: opt.dialTimeout, SniffTimeout: 300 * time.Millisecond,
+		DialTimeout: opt.dialTimeout, SniffTimeout: 300 * time.Millisecond, RelayCoolOff: opt.coolOff,
 		Log: log, Registerer: prometheus.NewRegistry(),
 	})
 	if err != nil {

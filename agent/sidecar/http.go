@@ -88,8 +88,10 @@ func (s *Sidecar) toWorkstation(w http.ResponseWriter, r *http.Request, route ag
 		},
 		ErrorHandler: func(w http.ResponseWriter, out *http.Request, err error) {
 			if _, ok := errors.AsType[*relayDialError](err); ok && !counted && body.untouched() {
-				s.log.Warn("workstation unreachable; passing the request to the original",
-					"target", route.Target, "holder", route.Holder, "route_as", route.RouteAs, "err", err)
+				if !errors.Is(err, errCoolingOff) {
+					s.log.Warn("workstation unreachable; passing the request to the original",
+						"target", route.Target, "holder", route.Holder, "route_as", route.RouteAs, "err", err)
+				}
 				s.m.passthrough.WithLabelValues(reasonDialFailed).Inc()
 				count(routeCluster)
 				if body != nil {

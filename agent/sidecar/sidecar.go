@@ -47,6 +47,7 @@ type Config struct {
 	Dial         func(ctx context.Context, target string) (net.Conn, error)
 	DialTimeout  time.Duration         // 0 = 2s: a workstation not reached within this is skipped (pass-through)
 	SniffTimeout time.Duration         // 0 = 3s: isolated mode waits this long for a request line before passing through
+	RelayCoolOff time.Duration         // 0 = 1s: after a failed relay dial, the target is skipped (pass-through) this long
 	Log          *slog.Logger          // nil discards
 	Registerer   prometheus.Registerer // nil = no metrics
 }
@@ -64,11 +65,13 @@ type Sidecar struct {
 	relay   protoTransport // HTTP to workstations, over relayed connections
 	conns   sync.WaitGroup // one per accepted connection
 	dialer  net.Dialer     // to the original container
+	breaker *breaker       // relay targets that just failed
 }
 
 const (
 	defaultDialTimeout  = 2 * time.Second
 	defaultSniffTimeout = 3 * time.Second
+	defaultRelayCoolOff = time.Second
 	originalDialTimeout = 5 * time.Second
 )
 
@@ -91,6 +94,9 @@ func New(cfg Config) (*Sidecar, error) {
 	if cfg.SniffTimeout <= 0 {
 		cfg.SniffTimeout = defaultSniffTimeout
 	}
+	if cfg.RelayCoolOff <= 0 {
+		cfg.RelayCoolOff = defaultRelayCoolOff
+	}
 	logger := cfg.Log
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -101,11 +107,12 @@ func New(cfg Config) (*Sidecar, error) {
 		return nil, fmt.Errorf("sidecar: %w", err)
 	}
 	s := &Sidecar{
-		cfg:    cfg,
-		log:    logger,
-		m:      m,
-		httpLn: newChanListener(cfg.Listener.Addr()),
-		dialer: net.Dialer{Timeout: originalDialTimeout},
+		cfg:     cfg,
+		log:     logger,
+		m:       m,
+		httpLn:  newChanListener(cfg.Listener.Addr()),
+		dialer:  net.Dialer{Timeout: originalDialTimeout},
+		breaker: newBreaker(cfg.RelayCoolOff),
 	}
 	s.errLog = slog.NewLogLogger(logger.Handler(), slog.LevelDebug)
 	s.direct = newProtoTransport(func(ctx context.Context, addr string) (net.Conn, error) {
@@ -197,7 +204,9 @@ func (s *Sidecar) handle(ctx context.Context, c net.Conn) {
 	if r, ok := table.Full(); ok {
 		up, err := s.dialRelay(ctx, r.Target)
 		if err != nil {
-			s.log.Warn("workstation unreachable; passing the connection to the original", "target", r.Target, "holder", r.Holder, "err", err)
+			if !errors.Is(err, errCoolingOff) {
+				s.log.Warn("workstation unreachable; passing the connection to the original", "target", r.Target, "holder", r.Holder, "err", err)
+			}
 			s.passThrough(ctx, c, nil, reasonDialFailed)
 			return
 		}
@@ -245,11 +254,19 @@ func (s *Sidecar) passThrough(ctx context.Context, c net.Conn, head []byte, reas
 	spliceCtx(ctx, c, up)
 }
 
-// dialRelay dials a workstation's target through the gateway within DialTimeout.
+// errCoolingOff skips a relay target whose last dial failed moments ago.
+var errCoolingOff = errors.New("skipped: its last relay dial failed moments ago")
+
+// dialRelay dials a workstation's target through the gateway within
+// DialTimeout, unless the breaker says the target just failed.
 func (s *Sidecar) dialRelay(ctx context.Context, target string) (net.Conn, error) {
+	if !s.breaker.allow(target) {
+		return nil, &relayDialError{target: target, err: errCoolingOff}
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
 	c, err := s.cfg.Dial(ctx, target)
+	s.breaker.done(target, err == nil)
 	if err != nil {
 		s.m.relayErrors.Inc()
 		return nil, &relayDialError{target: target, err: err}
