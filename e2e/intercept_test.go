@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -93,6 +94,7 @@ type loadLoop struct {
 	mu     sync.Mutex
 	phase  string
 	ok     map[string]int
+	took   map[string][]time.Duration // phase → latencies of its successful requests
 	failed map[string]int
 	first  map[string]string // phase → first failure
 	start  map[string]time.Time
@@ -102,7 +104,7 @@ type loadLoop struct {
 }
 
 func startLoad(rate int) *loadLoop {
-	l := &loadLoop{phase: "baseline", ok: map[string]int{}, failed: map[string]int{}, first: map[string]string{},
+	l := &loadLoop{phase: "baseline", ok: map[string]int{}, took: map[string][]time.Duration{}, failed: map[string]int{}, first: map[string]string{},
 		start: map[string]time.Time{"baseline": time.Now()}, stop: make(chan struct{}), done: make(chan struct{})}
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	go func() {
@@ -148,6 +150,7 @@ func startLoad(rate int) *loadLoop {
 					}
 				} else {
 					l.ok[phase]++
+					l.took[phase] = append(l.took[phase], time.Since(sent))
 				}
 			}()
 		}
@@ -168,9 +171,17 @@ func (l *loadLoop) finish(t *testing.T, phases []string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var b strings.Builder
-	fmt.Fprintf(&b, "request loop (50 req/s to frontend → api), failed/total per phase:\n")
+	fmt.Fprintf(&b, "request loop (50 req/s to frontend → api), failed/total and latency of the successful ones per phase:\n")
 	for _, p := range phases {
-		fmt.Fprintf(&b, "  %-28s %4d / %5d", p, l.failed[p], l.failed[p]+l.ok[p])
+		d := l.took[p]
+		slices.Sort(d)
+		q := func(f float64) time.Duration {
+			if len(d) == 0 {
+				return 0
+			}
+			return d[int(f*float64(len(d)-1))].Round(100 * time.Microsecond)
+		}
+		fmt.Fprintf(&b, "  %-32s %4d / %5d  p50 %-8v p99 %-8v max %-8v", p, l.failed[p], l.failed[p]+l.ok[p], q(0.5), q(0.99), q(1))
 		if l.first[p] != "" {
 			fmt.Fprintf(&b, "   first: %.160s", l.first[p])
 		}
@@ -179,7 +190,7 @@ func (l *loadLoop) finish(t *testing.T, phases []string) {
 	// When failures happen, relative to their phase's start, and what they were:
 	// that is what ties them to a rollout, a gateway restart or a leave.
 	for _, f := range l.fails {
-		fmt.Fprintf(&b, "  failed %-24s +%6.2fs  %.200s\n", f.phase, f.sent.Sub(l.start[f.phase]).Seconds(), f.err)
+		fmt.Fprintf(&b, "  failed %-32s +%6.2fs  %.200s\n", f.phase, f.sent.Sub(l.start[f.phase]).Seconds(), f.err)
 	}
 	t.Log(b.String())
 	if l.ok["baseline"] == 0 {

@@ -131,22 +131,33 @@ func newUninstallCmd() *cobra.Command {
 }
 
 // restoreAll puts back every workload carrying an intercept patch, in every
-// namespace the user can list.
+// namespace the user can list, and waits until their patched pods are gone:
+// until then those pods still relay through the gateway, so removing it
+// earlier would cut requests in flight.
 func restoreAll(ctx context.Context, client kubernetes.Interface, out io.Writer) error {
 	refs, err := cluster.PatchedWorkloads(ctx, client, "")
 	if err != nil {
 		return fmt.Errorf("uninstall --all: %w", err)
 	}
 	var errs []error
+	var restored []cluster.WorkloadRef
 	for _, ref := range refs {
 		if _, err := cluster.RestoreWorkload(ctx, client, ref); err != nil {
 			errs = append(errs, err)
 			continue
 		}
+		restored = append(restored, ref)
 		fmt.Fprintf(out, "restored %s\n", ref)
 	}
 	if len(refs) == 0 {
 		fmt.Fprintln(out, "no patched workloads")
+	}
+	for _, ref := range restored {
+		// The template is back: a rollout that fails is the workload's own
+		// problem and no reason to keep the gateway.
+		if err := cluster.WaitRollout(ctx, client, ref); err != nil {
+			fmt.Fprintf(out, "warning: %s restored, but its rollout did not finish: %v\n", ref, err)
+		}
 	}
 	return errors.Join(errs...)
 }
