@@ -126,7 +126,7 @@ func newUninstallCmd() *cobra.Command {
 		},
 	}
 	cf.add(cmd)
-	cmd.Flags().BoolVar(&all, "all", false, "first restore every workload bridgetun patched for an intercept, in every namespace")
+	cmd.Flags().BoolVar(&all, "all", false, "first restore every workload bridgetun patched for an intercept, in every namespace, and wait for their patched pods to go (their relays need the gateway until then)")
 	return cmd
 }
 
