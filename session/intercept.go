@@ -70,6 +70,10 @@ func (st *interceptState) close() {
 // rolloutTimeout bounds waiting for patched (or restored) pods.
 const rolloutTimeout = 2 * time.Minute
 
+// leaveSettle is how long a leave waits for relayed connections still in
+// flight after the gateway stopped admitting new ones: a few round trips.
+const leaveSettle = 200 * time.Millisecond
+
 // Intercept routes a Service's inbound traffic (all of it, or the requests
 // carrying RouteAs) to 127.0.0.1:LocalPort on this workstation. On any
 // failure nothing stays patched or registered.
@@ -212,15 +216,17 @@ func (s *Session) listenInbound(st *interceptState, port int) error {
 	}
 	local := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	var (
-		wg     sync.WaitGroup
-		mu     sync.Mutex
-		active = map[net.Conn]bool{}
+		wg         sync.WaitGroup
+		mu         sync.Mutex
+		active     = map[net.Conn]bool{}
+		lastAccept time.Time
 	)
 	track := func(c net.Conn, on bool) {
 		mu.Lock()
 		defer mu.Unlock()
 		if on {
 			active[c] = true
+			lastAccept = time.Now()
 		} else {
 			delete(active, c)
 		}
@@ -251,12 +257,16 @@ func (s *Session) listenInbound(st *interceptState, port int) error {
 		}
 	}()
 	st.quiesce = func(max time.Duration) {
-		deadline := time.Now().Add(max)
-		for time.Now().Before(deadline) {
+		// Relays the gateway admitted just before the unregister may still
+		// be on their way here: done means no connection open and none
+		// accepted for leaveSettle, and at least leaveSettle since the
+		// start. Cutting one of them would fail its request.
+		start := time.Now()
+		for now := start; now.Sub(start) < max; now = time.Now() {
 			mu.Lock()
-			n := len(active)
+			n, last := len(active), lastAccept
 			mu.Unlock()
-			if n == 0 {
+			if n == 0 && now.Sub(start) >= leaveSettle && now.Sub(last) >= leaveSettle {
 				return
 			}
 			time.Sleep(20 * time.Millisecond) // polling the relay count, bounded by max
