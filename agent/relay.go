@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,8 +25,14 @@ type Relay struct {
 	dial    func(ctx context.Context, network, address string) (net.Conn, error)
 	timeout time.Duration
 	poll    time.Duration
+	drain   time.Duration
 	log     *slog.Logger
 	conns   *prometheus.CounterVec
+
+	mu      sync.Mutex
+	live    map[net.Conn]net.Conn // relays in flight: sidecar side → workstation side
+	closing bool                  // Run is draining: no new relays
+	idle    chan struct{}         // closed and replaced whenever a relay ends
 }
 
 // RelayConfig configures the relay.
@@ -34,17 +41,25 @@ type RelayConfig struct {
 	Token      string // the sidecar token; "" refuses every request
 	// Dial reaches a workstation's tunnel address (the gateway netstack's DialContext).
 	Dial        func(ctx context.Context, network, address string) (net.Conn, error)
-	DialTimeout time.Duration         // 0 = 2 s
-	PollTimeout time.Duration         // 0 = 25 s: longest a route poll waits
-	Registerer  prometheus.Registerer // nil = no metrics
-	Log         *slog.Logger          // nil discards
+	DialTimeout time.Duration // 0 = 2 s
+	PollTimeout time.Duration // 0 = 25 s: longest a route poll waits
+	// DrainTimeout: 0 = 3 s. When Run's ctx ends, relays in flight get this
+	// long to finish before they are cut (a gateway being replaced or
+	// uninstalled should not fail requests it already carries).
+	DrainTimeout time.Duration
+	Registerer   prometheus.Registerer // nil = no metrics
+	Log          *slog.Logger          // nil discards
 }
 
 // NewRelay returns the relay handler.
 func NewRelay(cfg RelayConfig) *Relay {
-	r := &Relay{tab: cfg.Intercepts, token: cfg.Token, dial: cfg.Dial, timeout: cfg.DialTimeout, poll: cfg.PollTimeout, log: cfg.Log}
+	r := &Relay{tab: cfg.Intercepts, token: cfg.Token, dial: cfg.Dial, timeout: cfg.DialTimeout, poll: cfg.PollTimeout,
+		drain: cfg.DrainTimeout, log: cfg.Log, live: map[net.Conn]net.Conn{}, idle: make(chan struct{})}
 	if r.timeout == 0 {
 		r.timeout = 2 * time.Second
+	}
+	if r.drain == 0 {
+		r.drain = 3 * time.Second
 	}
 	if r.poll == 0 {
 		r.poll = 25 * time.Second
@@ -121,6 +136,10 @@ func (r *Relay) connect(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	defer down.Close()
+	if !r.track(down, up) {
+		return // draining: the sidecar passes the connection through
+	}
+	defer r.untrack(down)
 	if _, err := down.Write([]byte("HTTP/1.1 200 OK\r\n\r\n")); err != nil {
 		return
 	}
@@ -128,14 +147,68 @@ func (r *Relay) connect(w http.ResponseWriter, req *http.Request) {
 	splice.Relay(&splice.BufferedConn{Conn: down, R: buf.Reader}, up)
 }
 
-// Run serves the relay on ln until ctx ends.
+// track records a relay in flight; false once Run is draining.
+func (r *Relay) track(down, up net.Conn) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closing {
+		return false
+	}
+	r.live[down] = up
+	return true
+}
+
+func (r *Relay) untrack(down net.Conn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.live, down)
+	close(r.idle)
+	r.idle = make(chan struct{})
+}
+
+// drainRelays waits up to the drain timeout for the relays in flight to
+// end, then cuts the rest.
+func (r *Relay) drainRelays() {
+	r.mu.Lock()
+	r.closing = true
+	r.mu.Unlock()
+	deadline := time.NewTimer(r.drain)
+	defer deadline.Stop()
+	for {
+		r.mu.Lock()
+		n, idle := len(r.live), r.idle
+		r.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-idle:
+		case <-deadline.C:
+			r.mu.Lock()
+			r.log.Info("cutting relays still open after the drain", "count", len(r.live), "drain", r.drain.String())
+			for down, up := range r.live {
+				_ = down.Close()
+				_ = up.Close()
+			}
+			r.mu.Unlock()
+			return
+		}
+	}
+}
+
+// Run serves the relay on ln until ctx ends. Then it stops accepting and
+// ends the route polls (sidecars drop their routes and pass new connections
+// through), and returns once the relays in flight have finished or the
+// drain timeout has cut them.
 func (r *Relay) Run(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
 	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	err := srv.Serve(ln)
+	r.drainRelays()
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("relay: %w", err)
 	}
 	return nil
