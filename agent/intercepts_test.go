@@ -156,17 +156,7 @@ func TestInterceptWaitWakesOnChange(t *testing.T) {
 // with the token; a wrong token, an unregistered target and a dead target
 // are refused with 401, 403 and 502.
 func TestRelayConnect(t *testing.T) {
-	echo := listen(t)
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	echoPort := echo.Addr().(*net.TCPAddr).Port
+	echoPort := echoServer(t).Addr().(*net.TCPAddr).Port
 	dead := listen(t)
 	deadPort := dead.Addr().(*net.TCPAddr).Port
 	dead.Close()
@@ -326,6 +316,23 @@ func waitRestored(t *testing.T, fr *fakeRestorer) Workload {
 		t.Fatal("nothing restored")
 		return Workload{}
 	}
+}
+
+// echoServer serves on loopback, echoing every connection back, until
+// the test ends.
+func echoServer(t *testing.T) net.Listener {
+	t.Helper()
+	ln := listen(t)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	return ln
 }
 
 func listen(t *testing.T) net.Listener {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -26,19 +25,9 @@ func TestRelayDrain(t *testing.T) {
 		{name: "relay cut at the drain timeout", drain: 200 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			echo := listen(t)
-			go func() {
-				for {
-					c, err := echo.Accept()
-					if err != nil {
-						return
-					}
-					go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-				}
-			}()
 			tab := NewIntercepts(0, nil)
 			r := req(keyA, "")
-			r.Port = echo.Addr().(*net.TCPAddr).Port
+			r.Port = echoServer(t).Addr().(*net.TCPAddr).Port
 			if _, err := tab.Add(r, netip.MustParseAddr("127.0.0.1")); err != nil {
 				t.Fatal(err)
 			}
