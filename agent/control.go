@@ -15,37 +15,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridgetun/bridgetun/agent/api"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bridgetun/bridgetun/internal/version"
 	"github.com/bridgetun/bridgetun/tunnel"
 )
-
-// TunnelNetwork is where workstation tunnel addresses come from. It is a
-// benchmarking range (RFC 2544) that real networks rarely route, unlike the
-// CGNAT range that other VPNs already claim.
-var TunnelNetwork = netip.MustParsePrefix("198.19.0.0/16")
-
-// GatewayTunnelAddr is the gateway's own address in TunnelNetwork.
-var GatewayTunnelAddr = netip.MustParseAddr("198.19.0.1")
-
-// RegisterRequest asks the gateway to admit a workstation.
-type RegisterRequest struct {
-	PublicKey string `json:"public_key"` // base64 WireGuard public key
-	Version   string `json:"version"`    // client version, for mismatch reports
-}
-
-// RegisterResponse tells a workstation how to join.
-type RegisterResponse struct {
-	Address          string `json:"address"`            // the workstation's tunnel address, /32
-	GatewayPublicKey string `json:"gateway_public_key"` // base64
-	GatewayAddress   string `json:"gateway_address"`    // the gateway's tunnel address (also its DNS listener)
-	ClusterDNS       string `json:"cluster_dns"`        // the cluster resolver the gateway uses
-	ClusterDomain    string `json:"cluster_domain"`
-	Namespace        string `json:"namespace"`   // the gateway's namespace
-	Version          string `json:"version"`     // gateway version
-	TTLSeconds       int    `json:"ttl_seconds"` // register again within this
-}
 
 // Control is the gateway's control API. It listens on loopback inside the
 // gateway pod, so only a Kubernetes port-forward (RBAC: pods/portforward)
@@ -53,7 +29,7 @@ type RegisterResponse struct {
 type Control struct {
 	gw     peerAdmitter
 	pub    tunnel.Key
-	info   RegisterResponse
+	info   api.RegisterResponse
 	ttl    time.Duration
 	log    *slog.Logger
 	now    func() time.Time
@@ -97,9 +73,9 @@ func NewControl(cfg ControlConfig) *Control {
 		ttl: cfg.TTL,
 		log: cfg.Log,
 		now: cfg.Now,
-		info: RegisterResponse{
+		info: api.RegisterResponse{
 			GatewayPublicKey: cfg.GatewayKey.PublicKey().String(),
-			GatewayAddress:   GatewayTunnelAddr.String(),
+			GatewayAddress:   api.GatewayTunnelAddr.String(),
 			ClusterDNS:       cfg.ClusterDNS,
 			ClusterDomain:    cfg.ClusterDomain,
 			Namespace:        cfg.Namespace,
@@ -144,7 +120,7 @@ func (c *Control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case r.URL.Path == "/v1/register" && r.Method == http.MethodPost:
-		var req RegisterRequest
+		var req api.RegisterRequest
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
 			http.Error(w, "register: bad JSON: "+err.Error(), http.StatusBadRequest)
 			return
@@ -165,13 +141,13 @@ func (c *Control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // Register admits (or refreshes) a peer and returns its stable address.
-func (c *Control) Register(req RegisterRequest) (RegisterResponse, error) {
+func (c *Control) Register(req api.RegisterRequest) (api.RegisterResponse, error) {
 	pub, err := tunnel.ParseKey(req.PublicKey)
 	if err != nil {
-		return RegisterResponse{}, fmt.Errorf("register: public_key: %w", err)
+		return api.RegisterResponse{}, fmt.Errorf("register: public_key: %w", err)
 	}
 	if pub == c.pub {
-		return RegisterResponse{}, errors.New("register: public_key is the gateway's own key")
+		return api.RegisterResponse{}, errors.New("register: public_key is the gateway's own key")
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -179,7 +155,7 @@ func (c *Control) Register(req RegisterRequest) (RegisterResponse, error) {
 	if !ok {
 		addr := c.pickAddr(pub)
 		if err := c.gw.AddPeer(tunnel.PeerConfig{PublicKey: pub, AllowedIPs: []netip.Prefix{netip.PrefixFrom(addr, 32)}}); err != nil {
-			return RegisterResponse{}, fmt.Errorf("register: add peer: %w", err)
+			return api.RegisterResponse{}, fmt.Errorf("register: add peer: %w", err)
 		}
 		l = &lease{addr: addr}
 		c.leases[pub], c.byAddr[addr] = l, pub
@@ -195,8 +171,8 @@ func (c *Control) Register(req RegisterRequest) (RegisterResponse, error) {
 // address across reconnects and gateway restarts; collisions probe onward.
 func (c *Control) pickAddr(pub tunnel.Key) netip.Addr {
 	sum := sha256.Sum256(pub[:])
-	base := TunnelNetwork.Addr().As4()
-	hostBits := 32 - TunnelNetwork.Bits()
+	base := api.TunnelNetwork.Addr().As4()
+	hostBits := 32 - api.TunnelNetwork.Bits()
 	size := uint32(1) << hostBits
 	start := binary.BigEndian.Uint32(sum[:4]) % size
 	netBase := binary.BigEndian.Uint32(base[:])
@@ -281,32 +257,6 @@ func (c *Control) Run(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-// LeaveRequest drops a workstation's intercept of a Service.
-type LeaveRequest struct {
-	PublicKey string `json:"public_key"`
-	Namespace string `json:"namespace"`
-	Service   string `json:"service"`
-}
-
-// LeaveResponse says whether anything was dropped and how many intercepts
-// (anyone's) remain on the same workload: at 0 the caller restores it.
-type LeaveResponse struct {
-	Removed   bool `json:"removed"`
-	Remaining int  `json:"remaining"`
-}
-
-// RenewRequest extends a workstation's intercept leases.
-type RenewRequest struct {
-	PublicKey string   `json:"public_key"`
-	IDs       []string `json:"ids"`
-}
-
-// RenewResponse lists ids the gateway does not know (add them again).
-type RenewResponse struct {
-	Unknown    []string `json:"unknown,omitempty"`
-	TTLSeconds int      `json:"ttl_seconds"`
-}
-
 func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request) {
 	if c.icpt == nil {
 		http.Error(w, "intercepts are not enabled on this gateway", http.StatusNotImplemented)
@@ -317,7 +267,7 @@ func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request) {
 	case r.URL.Path == "/v1/intercepts" && r.Method == http.MethodGet:
 		writeJSON(w, c.icpt.List(r.URL.Query().Get("namespace")))
 	case r.URL.Path == "/v1/intercepts" && r.Method == http.MethodPost:
-		var req InterceptRequest
+		var req api.InterceptRequest
 		if err := json.NewDecoder(body).Decode(&req); err != nil {
 			http.Error(w, "intercept: bad JSON: "+err.Error(), http.StatusBadRequest)
 			return
@@ -332,7 +282,7 @@ func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, it)
 		}
 	case r.URL.Path == "/v1/intercepts" && r.Method == http.MethodDelete:
-		var req LeaveRequest
+		var req api.LeaveRequest
 		if err := json.NewDecoder(body).Decode(&req); err != nil {
 			http.Error(w, "leave: bad JSON: "+err.Error(), http.StatusBadRequest)
 			return
@@ -341,25 +291,25 @@ func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request) {
 		if removed {
 			c.log.Info("intercept left", "namespace", req.Namespace, "service", req.Service, "public_key", req.PublicKey, "remaining", remaining)
 		}
-		writeJSON(w, LeaveResponse{Removed: removed, Remaining: remaining})
+		writeJSON(w, api.LeaveResponse{Removed: removed, Remaining: remaining})
 	case r.URL.Path == "/v1/intercepts/renew" && r.Method == http.MethodPost:
-		var req RenewRequest
+		var req api.RenewRequest
 		if err := json.NewDecoder(body).Decode(&req); err != nil {
 			http.Error(w, "renew: bad JSON: "+err.Error(), http.StatusBadRequest)
 			return
 		}
 		c.touch(req.PublicKey)
-		writeJSON(w, RenewResponse{Unknown: c.icpt.Renew(req.PublicKey, req.IDs), TTLSeconds: int(c.icpt.TTL() / time.Second)})
+		writeJSON(w, api.RenewResponse{Unknown: c.icpt.Renew(req.PublicKey, req.IDs), TTLSeconds: int(c.icpt.TTL() / time.Second)})
 	default:
 		http.NotFound(w, r)
 	}
 }
 
 // AddIntercept records an intercept for a registered workstation.
-func (c *Control) AddIntercept(req InterceptRequest) (Intercept, error) {
+func (c *Control) AddIntercept(req api.InterceptRequest) (api.Intercept, error) {
 	pub, err := tunnel.ParseKey(req.PublicKey)
 	if err != nil {
-		return Intercept{}, fmt.Errorf("intercept: public_key: %w", err)
+		return api.Intercept{}, fmt.Errorf("intercept: public_key: %w", err)
 	}
 	c.mu.Lock()
 	l, ok := c.leases[pub]
@@ -368,11 +318,11 @@ func (c *Control) AddIntercept(req InterceptRequest) (Intercept, error) {
 	}
 	c.mu.Unlock()
 	if !ok {
-		return Intercept{}, fmt.Errorf("intercept: %w: register first", ErrUnknownPeer)
+		return api.Intercept{}, fmt.Errorf("intercept: %w: register first", ErrUnknownPeer)
 	}
 	it, err := c.icpt.Add(req, l.addr)
 	if err != nil {
-		return Intercept{}, err
+		return api.Intercept{}, err
 	}
 	c.log.Info("intercept", "namespace", req.Namespace, "service", req.Service, "workload", req.Workload.String(),
 		"target", it.Target, "route_as", req.RouteAs, "holder", req.Holder)

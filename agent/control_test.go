@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/agent/api"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -55,11 +57,11 @@ func TestRegisterAddressIsStableAndUnique(t *testing.T) {
 	seen := map[string]bool{}
 	for range 200 {
 		k := pubKey(t)
-		r1, err := c.Register(RegisterRequest{PublicKey: k.String()})
+		r1, err := c.Register(api.RegisterRequest{PublicKey: k.String()})
 		if err != nil {
 			t.Fatal(err)
 		}
-		r2, err := c.Register(RegisterRequest{PublicKey: k.String()})
+		r2, err := c.Register(api.RegisterRequest{PublicKey: k.String()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -71,8 +73,8 @@ func TestRegisterAddressIsStableAndUnique(t *testing.T) {
 		}
 		seen[r1.Address] = true
 		p := netip.MustParsePrefix(r1.Address)
-		if !TunnelNetwork.Contains(p.Addr()) || p.Addr() == GatewayTunnelAddr || p.Bits() != 32 {
-			t.Fatalf("address %s: want a /32 inside %s other than the gateway's", r1.Address, TunnelNetwork)
+		if !api.TunnelNetwork.Contains(p.Addr()) || p.Addr() == api.GatewayTunnelAddr || p.Bits() != 32 {
+			t.Fatalf("address %s: want a /32 inside %s other than the gateway's", r1.Address, api.TunnelNetwork)
 		}
 		if got := fp.peers[k].AllowedIPs; len(got) != 1 || got[0] != p {
 			t.Fatalf("peer allowed IPs: got %v, want [%s]", got, p)
@@ -81,8 +83,8 @@ func TestRegisterAddressIsStableAndUnique(t *testing.T) {
 	// A fresh control API (gateway restart) derives the same address for the same key.
 	k := pubKey(t)
 	c2, _, _ := newTestControl(t)
-	a, _ := c.Register(RegisterRequest{PublicKey: k.String()})
-	b, _ := c2.Register(RegisterRequest{PublicKey: k.String()})
+	a, _ := c.Register(api.RegisterRequest{PublicKey: k.String()})
+	b, _ := c2.Register(api.RegisterRequest{PublicKey: k.String()})
 	if a.Address != b.Address {
 		t.Errorf("after restart: got %s, want %s", b.Address, a.Address)
 	}
@@ -96,7 +98,7 @@ func TestRegisterRejectsBadKeys(t *testing.T) {
 		{"short", "AAAA"},
 		{"gateway's own", c.info.GatewayPublicKey},
 	} {
-		if _, err := c.Register(RegisterRequest{PublicKey: tc.key}); err == nil {
+		if _, err := c.Register(api.RegisterRequest{PublicKey: tc.key}); err == nil {
 			t.Errorf("%s: got nil error, want a rejection", tc.name)
 		}
 	}
@@ -106,7 +108,7 @@ func TestExpireForgetsSilentPeers(t *testing.T) {
 	c, fp, now := newTestControl(t)
 	quiet, chatty := pubKey(t), pubKey(t)
 	for _, k := range []tunnel.Key{quiet, chatty} {
-		if _, err := c.Register(RegisterRequest{PublicKey: k.String()}); err != nil {
+		if _, err := c.Register(api.RegisterRequest{PublicKey: k.String()}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -128,7 +130,7 @@ func TestPeersGauge(t *testing.T) {
 	fp := &fakePeers{peers: map[tunnel.Key]tunnel.PeerConfig{}, hs: map[tunnel.Key]time.Time{}}
 	c := NewControl(ControlConfig{Gateway: fp, GatewayKey: gwKey, Registerer: reg})
 	for range 3 {
-		if _, err := c.Register(RegisterRequest{PublicKey: pubKey(t).String()}); err != nil {
+		if _, err := c.Register(api.RegisterRequest{PublicKey: pubKey(t).String()}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -145,17 +147,17 @@ func TestControlHTTP(t *testing.T) {
 	c, _, _ := newTestControl(t)
 	srv := httptest.NewServer(c)
 	defer srv.Close()
-	body, _ := json.Marshal(RegisterRequest{PublicKey: pubKey(t).String(), Version: "test"})
+	body, _ := json.Marshal(api.RegisterRequest{PublicKey: pubKey(t).String(), Version: "test"})
 	resp, err := http.Post(srv.URL+"/v1/register", "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var rr RegisterResponse
+	var rr api.RegisterResponse
 	if err := json.NewDecoder(resp.Body).Decode(&rr); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("register: status %d err %v", resp.StatusCode, err)
 	}
-	if rr.ClusterDNS != "10.96.0.10" || rr.ClusterDomain != "cluster.local" || rr.GatewayAddress != GatewayTunnelAddr.String() || rr.TTLSeconds != 60 {
+	if rr.ClusterDNS != "10.96.0.10" || rr.ClusterDomain != "cluster.local" || rr.GatewayAddress != api.GatewayTunnelAddr.String() || rr.TTLSeconds != 60 {
 		t.Errorf("register response: got %+v", rr)
 	}
 	resp2, err := http.Post(srv.URL+"/v1/register", "application/json", bytes.NewReader([]byte("{")))

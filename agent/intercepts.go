@@ -12,37 +12,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridgetun/bridgetun/agent/api"
 	"github.com/bridgetun/bridgetun/tunnel"
 )
-
-// Workload names a patched workload (Kubernetes-free: kind and name as strings).
-type Workload struct {
-	Namespace string `json:"namespace"`
-	Kind      string `json:"kind"` // Deployment, StatefulSet, ReplicaSet
-	Name      string `json:"name"`
-}
-
-func (w Workload) String() string { return w.Namespace + "/" + w.Kind + "/" + w.Name }
-
-// InterceptRequest asks the gateway to route a Service's inbound traffic to
-// the requesting workstation.
-type InterceptRequest struct {
-	PublicKey string   `json:"public_key"` // the workstation's WireGuard key (it must be registered)
-	Namespace string   `json:"namespace"`
-	Service   string   `json:"service"`
-	Workload  Workload `json:"workload"`
-	Port      int      `json:"port"`               // workstation port the gateway dials on the tunnel address
-	RouteAs   string   `json:"route_as,omitempty"` // "" = full intercept
-	Holder    string   `json:"holder"`             // e.g. user@host, shown to others
-}
-
-// Intercept is a live intercept as the gateway knows it.
-type Intercept struct {
-	InterceptRequest
-	ID      string    `json:"id"`
-	Target  string    `json:"target"`
-	Expires time.Time `json:"expires"`
-}
 
 // ErrConflict is returned when someone else holds the Service in a way
 // that excludes the request.
@@ -58,11 +30,11 @@ type Intercepts struct {
 	ttl     time.Duration
 	now     func() time.Time
 	mu      sync.Mutex
-	byID    map[string]*Intercept
+	byID    map[string]*api.Intercept
 	version uint64
-	changed chan struct{} // closed and replaced on every change
-	expired []Workload    // workloads whose last intercept expired, for the restorer
-	kick    chan struct{} // signals the restorer
+	changed chan struct{}  // closed and replaced on every change
+	expired []api.Workload // workloads whose last intercept expired, for the restorer
+	kick    chan struct{}  // signals the restorer
 }
 
 // NewIntercepts returns an empty table; ttl 0 = 15 s; now nil = time.Now.
@@ -74,7 +46,7 @@ func NewIntercepts(ttl time.Duration, now func() time.Time) *Intercepts {
 		now = time.Now
 	}
 	// Version starts at 1 so a sidecar's first poll (after=0) answers at once.
-	return &Intercepts{ttl: ttl, now: now, version: 1, byID: map[string]*Intercept{}, changed: make(chan struct{}), kick: make(chan struct{}, 1)}
+	return &Intercepts{ttl: ttl, now: now, version: 1, byID: map[string]*api.Intercept{}, changed: make(chan struct{}), kick: make(chan struct{}, 1)}
 }
 
 // TTL is the lease length.
@@ -90,14 +62,14 @@ func interceptID(pub, ns, svc string) string {
 // one for the same Service. A full intercept excludes every other holder's
 // intercept of the Service and the other way round; two isolated ones must
 // use different route-as values.
-func (t *Intercepts) Add(req InterceptRequest, addr netip.Addr) (Intercept, error) {
+func (t *Intercepts) Add(req api.InterceptRequest, addr netip.Addr) (api.Intercept, error) {
 	switch {
 	case req.Namespace == "" || req.Service == "":
-		return Intercept{}, errors.New("intercept: namespace and service are required")
+		return api.Intercept{}, errors.New("intercept: namespace and service are required")
 	case req.Port < 1 || req.Port > 65535:
-		return Intercept{}, fmt.Errorf("intercept: port %d: want 1-65535", req.Port)
+		return api.Intercept{}, fmt.Errorf("intercept: port %d: want 1-65535", req.Port)
 	case req.Workload.Kind == "" || req.Workload.Name == "":
-		return Intercept{}, errors.New("intercept: workload kind and name are required")
+		return api.Intercept{}, errors.New("intercept: workload kind and name are required")
 	}
 	id := interceptID(req.PublicKey, req.Namespace, req.Service)
 	t.mu.Lock()
@@ -108,14 +80,14 @@ func (t *Intercepts) Add(req InterceptRequest, addr netip.Addr) (Intercept, erro
 		}
 		switch {
 		case o.RouteAs == "":
-			return Intercept{}, fmt.Errorf("%w: service %s/%s is intercepted by %s (all traffic): ask them to run `bridgetun leave %s`", ErrConflict, req.Namespace, req.Service, o.Holder, req.Service)
+			return api.Intercept{}, fmt.Errorf("%w: service %s/%s is intercepted by %s (all traffic): ask them to run `bridgetun leave %s`", ErrConflict, req.Namespace, req.Service, o.Holder, req.Service)
 		case req.RouteAs == "":
-			return Intercept{}, fmt.Errorf("%w: service %s/%s is intercepted by %s (isolated, route-as %q): use --isolate, or ask them to leave", ErrConflict, req.Namespace, req.Service, o.Holder, o.RouteAs)
+			return api.Intercept{}, fmt.Errorf("%w: service %s/%s is intercepted by %s (isolated, route-as %q): use --isolate, or ask them to leave", ErrConflict, req.Namespace, req.Service, o.Holder, o.RouteAs)
 		case o.RouteAs == req.RouteAs:
-			return Intercept{}, fmt.Errorf("%w: route-as %q on service %s/%s is taken by %s: pick another --route-as", ErrConflict, req.RouteAs, req.Namespace, req.Service, o.Holder)
+			return api.Intercept{}, fmt.Errorf("%w: route-as %q on service %s/%s is taken by %s: pick another --route-as", ErrConflict, req.RouteAs, req.Namespace, req.Service, o.Holder)
 		}
 	}
-	it := &Intercept{
+	it := &api.Intercept{
 		InterceptRequest: req,
 		ID:               id,
 		Target:           netip.AddrPortFrom(addr, uint16(req.Port)).String(),
@@ -211,7 +183,7 @@ func (t *Intercepts) Expire() int {
 
 // TakeExpired returns (and forgets) the workloads whose last intercept
 // expired since the previous call.
-func (t *Intercepts) TakeExpired() []Workload {
+func (t *Intercepts) TakeExpired() []api.Workload {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	w := t.expired
@@ -223,17 +195,17 @@ func (t *Intercepts) TakeExpired() []Workload {
 func (t *Intercepts) Kick() <-chan struct{} { return t.kick }
 
 // Live reports whether a workload has a live intercept.
-func (t *Intercepts) Live(w Workload) bool {
+func (t *Intercepts) Live(w api.Workload) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.onWorkloadLocked(w) > 0
 }
 
 // List returns the live intercepts of namespace ns ("" = all), sorted.
-func (t *Intercepts) List(ns string) []Intercept {
+func (t *Intercepts) List(ns string) []api.Intercept {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var out []Intercept
+	var out []api.Intercept
 	for _, it := range t.byID {
 		if ns == "" || it.Namespace == ns {
 			out = append(out, *it)
@@ -244,7 +216,7 @@ func (t *Intercepts) List(ns string) []Intercept {
 }
 
 // Table returns the route table of Service ns/svc.
-func (t *Intercepts) Table(ns, svc string) RouteTable {
+func (t *Intercepts) Table(ns, svc string) api.RouteTable {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.tableLocked(ns, svc)
@@ -252,7 +224,7 @@ func (t *Intercepts) Table(ns, svc string) RouteTable {
 
 // Wait returns the table of ns/svc once its version passes after (the
 // version is global: any change counts), or when ctx ends.
-func (t *Intercepts) Wait(ctx context.Context, ns, svc string, after uint64) RouteTable {
+func (t *Intercepts) Wait(ctx context.Context, ns, svc string, after uint64) api.RouteTable {
 	for {
 		t.mu.Lock()
 		tab := t.tableLocked(ns, svc)
@@ -281,14 +253,14 @@ func (t *Intercepts) TargetAllowed(target string) bool {
 	return false
 }
 
-func (t *Intercepts) tableLocked(ns, svc string) RouteTable {
-	tab := RouteTable{Version: t.version}
+func (t *Intercepts) tableLocked(ns, svc string) api.RouteTable {
+	tab := api.RouteTable{Version: t.version}
 	for _, it := range t.byID {
 		if it.Namespace == ns && it.Service == svc {
-			tab.Routes = append(tab.Routes, Route{ID: it.ID, Target: it.Target, RouteAs: it.RouteAs, Holder: it.Holder})
+			tab.Routes = append(tab.Routes, api.Route{ID: it.ID, Target: it.Target, RouteAs: it.RouteAs, Holder: it.Holder})
 		}
 	}
-	slices.SortFunc(tab.Routes, func(a, b Route) int {
+	slices.SortFunc(tab.Routes, func(a, b api.Route) int {
 		if a.ID < b.ID {
 			return -1
 		}
@@ -300,7 +272,7 @@ func (t *Intercepts) tableLocked(ns, svc string) RouteTable {
 	return tab
 }
 
-func (t *Intercepts) onWorkloadLocked(w Workload) int {
+func (t *Intercepts) onWorkloadLocked(w api.Workload) int {
 	n := 0
 	for _, it := range t.byID {
 		if it.Workload == w {

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/agent/api"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -34,19 +36,19 @@ func (c *fakeClock) add(d time.Duration) {
 var (
 	keyA = strings.Repeat("A", 43) + "="
 	keyB = strings.Repeat("B", 43) + "="
-	apiW = Workload{Namespace: "ns", Kind: "Deployment", Name: "api"}
+	apiW = api.Workload{Namespace: "ns", Kind: "Deployment", Name: "api"}
 	ipA  = netip.MustParseAddr("198.19.0.10")
 	ipB  = netip.MustParseAddr("198.19.0.11")
 )
 
-func req(pub, routeAs string) InterceptRequest {
-	return InterceptRequest{PublicKey: pub, Namespace: "ns", Service: "api", Workload: apiW, Port: 8080, RouteAs: routeAs, Holder: "holder-" + pub[:1]}
+func req(pub, routeAs string) api.InterceptRequest {
+	return api.InterceptRequest{PublicKey: pub, Namespace: "ns", Service: "api", Workload: apiW, Port: 8080, RouteAs: routeAs, Holder: "holder-" + pub[:1]}
 }
 
 func TestInterceptConflicts(t *testing.T) {
 	for _, tc := range []struct {
 		name          string
-		first, second InterceptRequest
+		first, second api.InterceptRequest
 		wantErr       string // "" = both admitted
 	}{
 		{"full then full", req(keyA, ""), req(keyB, ""), "intercepted by holder-A (all traffic)"},
@@ -131,7 +133,7 @@ func TestInterceptTableAndLease(t *testing.T) {
 func TestInterceptWaitWakesOnChange(t *testing.T) {
 	tab := NewIntercepts(0, nil)
 	v := tab.Table("ns", "api").Version
-	done := make(chan RouteTable)
+	done := make(chan api.RouteTable)
 	go func() { done <- tab.Wait(context.Background(), "ns", "api", v) }()
 	if _, err := tab.Add(req(keyA, ""), ipA); err != nil {
 		t.Fatal(err)
@@ -221,7 +223,7 @@ func TestRelayConnect(t *testing.T) {
 
 	// The route poll answers at once for an old version, with the token only.
 	hc := &http.Client{Timeout: 5 * time.Second}
-	get := func(token string) (*http.Response, RouteTable) {
+	get := func(token string) (*http.Response, api.RouteTable) {
 		rq, _ := http.NewRequest(http.MethodGet, "http://"+ln.Addr().String()+"/v1/routes?namespace=ns&service=api&after=0", nil)
 		rq.Header.Set("Authorization", "Bearer "+token)
 		resp, err := hc.Do(rq)
@@ -229,7 +231,7 @@ func TestRelayConnect(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		var tabl RouteTable
+		var tabl api.RouteTable
 		_ = json.NewDecoder(resp.Body).Decode(&tabl)
 		return resp, tabl
 	}
@@ -244,7 +246,7 @@ func TestRelayConnect(t *testing.T) {
 type fakeRestorer struct {
 	mu       sync.Mutex
 	patched  []PatchedWorkload
-	restored chan Workload
+	restored chan api.Workload
 }
 
 func (f *fakeRestorer) Patched(context.Context) ([]PatchedWorkload, error) {
@@ -253,7 +255,7 @@ func (f *fakeRestorer) Patched(context.Context) ([]PatchedWorkload, error) {
 	return append([]PatchedWorkload(nil), f.patched...), nil
 }
 
-func (f *fakeRestorer) Restore(_ context.Context, w Workload) error {
+func (f *fakeRestorer) Restore(_ context.Context, w api.Workload) error {
 	f.mu.Lock()
 	for i, p := range f.patched {
 		if p.Workload == w {
@@ -272,14 +274,14 @@ func (f *fakeRestorer) Restore(_ context.Context, w Workload) error {
 func TestOrphanRestorer(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(1000, 0)}
 	tab := NewIntercepts(time.Second, clk.now)
-	held := Workload{Namespace: "ns", Kind: "Deployment", Name: "held"}
-	stray := Workload{Namespace: "ns", Kind: "StatefulSet", Name: "stray"}
+	held := api.Workload{Namespace: "ns", Kind: "Deployment", Name: "held"}
+	stray := api.Workload{Namespace: "ns", Kind: "StatefulSet", Name: "stray"}
 	hr := req(keyB, "")
 	hr.Service, hr.Workload = "held", held
 	if _, err := tab.Add(hr, ipB); err != nil {
 		t.Fatal(err)
 	}
-	fr := &fakeRestorer{restored: make(chan Workload, 10), patched: []PatchedWorkload{{Workload: held}, {Workload: stray}}}
+	fr := &fakeRestorer{restored: make(chan api.Workload, 10), patched: []PatchedWorkload{{Workload: held}, {Workload: stray}}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -307,14 +309,14 @@ func TestOrphanRestorer(t *testing.T) {
 	}
 }
 
-func waitRestored(t *testing.T, fr *fakeRestorer) Workload {
+func waitRestored(t *testing.T, fr *fakeRestorer) api.Workload {
 	t.Helper()
 	select {
 	case w := <-fr.restored:
 		return w
 	case <-time.After(10 * time.Second):
 		t.Fatal("nothing restored")
-		return Workload{}
+		return api.Workload{}
 	}
 }
 

@@ -4,11 +4,13 @@ import (
 	"context"
 	"log/slog"
 	"time"
+
+	"github.com/bridgetun/bridgetun/agent/api"
 )
 
 // PatchedWorkload is a workload carrying an intercept patch.
 type PatchedWorkload struct {
-	Workload
+	api.Workload
 	PatchedAt time.Time
 }
 
@@ -18,7 +20,7 @@ type WorkloadRestorer interface {
 	// Patched lists the workloads in the gateway's namespace that carry a patch.
 	Patched(ctx context.Context) ([]PatchedWorkload, error)
 	// Restore puts a workload's original pod template back.
-	Restore(ctx context.Context, w Workload) error
+	Restore(ctx context.Context, w api.Workload) error
 }
 
 // OrphanConfig configures RunOrphanRestorer.
@@ -54,7 +56,7 @@ func RunOrphanRestorer(ctx context.Context, cfg OrphanConfig) {
 	}
 	log = log.With("component", "orphans")
 	start := cfg.Now()
-	restore := func(w Workload, why string) {
+	restore := func(w api.Workload, why string) {
 		if cfg.Intercepts.Live(w) {
 			return
 		}

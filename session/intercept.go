@@ -17,7 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/agent/api"
 	"github.com/bridgetun/bridgetun/client"
 	"github.com/bridgetun/bridgetun/cluster"
 	"github.com/bridgetun/bridgetun/internal/splice"
@@ -52,7 +52,7 @@ type InterceptInfo struct {
 
 type interceptState struct {
 	info    InterceptInfo
-	req     agent.InterceptRequest
+	req     api.InterceptRequest
 	ref     cluster.WorkloadRef
 	closers []func() error
 	// quiesce waits, up to a bound, for the relayed connections in flight
@@ -108,9 +108,9 @@ func (s *Session) Intercept(ctx context.Context, spec InterceptSpec) (_ Intercep
 	}
 	st := &interceptState{
 		ref: cluster.WorkloadRef{Namespace: ns, Kind: t.Kind, Name: t.Name},
-		req: agent.InterceptRequest{
+		req: api.InterceptRequest{
 			PublicKey: s.key.PublicKey().String(), Namespace: ns, Service: spec.Service,
-			Workload: agent.Workload{Namespace: ns, Kind: t.Kind, Name: t.Name},
+			Workload: api.Workload{Namespace: ns, Kind: t.Kind, Name: t.Name},
 			Port:     spec.LocalPort, RouteAs: spec.RouteAs, Holder: spec.Holder,
 		},
 	}
@@ -130,7 +130,7 @@ func (s *Session) Intercept(ctx context.Context, spec InterceptSpec) (_ Intercep
 	if err := s.listenInbound(st, spec.LocalPort); err != nil {
 		return InterceptInfo{}, err
 	}
-	var it agent.Intercept
+	var it api.Intercept
 	if err := s.control(ctx, http.MethodPost, "/v1/intercepts", st.req, &it); err != nil {
 		if isConflict(err) {
 			return InterceptInfo{}, fmt.Errorf("intercept refused: %w", err)
@@ -179,7 +179,7 @@ func routeDesc(routeAs string) string {
 	if routeAs == "" {
 		return "all traffic"
 	}
-	return "requests with " + agent.RouteAsHeader + ": " + routeAs
+	return "requests with " + api.RouteAsHeader + ": " + routeAs
 }
 
 // checkLocalPort refuses an intercept whose local server is not listening.
@@ -325,7 +325,7 @@ func (s *Session) serveLocalURL(ctx context.Context, st *interceptState, spec In
 		Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(upstream)
 			r.Out.Host = t.Service + "." + t.Namespace
-			r.Out.Header.Set(agent.RouteAsHeader, spec.RouteAs)
+			r.Out.Header.Set(api.RouteAsHeader, spec.RouteAs)
 		},
 		Transport: &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 16, IdleConnTimeout: 30 * time.Second},
 	}
@@ -381,11 +381,11 @@ func (s *Session) leaveLocked(service string) string {
 }
 
 // unregister tells the gateway the intercept is over.
-func (s *Session) unregister(st *interceptState) (agent.LeaveResponse, error) {
+func (s *Session) unregister(st *interceptState) (api.LeaveResponse, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	var lr agent.LeaveResponse
-	err := s.control(ctx, http.MethodDelete, "/v1/intercepts", agent.LeaveRequest{PublicKey: st.req.PublicKey, Namespace: st.req.Namespace, Service: st.req.Service}, &lr)
+	var lr api.LeaveResponse
+	err := s.control(ctx, http.MethodDelete, "/v1/intercepts", api.LeaveRequest{PublicKey: st.req.PublicKey, Namespace: st.req.Namespace, Service: st.req.Service}, &lr)
 	if err != nil {
 		s.log.Warn("leave: gateway", "service", st.req.Service, "err", err)
 	}
@@ -444,8 +444,8 @@ func (s *Session) renewIntercepts(ctx context.Context) {
 			ids = append(ids, id)
 		}
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		var rr agent.RenewResponse
-		err := s.control(rctx, http.MethodPost, "/v1/intercepts/renew", agent.RenewRequest{PublicKey: s.key.PublicKey().String(), IDs: ids}, &rr)
+		var rr api.RenewResponse
+		err := s.control(rctx, http.MethodPost, "/v1/intercepts/renew", api.RenewRequest{PublicKey: s.key.PublicKey().String(), IDs: ids}, &rr)
 		if err != nil {
 			cancel()
 			s.log.Warn("renew intercept leases", "err", err)
@@ -481,17 +481,17 @@ func (s *Session) repairIntercepts(ctx context.Context) {
 	if err != nil || len(refs) == 0 {
 		return
 	}
-	var live []agent.Intercept
+	var live []api.Intercept
 	if err := s.control(ctx, http.MethodGet, "/v1/intercepts?namespace="+url.QueryEscape(s.gwNS), nil, &live); err != nil {
 		s.log.Warn("repair: list live intercepts", "err", err)
 		return
 	}
-	held := map[agent.Workload]bool{}
+	held := map[api.Workload]bool{}
 	for _, it := range live {
 		held[it.Workload] = true
 	}
 	for _, ref := range refs {
-		if held[agent.Workload{Namespace: ref.Namespace, Kind: ref.Kind, Name: ref.Name}] {
+		if held[api.Workload{Namespace: ref.Namespace, Kind: ref.Kind, Name: ref.Name}] {
 			continue
 		}
 		if _, err := cluster.RestoreWorkload(ctx, s.conn.Client, ref); err != nil {

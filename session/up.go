@@ -19,7 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/agent/api"
 	"github.com/bridgetun/bridgetun/client"
 	"github.com/bridgetun/bridgetun/cluster"
 	"github.com/bridgetun/bridgetun/internal/version"
@@ -60,7 +60,7 @@ type Session struct {
 	conn     *cluster.Conn
 	gwNS     string
 	key      tunnel.Key
-	reg      agent.RegisterResponse
+	reg      api.RegisterResponse
 	routes   []netip.Prefix
 	client   *client.Client
 	mode     client.Mode
@@ -322,8 +322,8 @@ func (s *Session) register(ctx context.Context) error {
 }
 
 func (s *Session) registerOnce(ctx context.Context) error {
-	var rr agent.RegisterResponse
-	req := agent.RegisterRequest{PublicKey: s.key.PublicKey().String(), Version: version.Version}
+	var rr api.RegisterResponse
+	req := api.RegisterRequest{PublicKey: s.key.PublicKey().String(), Version: version.Version}
 	if err := s.control(ctx, http.MethodPost, "/v1/register", req, &rr); err != nil {
 		return fmt.Errorf("register with gateway: %w", err)
 	}

@@ -6,7 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/agent/api"
 )
 
 func TestBreaker(t *testing.T) {
@@ -54,7 +54,7 @@ func TestFullRouteDeadWorkstationSkippedWhileCoolingOff(t *testing.T) {
 	e := newEnv(t, envOptions{rawOriginal: true, dialTimeout: 300 * time.Millisecond, coolOff: time.Minute})
 	target := deadAddr(t)
 	e.gw.hangOn(target)
-	e.setRoutes(t, agent.Route{ID: "1", Target: target, Holder: "alice@laptop"})
+	e.setRoutes(t, api.Route{ID: "1", Target: target, Holder: "alice@laptop"})
 	for i := range 3 {
 		if got, want := rawExchange(t, e.addr, "hello"), "original\nhello"; got != want {
 			t.Fatalf("connection %d: got %q, want %q", i, got, want)

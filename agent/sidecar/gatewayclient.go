@@ -17,7 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/agent/api"
 	"github.com/bridgetun/bridgetun/internal/splice"
 )
 
@@ -61,29 +61,29 @@ func NewGatewayClient(cfg GatewayClientConfig) *GatewayClient {
 // Poll asks once for the routes of namespace/service. The gateway answers
 // as soon as their version is greater than after, or after its long-poll
 // time with the current table.
-func (c *GatewayClient) Poll(ctx context.Context, namespace, service string, after uint64) (agent.RouteTable, error) {
+func (c *GatewayClient) Poll(ctx context.Context, namespace, service string, after uint64) (api.RouteTable, error) {
 	q := url.Values{"namespace": {namespace}, "service": {service}, "after": {strconv.FormatUint(after, 10)}}
 	u := url.URL{Scheme: "http", Host: c.cfg.Addr, Path: "/v1/routes", RawQuery: q.Encode()}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
-		return agent.RouteTable{}, fmt.Errorf("routes of %s/%s: %w", namespace, service, err)
+		return api.RouteTable{}, fmt.Errorf("routes of %s/%s: %w", namespace, service, err)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return agent.RouteTable{}, fmt.Errorf("routes of %s/%s from gateway %s: %w", namespace, service, c.cfg.Addr, err)
+		return api.RouteTable{}, fmt.Errorf("routes of %s/%s from gateway %s: %w", namespace, service, c.cfg.Addr, err)
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusUnauthorized:
-		return agent.RouteTable{}, fmt.Errorf("routes of %s/%s: gateway %s refused the sidecar token (401): the token is wrong or outdated; redo the intercept to refresh it", namespace, service, c.cfg.Addr)
+		return api.RouteTable{}, fmt.Errorf("routes of %s/%s: gateway %s refused the sidecar token (401): the token is wrong or outdated; redo the intercept to refresh it", namespace, service, c.cfg.Addr)
 	default:
-		return agent.RouteTable{}, fmt.Errorf("routes of %s/%s: gateway %s answered %s: %s", namespace, service, c.cfg.Addr, resp.Status, readSnippet(resp.Body))
+		return api.RouteTable{}, fmt.Errorf("routes of %s/%s: gateway %s answered %s: %s", namespace, service, c.cfg.Addr, resp.Status, readSnippet(resp.Body))
 	}
-	var t agent.RouteTable
+	var t api.RouteTable
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&t); err != nil {
-		return agent.RouteTable{}, fmt.Errorf("routes of %s/%s: decode gateway answer: %w", namespace, service, err)
+		return api.RouteTable{}, fmt.Errorf("routes of %s/%s: decode gateway answer: %w", namespace, service, err)
 	}
 	return t, nil
 }
@@ -95,13 +95,13 @@ func (c *GatewayClient) Poll(ctx context.Context, namespace, service string, aft
 // relay goes through the gateway, so while it does not answer no
 // workstation can be reached, and a restarted gateway starts with no
 // routes until workstations register again. It returns nil when ctx ends.
-func (c *GatewayClient) WatchRoutes(ctx context.Context, namespace, service string, onChange func(agent.RouteTable)) error {
+func (c *GatewayClient) WatchRoutes(ctx context.Context, namespace, service string, onChange func(api.RouteTable)) error {
 	if namespace == "" || service == "" {
 		return errors.New("watch routes: namespace and service are required")
 	}
 	log := c.log.With("namespace", namespace, "service", service)
 	var (
-		last                     agent.RouteTable // as last reported
+		last                     api.RouteTable // as last reported
 		backoff                  time.Duration
 		failingSince, lastLogged time.Time
 	)
@@ -133,7 +133,7 @@ func (c *GatewayClient) WatchRoutes(ctx context.Context, namespace, service stri
 		}
 		if len(last.Routes) > 0 {
 			log.Warn("dropping routes: the gateway is unreachable; all traffic goes to the original container")
-			last = agent.RouteTable{}
+			last = api.RouteTable{}
 			onChange(last)
 		}
 		backoff = min(max(2*backoff, 100*time.Millisecond), maxPollBackoff)
@@ -193,27 +193,27 @@ func (c *GatewayClient) Dial(ctx context.Context, target string) (net.Conn, erro
 // RouteState holds the latest route table. It is a RouteSource, fed by
 // WatchRoutes through Set; the zero value holds no routes.
 type RouteState struct {
-	p atomic.Pointer[agent.RouteTable]
+	p atomic.Pointer[api.RouteTable]
 }
 
 var _ RouteSource = (*RouteState)(nil)
 
 // Current implements RouteSource.
-func (s *RouteState) Current() agent.RouteTable {
+func (s *RouteState) Current() api.RouteTable {
 	if t := s.p.Load(); t != nil {
 		return *t
 	}
-	return agent.RouteTable{}
+	return api.RouteTable{}
 }
 
 // Set replaces the table.
-func (s *RouteState) Set(t agent.RouteTable) {
+func (s *RouteState) Set(t api.RouteTable) {
 	t.Routes = slices.Clone(t.Routes)
 	s.p.Store(&t)
 }
 
 // describeRoutes summarises a table for a log line.
-func describeRoutes(t agent.RouteTable) string {
+func describeRoutes(t api.RouteTable) string {
 	if len(t.Routes) == 0 {
 		return "none"
 	}

@@ -15,35 +15,35 @@ import (
 
 	"github.com/bridgetun/bridgetun/internal/splice"
 
-	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/agent/api"
 )
 
 func TestWatchRoutesFollowsVersions(t *testing.T) {
 	gw := newFakeGateway(t)
 	gc := NewGatewayClient(GatewayClientConfig{Addr: gw.addr(), Token: testToken, Log: testLogger(t)})
-	got := make(chan agent.RouteTable, 10)
+	got := make(chan api.RouteTable, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- gc.WatchRoutes(ctx, "shop", "web", func(t agent.RouteTable) { got <- t }) }()
+	go func() { done <- gc.WatchRoutes(ctx, "shop", "web", func(t api.RouteTable) { got <- t }) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("WatchRoutes: got %v, want nil after cancel", err)
 		}
 	}()
-	next := func() agent.RouteTable {
+	next := func() api.RouteTable {
 		t.Helper()
 		select {
 		case tbl := <-got:
 			return tbl
 		case <-time.After(5 * time.Second):
 			t.Fatal("no route table within 5s")
-			return agent.RouteTable{}
+			return api.RouteTable{}
 		}
 	}
 
-	alice := agent.Route{ID: "a", Target: "100.96.0.2:8080", RouteAs: "alice", Holder: "alice@laptop"}
-	bob := agent.Route{ID: "b", Target: "100.96.0.3:8080", RouteAs: "bob", Holder: "bob@laptop"}
+	alice := api.Route{ID: "a", Target: "100.96.0.2:8080", RouteAs: "alice", Holder: "alice@laptop"}
+	bob := api.Route{ID: "b", Target: "100.96.0.3:8080", RouteAs: "bob", Holder: "bob@laptop"}
 	gw.set(alice)
 	if tbl := next(); tbl.Version != 1 || len(tbl.Routes) != 1 || tbl.Routes[0] != alice {
 		t.Fatalf("first table: got %+v, want version 1 with alice's route", tbl)
@@ -63,7 +63,7 @@ func TestWatchRoutesFollowsVersions(t *testing.T) {
 func TestGatewayClientWrongToken(t *testing.T) {
 	gw := newFakeGateway(t)
 	target := rawServer(t, "workstation")
-	gw.set(agent.Route{ID: "a", Target: target, Holder: "alice@laptop"})
+	gw.set(api.Route{ID: "a", Target: target, Holder: "alice@laptop"})
 	var logs syncBuffer
 	gc := NewGatewayClient(GatewayClientConfig{Addr: gw.addr(), Token: "wrong", Log: slog.New(slog.NewTextHandler(&logs, nil))})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -80,7 +80,7 @@ func TestGatewayClientWrongToken(t *testing.T) {
 	wctx, wcancel := context.WithCancel(ctx)
 	calls := 0
 	done := make(chan error, 1)
-	go func() { done <- gc.WatchRoutes(wctx, "shop", "web", func(agent.RouteTable) { calls++ }) }()
+	go func() { done <- gc.WatchRoutes(wctx, "shop", "web", func(api.RouteTable) { calls++ }) }()
 	waitFor(t, "the refused token in the log", func() bool { return strings.Contains(logs.String(), "refused the sidecar token") })
 	wcancel()
 	if err := <-done; err != nil {

@@ -18,7 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/agent/api"
 )
 
 // Test topology (all loopback):
@@ -38,7 +38,7 @@ type fakeGateway struct {
 	closed chan struct{}
 
 	mu      sync.Mutex
-	table   agent.RouteTable
+	table   api.RouteTable
 	changed chan struct{}     // closed and replaced on every change
 	hang    map[string]bool   // CONNECT targets that are never answered
 	conns   map[net.Conn]bool // hijacked relay connections
@@ -78,10 +78,10 @@ func (g *fakeGateway) close() {
 }
 
 // set publishes a new route table and returns its version.
-func (g *fakeGateway) set(routes ...agent.Route) uint64 {
+func (g *fakeGateway) set(routes ...api.Route) uint64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.table = agent.RouteTable{Version: g.table.Version + 1, Routes: routes}
+	g.table = api.RouteTable{Version: g.table.Version + 1, Routes: routes}
 	close(g.changed)
 	g.changed = make(chan struct{})
 	return g.table.Version
@@ -342,7 +342,7 @@ func newEnv(t *testing.T, opt envOptions) *env {
 }
 
 // setRoutes publishes routes at the gateway and waits until the sidecar follows them.
-func (e *env) setRoutes(t *testing.T, routes ...agent.Route) {
+func (e *env) setRoutes(t *testing.T, routes ...api.Route) {
 	t.Helper()
 	v := e.gw.set(routes...)
 	waitFor(t, fmt.Sprintf("route table version %d", v), func() bool { return e.state.Current().Version == v })

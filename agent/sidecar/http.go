@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/agent/api"
 )
 
 // HTTP mode: connections of a Service with isolated routes are served by a
@@ -45,7 +45,7 @@ func (s *Sidecar) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	// unread body. (HTTP/2 is full duplex already.)
 	_ = http.NewResponseController(w).EnableFullDuplex()
 	table := s.cfg.Routes.Current()
-	v := r.Header.Get(agent.RouteAsHeader)
+	v := r.Header.Get(api.RouteAsHeader)
 	label := routeAsLabel(table, v)
 	route, ok := table.Full()
 	if !ok {
@@ -61,7 +61,7 @@ func (s *Sidecar) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 // toWorkstation proxies r to route's workstation. If the relay dial fails
 // before a byte of the body was sent, the same request goes to the original.
-func (s *Sidecar) toWorkstation(w http.ResponseWriter, r *http.Request, route agent.Route, label string) {
+func (s *Sidecar) toWorkstation(w http.ResponseWriter, r *http.Request, route api.Route, label string) {
 	var body *keptBody
 	if r.Body != nil && r.Body != http.NoBody {
 		orig := r.Body
@@ -82,7 +82,7 @@ func (s *Sidecar) toWorkstation(w http.ResponseWriter, r *http.Request, route ag
 		FlushInterval: -1,
 		ErrorLog:      s.errLog,
 		ModifyResponse: func(resp *http.Response) error {
-			resp.Header.Set(agent.ServedByHeader, routeLocal)
+			resp.Header.Set(api.ServedByHeader, routeLocal)
 			count(routeLocal)
 			return nil
 		},
@@ -115,7 +115,7 @@ func (s *Sidecar) clusterProxy(t http.RoundTripper) *httputil.ReverseProxy {
 		FlushInterval: -1,
 		ErrorLog:      s.errLog,
 		ModifyResponse: func(resp *http.Response) error {
-			resp.Header.Set(agent.ServedByHeader, routeCluster)
+			resp.Header.Set(api.ServedByHeader, routeCluster)
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, out *http.Request, err error) {
@@ -131,7 +131,7 @@ func (s *Sidecar) proxyError(w http.ResponseWriter, r *http.Request, servedBy st
 		lvl = slog.LevelDebug // the client went away
 	}
 	s.log.Log(r.Context(), lvl, "proxying failed", "served_by", servedBy, "method", r.Method, "path", r.URL.Path, "err", err)
-	w.Header().Set(agent.ServedByHeader, servedBy)
+	w.Header().Set(api.ServedByHeader, servedBy)
 	w.WriteHeader(http.StatusBadGateway)
 }
 
@@ -154,7 +154,7 @@ func rewriteTo(host string) func(*httputil.ProxyRequest) {
 
 // routeAsLabel bounds the route_as label: a live route's value, "" when
 // the header is absent, "other" otherwise.
-func routeAsLabel(t agent.RouteTable, v string) string {
+func routeAsLabel(t api.RouteTable, v string) string {
 	if v == "" {
 		return ""
 	}

@@ -27,13 +27,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/agent/api"
 )
 
 // RouteSource gives the routes the sidecar follows.
 type RouteSource interface {
 	// Current returns the latest route table; the zero table means no routes.
-	Current() agent.RouteTable
+	Current() api.RouteTable
 }
 
 // Config configures a Sidecar.

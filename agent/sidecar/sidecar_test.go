@@ -13,7 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/agent/api"
 )
 
 func TestNoRoutesPassesThrough(t *testing.T) {
@@ -32,7 +32,7 @@ func TestNoRoutesPassesThrough(t *testing.T) {
 func TestFullRouteRelaysRawTCP(t *testing.T) {
 	e := newEnv(t, envOptions{rawOriginal: true})
 	ws := rawServer(t, "workstation")
-	e.setRoutes(t, agent.Route{ID: "1", Target: ws, Holder: "alice@laptop"})
+	e.setRoutes(t, api.Route{ID: "1", Target: ws, Holder: "alice@laptop"})
 
 	// A megabyte of non-HTTP bytes, echoed after the greeting; the echo only
 	// ends because the client's half-close travels through sidecar and gateway.
@@ -62,7 +62,7 @@ func TestFullRouteUnreachableWorkstationPassesThrough(t *testing.T) {
 			if tc.hang {
 				e.gw.hangOn(target)
 			}
-			e.setRoutes(t, agent.Route{ID: "1", Target: target, Holder: "alice@laptop"})
+			e.setRoutes(t, api.Route{ID: "1", Target: target, Holder: "alice@laptop"})
 			start := time.Now()
 			if got, want := rawExchange(t, e.addr, "hello"), "original\nhello"; got != want {
 				t.Fatalf("got %q, want %q", got, want)
@@ -83,7 +83,7 @@ func TestFullRouteUnreachableWorkstationPassesThrough(t *testing.T) {
 func TestProbeListenerAlwaysPassesThrough(t *testing.T) {
 	e := newEnv(t, envOptions{rawOriginal: true})
 	ws := rawServer(t, "workstation")
-	e.setRoutes(t, agent.Route{ID: "1", Target: ws, Holder: "alice@laptop"})
+	e.setRoutes(t, api.Route{ID: "1", Target: ws, Holder: "alice@laptop"})
 	if got, want := rawExchange(t, e.addr, "x"), "workstation\nx"; got != want {
 		t.Fatalf("intercepted port: got %q, want %q", got, want)
 	}
@@ -103,7 +103,7 @@ func TestIsolatedNonHTTPPassesThrough(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, envOptions{rawOriginal: true})
-			e.setRoutes(t, agent.Route{ID: "1", Target: rawServer(t, "alice"), RouteAs: "alice", Holder: "alice"})
+			e.setRoutes(t, api.Route{ID: "1", Target: rawServer(t, "alice"), RouteAs: "alice", Holder: "alice"})
 			if got, want := rawExchange(t, e.addr, tc.send), "original\n"+tc.send; got != want {
 				t.Fatalf("got %q, want %q", got, want)
 			}
@@ -114,7 +114,7 @@ func TestIsolatedNonHTTPPassesThrough(t *testing.T) {
 	}
 	t.Run("silent client, server speaks first", func(t *testing.T) {
 		e := newEnv(t, envOptions{rawOriginal: true})
-		e.setRoutes(t, agent.Route{ID: "1", Target: rawServer(t, "alice"), RouteAs: "alice", Holder: "alice"})
+		e.setRoutes(t, api.Route{ID: "1", Target: rawServer(t, "alice"), RouteAs: "alice", Holder: "alice"})
 		if got, want := readLine(t, e.addr), "original\n"; got != want {
 			t.Fatalf("got %q, want %q", got, want)
 		}
@@ -125,8 +125,8 @@ func TestIsolatedNonHTTPPassesThrough(t *testing.T) {
 func isolatedEnv(t *testing.T) *env {
 	e := newEnv(t, envOptions{})
 	e.setRoutes(t,
-		agent.Route{ID: "a", Target: httpServer(t, "alice"), RouteAs: "alice", Holder: "alice@laptop"},
-		agent.Route{ID: "b", Target: httpServer(t, "bob"), RouteAs: "bob", Holder: "bob@laptop"},
+		api.Route{ID: "a", Target: httpServer(t, "alice"), RouteAs: "alice", Holder: "alice@laptop"},
+		api.Route{ID: "b", Target: httpServer(t, "bob"), RouteAs: "bob", Holder: "bob@laptop"},
 	)
 	return e
 }
@@ -153,7 +153,7 @@ func TestIsolatedRoutesByHeader(t *testing.T) {
 			} {
 				req, _ := http.NewRequest(http.MethodGet, "http://"+e.addr+"/x", nil)
 				if row.routeAs != "" {
-					req.Header.Set(agent.RouteAsHeader, row.routeAs)
+					req.Header.Set(api.RouteAsHeader, row.routeAs)
 				}
 				resp, err := client.Do(req)
 				if err != nil {
@@ -167,8 +167,8 @@ func TestIsolatedRoutesByHeader(t *testing.T) {
 				if got, want := string(body), row.wantWho+" GET\n"; got != want {
 					t.Errorf("route-as %q: got body %q, want %q", row.routeAs, got, want)
 				}
-				if got := resp.Header.Get(agent.ServedByHeader); got != row.wantServedBy {
-					t.Errorf("route-as %q: got %s %q, want %q", row.routeAs, agent.ServedByHeader, got, row.wantServedBy)
+				if got := resp.Header.Get(api.ServedByHeader); got != row.wantServedBy {
+					t.Errorf("route-as %q: got %s %q, want %q", row.routeAs, api.ServedByHeader, got, row.wantServedBy)
 				}
 				if got := resp.Trailer.Get("Who-Trailer"); got != row.wantWho {
 					t.Errorf("route-as %q: got trailer Who-Trailer %q, want %q", row.routeAs, got, row.wantWho)
@@ -202,13 +202,13 @@ func TestIsolatedPostFallsBackWhenRelayDialFails(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t, envOptions{})
-			e.setRoutes(t, agent.Route{ID: "a", Target: deadAddr(t), RouteAs: "alice", Holder: "alice@laptop"})
+			e.setRoutes(t, api.Route{ID: "a", Target: deadAddr(t), RouteAs: "alice", Holder: "alice@laptop"})
 			// Large enough that the original's echo starts before the upload
 			// ends: an HTTP/1 proxy that is not full duplex loses the rest.
 			payload := make([]byte, 8<<20)
 			_, _ = rand.Read(payload)
 			req, _ := http.NewRequest(http.MethodPost, "http://"+e.addr+"/upload", bytes.NewReader(payload))
-			req.Header.Set(agent.RouteAsHeader, "alice")
+			req.Header.Set(api.RouteAsHeader, "alice")
 			resp, err := newClient(t, h2c).Do(req)
 			if err != nil {
 				t.Fatal(err)
@@ -218,8 +218,8 @@ func TestIsolatedPostFallsBackWhenRelayDialFails(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := resp.Header.Get(agent.ServedByHeader); got != "cluster" {
-				t.Errorf("got %s %q, want cluster", agent.ServedByHeader, got)
+			if got := resp.Header.Get(api.ServedByHeader); got != "cluster" {
+				t.Errorf("got %s %q, want cluster", api.ServedByHeader, got)
 			}
 			if want := append([]byte("original POST\n"), payload...); !bytes.Equal(body, want) {
 				t.Errorf("got %d body bytes starting %q, want the original's echo of all %d bytes", len(body), body[:min(len(body), 20)], len(payload))
@@ -245,7 +245,7 @@ func TestIsolatedUpgrade(t *testing.T) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	_, _ = io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n"+agent.RouteAsHeader+": bob\r\n\r\n")
+	_, _ = io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n"+api.RouteAsHeader+": bob\r\n\r\n")
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
@@ -254,8 +254,8 @@ func TestIsolatedUpgrade(t *testing.T) {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("got %s, want 101 Switching Protocols", resp.Status)
 	}
-	if got := resp.Header.Get(agent.ServedByHeader); got != "local" {
-		t.Errorf("got %s %q, want local", agent.ServedByHeader, got)
+	if got := resp.Header.Get(api.ServedByHeader); got != "local" {
+		t.Errorf("got %s %q, want local", api.ServedByHeader, got)
 	}
 	if got, _ := br.ReadString('\n'); got != "bob\n" {
 		t.Fatalf("greeting after the upgrade: got %q, want %q", got, "bob\n")
@@ -321,7 +321,7 @@ func TestRunEndsOpenConnections(t *testing.T) {
 	_, _ = io.Copy(io.Discard, resp.Body)
 	// Upgraded stream, greeting read, left open.
 	up, upR := dial()
-	_, _ = io.WriteString(up, "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n"+agent.RouteAsHeader+": alice\r\n\r\n")
+	_, _ = io.WriteString(up, "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n"+api.RouteAsHeader+": alice\r\n\r\n")
 	if resp, err := http.ReadResponse(upR, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("upgrade: got %v, %v, want 101", resp, err)
 	}

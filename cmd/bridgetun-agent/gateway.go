@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/agent/api"
 	"github.com/bridgetun/bridgetun/internal/obs"
 	"github.com/bridgetun/bridgetun/tunnel"
 )
@@ -27,7 +28,7 @@ const (
 	inClusterControl = "127.0.0.1:8081"
 	inClusterStream  = "127.0.0.1:8082"
 	inClusterUDPPort = 51820
-	inClusterRelay   = ":8083" // agent.RelayPort on the pod network, for sidecars (token-protected)
+	inClusterRelay   = ":8083" // api.RelayPort on the pod network, for sidecars (token-protected)
 )
 
 func newGatewayCmd() *cobra.Command {
@@ -129,7 +130,7 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 	dnsAddr, _ := netip.ParseAddr(dns) // invalid = no DNS on the tunnel address
 	gw, err := startGateway(agent.GatewayConfig{
 		ClusterDNS: dnsAddr,
-		PrivateKey: key, Addr: agent.GatewayTunnelAddr,
+		PrivateKey: key, Addr: api.GatewayTunnelAddr,
 		UseUDP: true, UDPPort: inClusterUDPPort,
 		// Large enough for stream-transport clients; TCP's MSS negotiation
 		// keeps UDP clients at their own 1420.

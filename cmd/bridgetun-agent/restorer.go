@@ -8,6 +8,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/agent/api"
 	"github.com/bridgetun/bridgetun/cluster"
 )
 
@@ -39,12 +40,12 @@ func (r *restorer) Patched(ctx context.Context) ([]agent.PatchedWorkload, error)
 	}
 	out := make([]agent.PatchedWorkload, 0, len(refs))
 	for _, w := range refs {
-		out = append(out, agent.PatchedWorkload{Workload: agent.Workload{Namespace: w.Namespace, Kind: w.Kind, Name: w.Name}, PatchedAt: w.PatchedAt})
+		out = append(out, agent.PatchedWorkload{Workload: api.Workload{Namespace: w.Namespace, Kind: w.Kind, Name: w.Name}, PatchedAt: w.PatchedAt})
 	}
 	return out, nil
 }
 
-func (r *restorer) Restore(ctx context.Context, w agent.Workload) error {
+func (r *restorer) Restore(ctx context.Context, w api.Workload) error {
 	_, err := cluster.RestoreWorkload(ctx, r.client, cluster.WorkloadRef{Namespace: w.Namespace, Kind: w.Kind, Name: w.Name})
 	return err
 }

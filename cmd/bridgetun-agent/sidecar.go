@@ -14,7 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/bridgetun/bridgetun/agent"
+	"github.com/bridgetun/bridgetun/agent/api"
 	"github.com/bridgetun/bridgetun/agent/sidecar"
 	"github.com/bridgetun/bridgetun/internal/obs"
 )
@@ -39,9 +39,9 @@ routes at the gateway and, per connection:
 
   full intercept       relays the connection to the workstation through the gateway
   isolated intercepts  proxies HTTP/1.x and h2c request by request: a request whose
-                       ` + agent.RouteAsHeader + ` header names a route goes to that
+                       ` + api.RouteAsHeader + ` header names a route goes to that
                        workstation, the rest to the original; responses carry
-                       ` + agent.ServedByHeader + `: local or cluster
+                       ` + api.ServedByHeader + `: local or cluster
   no intercept         passes the connection to the original (--original)
 
 A workstation that cannot be reached within --dial-timeout is skipped: the traffic
@@ -119,7 +119,7 @@ The gateway token comes from $` + sidecarTokenEnv + `.`,
 	f.StringVar(&listen, "listen", ":15001", "where the redirected connections arrive (the init step's --sidecar-port)")
 	f.StringVar(&probeListen, "probe-listen", "", "where rewritten kubelet probes arrive, always passed to --original (e.g. :15002); empty = none")
 	f.StringVar(&original, "original", "", "the original container's port on loopback, e.g. 127.0.0.1:8080")
-	f.StringVar(&gateway, "gateway", "", fmt.Sprintf("the gateway's relay, HOST:PORT (its port is %d)", agent.RelayPort))
+	f.StringVar(&gateway, "gateway", "", fmt.Sprintf("the gateway's relay, HOST:PORT (its port is %d)", api.RelayPort))
 	f.StringVar(&namespace, "namespace", "", "namespace of the intercepted Service")
 	f.StringVar(&service, "service", "", "name of the intercepted Service")
 	f.DurationVar(&drain, "drain", 3*time.Second, "on SIGTERM keep serving this long before exiting: the pod's endpoints take a moment to drop it everywhere, and the app may still be draining")

@@ -1,0 +1,152 @@
+// Package api holds the wire types of the gateway: the control API that
+// workstations call, the routes protocol that sidecars follow, and the header
+// names both sides agree on. It imports only the standard library, so the
+// sidecar and the workstation can speak to the gateway without linking it.
+package api
+
+import (
+	"net/netip"
+	"time"
+)
+
+// TunnelNetwork is where workstation tunnel addresses come from. It is a
+// benchmarking range (RFC 2544) that real networks rarely route, unlike the
+// CGNAT range that other VPNs already claim.
+var TunnelNetwork = netip.MustParsePrefix("198.19.0.0/16")
+
+// GatewayTunnelAddr is the gateway's own address in TunnelNetwork.
+var GatewayTunnelAddr = netip.MustParseAddr("198.19.0.1")
+
+// RegisterRequest asks the gateway to admit a workstation.
+type RegisterRequest struct {
+	PublicKey string `json:"public_key"` // base64 WireGuard public key
+	Version   string `json:"version"`    // client version, for mismatch reports
+}
+
+// RegisterResponse tells a workstation how to join.
+type RegisterResponse struct {
+	Address          string `json:"address"`            // the workstation's tunnel address, /32
+	GatewayPublicKey string `json:"gateway_public_key"` // base64
+	GatewayAddress   string `json:"gateway_address"`    // the gateway's tunnel address (also its DNS listener)
+	ClusterDNS       string `json:"cluster_dns"`        // the cluster resolver the gateway uses
+	ClusterDomain    string `json:"cluster_domain"`
+	Namespace        string `json:"namespace"`   // the gateway's namespace
+	Version          string `json:"version"`     // gateway version
+	TTLSeconds       int    `json:"ttl_seconds"` // register again within this
+}
+
+// LeaveRequest drops a workstation's intercept of a Service.
+type LeaveRequest struct {
+	PublicKey string `json:"public_key"`
+	Namespace string `json:"namespace"`
+	Service   string `json:"service"`
+}
+
+// LeaveResponse says whether anything was dropped and how many intercepts
+// (anyone's) remain on the same workload: at 0 the caller restores it.
+type LeaveResponse struct {
+	Removed   bool `json:"removed"`
+	Remaining int  `json:"remaining"`
+}
+
+// RenewRequest extends a workstation's intercept leases.
+type RenewRequest struct {
+	PublicKey string   `json:"public_key"`
+	IDs       []string `json:"ids"`
+}
+
+// RenewResponse lists ids the gateway does not know (add them again).
+type RenewResponse struct {
+	Unknown    []string `json:"unknown,omitempty"`
+	TTLSeconds int      `json:"ttl_seconds"`
+}
+
+// Workload names a patched workload (Kubernetes-free: kind and name as strings).
+type Workload struct {
+	Namespace string `json:"namespace"`
+	Kind      string `json:"kind"` // Deployment, StatefulSet, ReplicaSet
+	Name      string `json:"name"`
+}
+
+func (w Workload) String() string { return w.Namespace + "/" + w.Kind + "/" + w.Name }
+
+// InterceptRequest asks the gateway to route a Service's inbound traffic to
+// the requesting workstation.
+type InterceptRequest struct {
+	PublicKey string   `json:"public_key"` // the workstation's WireGuard key (it must be registered)
+	Namespace string   `json:"namespace"`
+	Service   string   `json:"service"`
+	Workload  Workload `json:"workload"`
+	Port      int      `json:"port"`               // workstation port the gateway dials on the tunnel address
+	RouteAs   string   `json:"route_as,omitempty"` // "" = full intercept
+	Holder    string   `json:"holder"`             // e.g. user@host, shown to others
+}
+
+// Intercept is a live intercept as the gateway knows it.
+type Intercept struct {
+	InterceptRequest
+	ID      string    `json:"id"`
+	Target  string    `json:"target"`
+	Expires time.Time `json:"expires"`
+}
+
+// The gateway ↔ sidecar protocol. A sidecar reaches the gateway's relay
+// listener (RelayPort, on the pod network, behind the bridgetun-relay
+// Service) with the sidecar token as a bearer token:
+//
+//	GET /v1/routes?namespace=NS&service=SVC&after=N
+//	    Long poll: answers the RouteTable of NS/SVC as soon as its Version
+//	    is greater than N, or after about 25 s with the current one.
+//	    401 on a wrong token.
+//	CONNECT TARGET HTTP/1.1  (TARGET = a Route's Target, addr:port)
+//	    The gateway dials TARGET through its netstack (into the workstation's
+//	    tunnel) within DialTimeout; 200 and then raw bytes both ways, 403 if
+//	    TARGET is not a live route's target, 502 if the dial failed.
+
+// RelayPort is where the gateway serves sidecars on the pod network.
+const RelayPort = 8083
+
+// RouteAsHeader is the header isolated intercepts route on.
+const RouteAsHeader = "Kubernetes-Route-As"
+
+// ServedByHeader tells a developer who answered a request that went through
+// an isolating sidecar: "local" (a workstation) or "cluster".
+const ServedByHeader = "Bridgetun-Served-By"
+
+// Route says where one intercept's traffic goes.
+type Route struct {
+	ID      string `json:"id"`
+	Target  string `json:"target"`             // workstation tunnel addr:port the gateway dials
+	RouteAs string `json:"route_as,omitempty"` // "" = every connection (a full intercept)
+	Holder  string `json:"holder"`             // who holds it, for messages
+}
+
+// RouteTable is what the sidecars of one Service follow. At most one full
+// route exists, and never together with isolated ones (the gateway refuses).
+type RouteTable struct {
+	Version uint64  `json:"version"`
+	Routes  []Route `json:"routes"`
+}
+
+// Full returns the full intercept's route, if there is one.
+func (t RouteTable) Full() (Route, bool) {
+	for _, r := range t.Routes {
+		if r.RouteAs == "" {
+			return r, true
+		}
+	}
+	return Route{}, false
+}
+
+// ForRouteAs returns the isolated route for a header value.
+func (t RouteTable) ForRouteAs(v string) (Route, bool) {
+	if v == "" {
+		return Route{}, false
+	}
+	for _, r := range t.Routes {
+		if r.RouteAs == v {
+			return r, true
+		}
+	}
+	return Route{}, false
+}
