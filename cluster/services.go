@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"iter"
 	"log/slog"
 	"time"
 
@@ -38,9 +39,12 @@ func WatchServiceNames(ctx context.Context, client kubernetes.Interface, ns stri
 		set(keys(names))
 		w, err := client.CoreV1().Services(ns).Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
 		if err != nil {
+			if !sleepCtx(ctx, backoff) {
+				return
+			}
 			continue
 		}
-		for ev := range w.ResultChan() {
+		for ev := range eventsUntil(ctx, w) {
 			svc, ok := ev.Object.(*corev1.Service)
 			if !ok {
 				break // an error event: list again
@@ -82,7 +86,7 @@ func WatchNamespaceNames(ctx context.Context, client kubernetes.Interface, set f
 			}
 			continue
 		}
-		for ev := range w.ResultChan() {
+		for ev := range eventsUntil(ctx, w) {
 			n, ok := ev.Object.(*corev1.Namespace)
 			if !ok {
 				break
@@ -95,6 +99,24 @@ func WatchNamespaceNames(ctx context.Context, client kubernetes.Interface, set f
 			set(keys(names))
 		}
 		w.Stop()
+	}
+}
+
+// eventsUntil yields w's events until the watch ends or ctx does: the
+// watcher's channel is not promised to close when ctx ends (a fake's never
+// does), and a watch goroutine must not outlive its owner.
+func eventsUntil(ctx context.Context, w watch.Interface) iter.Seq[watch.Event] {
+	return func(yield func(watch.Event) bool) {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ev, ok := <-w.ResultChan():
+				if !ok || !yield(ev) {
+					return
+				}
+			}
+		}
 	}
 }
 

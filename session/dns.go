@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
-	"net/netip"
+	"sync"
 
-	"github.com/bridgetun/bridgetun/client"
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/bridgetun/bridgetun/cluster"
 	"github.com/bridgetun/bridgetun/dnsproxy"
 )
@@ -18,17 +21,141 @@ const (
 	DNSNone = "none" // resolver only, the OS untouched
 )
 
-// dnsState is what the split resolver changed, for status and shutdown.
-type dnsState struct {
-	server    *dnsproxy.Server
-	os        dnsproxy.OSConfigurator
-	listen    string
-	upstreams []string
-	search    []string
-	routing   []string
+// dnsConfig is what the split resolver needs.
+type dnsConfig struct {
+	Client        kubernetes.Interface // watches Service and namespace names
+	Namespace     string               // the connected namespace: bare names are its Services
+	ClusterDomain string
+	GatewayDNS    string // host:port of the gateway's in-tunnel resolver
+	// Listen is the resolver's address: the tunnel address port 53 when
+	// the OS is pointed at it (resolv.conf cannot name a port), else
+	// loopback.
+	Listen string
+	// ConfigureOS points the machine at the resolver (TUN mode, --dns auto).
+	ConfigureOS bool
+	Link        string // the TUN device, for per-link DNS backends
+	// ClusterDial reaches the gateway's resolver; nil = the OS (TUN mode).
+	ClusterDial func(ctx context.Context, network, addr string) (net.Conn, error)
+	StateDir    string // resolv.conf backup and crash marker
+	ResolvConf  string // the machine's resolver file; "" = /etc/resolv.conf
+	// NewOS picks the OS backend; nil = dnsproxy.NewOSConfigurator.
+	NewOS      func(dnsproxy.Detect, *slog.Logger) (dnsproxy.OSConfigurator, error)
+	Log        *slog.Logger          // nil discards
+	Registerer prometheus.Registerer // nil = no metrics
 }
 
-func (d *dnsState) mode() string {
+// dnsService is the split resolver: the server, the OS settings pointing at
+// it, and the watches that tell it which bare names are Services.
+type dnsService struct {
+	cfg               dnsConfig
+	server            *dnsproxy.Server
+	os                dnsproxy.OSConfigurator // nil: the OS is untouched
+	services, spaces  *dnsproxy.Services
+	listen            string
+	upstreams, search []string
+	routing           []string
+	closeOnce         sync.Once
+	closeErr          error
+}
+
+// startDNS reads the machine's resolvers before any change, starts the
+// resolver and, when asked, points the OS at it. On error nothing changed.
+func startDNS(ctx context.Context, cfg dnsConfig) (*dnsService, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ResolvConf == "" {
+		cfg.ResolvConf = "/etc/resolv.conf"
+	}
+	if cfg.NewOS == nil {
+		cfg.NewOS = dnsproxy.NewOSConfigurator
+	}
+	upstreams, origSearch, err := dnsproxy.ReadResolvConf(cfg.ResolvConf)
+	if err != nil {
+		cfg.Log.Warn("read the machine's resolvers; foreign names will fail", "file", cfg.ResolvConf, "err", err)
+	}
+	d := &dnsService{cfg: cfg, services: &dnsproxy.Services{}, spaces: &dnsproxy.Services{}, upstreams: upstreams,
+		routing: dnsproxy.RoutingDomains(cfg.ClusterDomain)}
+	d.search = append(dnsproxy.SearchDomains(cfg.Namespace, cfg.ClusterDomain), origSearch...)
+	srv, err := dnsproxy.New(dnsproxy.Config{
+		Listen:        []string{cfg.Listen},
+		ClusterDomain: cfg.ClusterDomain,
+		Namespace:     cfg.Namespace,
+		Namespaces:    d.spaces,
+		Services:      d.services,
+		ClusterDNS:    []string{cfg.GatewayDNS},
+		Upstreams:     upstreams,
+		ClusterDial:   cfg.ClusterDial,
+		Log:           cfg.Log,
+		Registerer:    cfg.Registerer,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dns: %w", err)
+	}
+	if err := srv.Start(ctx); err != nil {
+		return nil, fmt.Errorf("dns: listen %s: %w", cfg.Listen, err)
+	}
+	d.server = srv
+	if a := srv.Addrs(); len(a) > 0 {
+		d.listen = a[0].String()
+	}
+	if !cfg.ConfigureOS {
+		return d, nil
+	}
+	conf, err := cfg.NewOS(dnsproxy.Detect{StateDir: cfg.StateDir}, cfg.Log)
+	if err != nil {
+		_ = srv.Close()
+		return nil, err
+	}
+	ip, _, _ := net.SplitHostPort(d.listen)
+	if err := conf.Apply(dnsproxy.OSConfig{Nameserver: ip, Link: cfg.Link, SearchDomains: dnsproxy.SearchDomains(cfg.Namespace, cfg.ClusterDomain), RoutingDomains: d.routing}); err != nil {
+		_ = conf.Restore()
+		_ = srv.Close()
+		return nil, fmt.Errorf("dns: %w", err)
+	}
+	d.os = conf
+	return d, nil
+}
+
+// Run keeps the Service and namespace name watches going until ctx ends,
+// then restores the OS settings and stops the resolver. It returns after
+// both watches have exited.
+func (d *dnsService) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		cluster.WatchServiceNames(ctx, d.cfg.Client, d.cfg.Namespace, d.services.Set, d.cfg.Log)
+	}()
+	go func() {
+		defer wg.Done()
+		cluster.WatchNamespaceNames(ctx, d.cfg.Client, d.spaces.Set, d.cfg.Log)
+	}()
+	<-ctx.Done()
+	wg.Wait()
+	return d.Close()
+}
+
+// Close restores the OS settings, then stops the resolver. Idempotent.
+func (d *dnsService) Close() error {
+	if d == nil {
+		return nil
+	}
+	d.closeOnce.Do(func() {
+		var errs []error
+		if d.os != nil {
+			if err := d.os.Restore(); err != nil {
+				errs = append(errs, fmt.Errorf("restore DNS: %w", err))
+			}
+		}
+		errs = append(errs, d.server.Close())
+		d.closeErr = errors.Join(errs...)
+	})
+	return d.closeErr
+}
+
+// mode is what status shows: the OS backend, none, or off.
+func (d *dnsService) mode() string {
 	if d == nil {
 		return "off"
 	}
@@ -36,90 +163,6 @@ func (d *dnsState) mode() string {
 		return DNSNone
 	}
 	return d.os.Mode()
-}
-
-// startDNS runs the split resolver. In TUN mode it listens on the tunnel
-// address (port 53, as resolv.conf cannot name a port) and points the OS at
-// it; in netstack mode, or with --dns none, it listens on loopback and
-// changes nothing. The machine's resolvers are read before any change.
-func (s *Session) startDNS(ctx context.Context) (*dnsState, error) {
-	detect := dnsproxy.Detect{StateDir: s.cfg.Paths.StateDir}
-	upstreams, origSearch, err := dnsproxy.ReadResolvConf("/etc/resolv.conf")
-	if err != nil {
-		s.log.Warn("read /etc/resolv.conf; foreign names will fail", "err", err)
-	}
-	services, namespaces := &dnsproxy.Services{}, &dnsproxy.Services{}
-	go cluster.WatchServiceNames(ctx, s.conn.Client, s.conn.Namespace, services.Set, s.log)
-	go cluster.WatchNamespaceNames(ctx, s.conn.Client, namespaces.Set, s.log)
-
-	listen := "127.0.0.1:0"
-	osMode := s.cfg.DNS
-	if s.mode == client.ModeTUN && osMode != DNSNone {
-		addr, err := netip.ParsePrefix(s.reg.Address)
-		if err != nil {
-			return nil, err
-		}
-		listen = net.JoinHostPort(addr.Addr().String(), "53")
-	} else {
-		osMode = DNSNone
-	}
-	var dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	if ns := s.client.Netstack(); ns != nil {
-		dial = ns.DialContext
-	}
-	srv, err := dnsproxy.New(dnsproxy.Config{
-		Listen:        []string{listen},
-		ClusterDomain: s.reg.ClusterDomain,
-		Namespace:     s.conn.Namespace,
-		Namespaces:    namespaces,
-		Services:      services,
-		ClusterDNS:    []string{net.JoinHostPort(s.reg.GatewayAddress, "53")},
-		Upstreams:     upstreams,
-		ClusterDial:   dial,
-		Log:           s.cfg.Log,
-		Registerer:    s.cfg.Registerer,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("dns: %w", err)
-	}
-	if err := srv.Start(ctx); err != nil {
-		return nil, fmt.Errorf("dns: listen %s: %w", listen, err)
-	}
-	st := &dnsState{server: srv, upstreams: upstreams,
-		search:  append(dnsproxy.SearchDomains(s.conn.Namespace, s.reg.ClusterDomain), origSearch...),
-		routing: dnsproxy.RoutingDomains(s.reg.ClusterDomain)}
-	if a := srv.Addrs(); len(a) > 0 {
-		st.listen = a[0].String()
-	}
-	if osMode == DNSNone {
-		return st, nil
-	}
-	conf, err := dnsproxy.NewOSConfigurator(detect, s.log)
-	if err != nil {
-		_ = srv.Close()
-		return nil, err
-	}
-	ip, _, _ := net.SplitHostPort(st.listen)
-	if err := conf.Apply(dnsproxy.OSConfig{Nameserver: ip, Link: s.tunName(), SearchDomains: dnsproxy.SearchDomains(s.conn.Namespace, s.reg.ClusterDomain), RoutingDomains: st.routing}); err != nil {
-		_ = conf.Restore()
-		_ = srv.Close()
-		return nil, fmt.Errorf("dns: %w", err)
-	}
-	st.os = conf
-	return st, nil
-}
-
-// stop restores the OS settings, then stops the resolver.
-func (d *dnsState) stop() error {
-	if d == nil {
-		return nil
-	}
-	var errs []error
-	if d.os != nil {
-		errs = append(errs, d.os.Restore())
-	}
-	errs = append(errs, d.server.Close())
-	return errors.Join(errs...)
 }
 
 // RepairDNS restores a resolv.conf that a crashed session left rewritten.

@@ -1,15 +1,15 @@
 package session
 
 import (
-	"bytes"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -17,28 +17,12 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 )
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestForwardAll follows --forward-all through Services coming, changing and
 // going: after each change, the listeners bound and Status's forwards must
 // be exactly the expected ones.
 func TestForwardAll(t *testing.T) {
-	s, cs := forwardSession(t, Config{Forwards: []string{"stats=19090"}, ForwardAll: true},
+	n := newFakeNet()
+	fs, cs := testForwards(t, []string{"stats=19090"}, true, n.listen,
 		service("api", "10.96.0.5", port{80, corev1.ProtocolTCP, "http"}, port{53, corev1.ProtocolUDP, "dns"}),
 		service("db", "10.96.0.6", port{5432, "", ""}),
 		service("ext", "", port{443, "", ""}), // ExternalName: no ClusterIP
@@ -56,14 +40,13 @@ func TestForwardAll(t *testing.T) {
 		}
 		return true, w, err
 	})
-	progress := &lockedBuffer{}
-	s.cfg.Progress = progress
-	n := newFakeNet()
+	progress := &testkit.LockedBuffer{}
+	fs.cfg.Note = func(format string, args ...any) { fmt.Fprintf(progress, format+"\n", args...) }
 	n.fail["tcp 127.0.0.5:9000"] = syscall.EADDRINUSE // something else holds it
-	if err := s.startForwards(t.Context(), n.listen); err != nil {
+	if err := fs.Open(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	defer s.forwards.stop()
+	defer fs.Close()
 	services := cs.CoreV1().Services("app")
 	ctx := t.Context()
 	opens := func() (n int) {
@@ -81,9 +64,9 @@ func TestForwardAll(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			got := renderForwards(s.forwards.list())
+			got := renderForwards(fs.list())
 			var bound []string
-			for _, f := range s.forwards.list() {
+			for _, f := range fs.list() {
 				bound = append(bound, f.network()+" "+f.Local+">"+f.Remote)
 			}
 			slices.Sort(bound)
@@ -186,11 +169,11 @@ func TestForwardAll(t *testing.T) {
 		t.Errorf("progress: got %d notes on ports below 1024, want 1 in\n%s", got, out)
 	}
 
-	s.forwards.stop()
+	fs.Close()
 	if got := n.bound(); len(got) != 0 {
 		t.Errorf("after stop: got %q still bound, want nothing", got)
 	}
-	if got := s.forwards.list(); len(got) != 0 {
+	if got := fs.list(); len(got) != 0 {
 		t.Errorf("after stop: got forwards %q, want none", renderForwards(got))
 	}
 }
@@ -198,12 +181,12 @@ func TestForwardAll(t *testing.T) {
 func TestForwardAllNoList(t *testing.T) {
 	defer func(d time.Duration) { forwardAllSyncTimeout = d }(forwardAllSyncTimeout)
 	forwardAllSyncTimeout = 300 * time.Millisecond
-	s, cs := forwardSession(t, Config{Forwards: []string{"stats"}, ForwardAll: true}, service("stats", "10.96.0.3", port{80, "", ""}))
+	n := newFakeNet()
+	fs, cs := testForwards(t, []string{"stats"}, true, n.listen, service("stats", "10.96.0.3", port{80, "", ""}))
 	cs.PrependReactor("list", "services", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, errors.New(`services is forbidden: User "dev" cannot list resource "services"`)
 	})
-	n := newFakeNet()
-	err := s.startForwards(t.Context(), n.listen)
+	err := fs.Open(t.Context())
 	if err == nil || !strings.Contains(err.Error(), `--forward-all: no list of the Services in "app"`) {
 		t.Fatalf("got %v, want an error about listing Services", err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"slices"
 	"strconv"
@@ -13,13 +12,11 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
-
-	"github.com/bridgetun/bridgetun/client"
-	"github.com/bridgetun/bridgetun/cluster"
 )
 
 func TestParseServiceForward(t *testing.T) {
@@ -173,14 +170,12 @@ type fakeAddr struct{ network, addr string }
 func (a fakeAddr) Network() string { return a.network }
 func (a fakeAddr) String() string  { return a.addr }
 
-// forwardSession is a Session with just what forwards use.
-func forwardSession(t *testing.T, cfg Config, objs ...runtime.Object) (*Session, *fake.Clientset) {
+// testForwards is a forward set over a fake clientset holding objs, in
+// namespace "app", that opens listeners with listen.
+func testForwards(t *testing.T, specs []string, all bool, listen listenFunc, objs ...runtime.Object) (*forwardSet, *fake.Clientset) {
 	t.Helper()
 	cs := fake.NewClientset(objs...)
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	cfg.Progress = io.Discard
-	cfg.Mode = client.ModeNetstack
-	return &Session{cfg: cfg, log: log, mode: client.ModeNetstack, conn: &cluster.Conn{Client: cs, Namespace: "app"}}, cs
+	return newForwardSet(forwardConfig{Listen: listen, Client: cs, Namespace: "app", Specs: specs, All: all, Log: testkit.Logger(t)}), cs
 }
 
 type port struct {
@@ -257,12 +252,12 @@ func TestForwardSpecs(t *testing.T) {
 			err: []string{"ports below 1024 need root; add =LOCALPORT, e.g. stats:80=10080"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s, _ := forwardSession(t, Config{Forwards: tc.specs}, objs...)
 			n := newFakeNet()
 			for k, v := range tc.fail {
 				n.fail[k] = v
 			}
-			err := s.startForwards(t.Context(), n.listen)
+			fs, _ := testForwards(t, tc.specs, false, n.listen, objs...)
+			err := fs.Open(t.Context())
 			if tc.err != nil {
 				if err == nil {
 					t.Fatalf("got no error, want one containing %q", tc.err)
@@ -283,15 +278,15 @@ func TestForwardSpecs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer s.forwards.stop()
-			got := renderForwards(s.forwards.list())
+			defer fs.Close()
+			got := renderForwards(fs.list())
 			if !slices.Equal(got, tc.want) {
 				t.Errorf("forwards:\ngot  %q\nwant %q", got, tc.want)
 			}
 			if bound := n.bound(); len(bound) != len(tc.want) {
 				t.Errorf("bound: got %q, want one per forward", bound)
 			}
-			s.forwards.stop()
+			fs.Close()
 			if got := n.bound(); len(got) != 0 {
 				t.Errorf("after stop: got %v still bound, want nothing", got)
 			}
@@ -299,13 +294,17 @@ func TestForwardSpecs(t *testing.T) {
 	}
 }
 
+// TestForwardsNeedNetstack: without a netstack listener (TUN mode) a
+// forward is refused in one line naming --netstack.
 func TestForwardsNeedNetstack(t *testing.T) {
-	for _, cfg := range []Config{{Forwards: []string{"stats"}}, {ForwardAll: true}} {
-		s, _ := forwardSession(t, cfg)
-		s.mode = client.ModeTUN
-		err := s.startForwards(t.Context(), newFakeNet().listen)
+	for _, tc := range []struct {
+		specs []string
+		all   bool
+	}{{specs: []string{"stats"}}, {all: true}} {
+		fs, _ := testForwards(t, tc.specs, tc.all, nil)
+		err := fs.Open(t.Context())
 		if err == nil || !strings.Contains(err.Error(), "need --netstack") {
-			t.Errorf("%+v in TUN mode: got %v, want an error naming --netstack", cfg, err)
+			t.Errorf("%+v in TUN mode: got %v, want an error naming --netstack", tc, err)
 		}
 	}
 }

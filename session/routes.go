@@ -2,6 +2,8 @@ package session
 
 import (
 	"net/netip"
+
+	"github.com/bridgetun/bridgetun/cluster"
 )
 
 // excludeAddrs removes single addresses from a set of prefixes by splitting
@@ -38,4 +40,13 @@ func upperHalf(p netip.Prefix) netip.Addr {
 	b[bit/8] |= 0x80 >> (bit % 8)
 	a, _ := netip.AddrFromSlice(b)
 	return a
+}
+
+// tunnelRoutes is what goes into the tunnel: the service and pod CIDRs,
+// --also-proxy and the gateway's own address, minus the API server's
+// addresses (the session's own connection must never ride the tunnel).
+func tunnelRoutes(nets cluster.Networks, alsoProxy []netip.Prefix, gateway netip.Addr, apiServer []netip.Addr) []netip.Prefix {
+	want := append(append(append([]netip.Prefix{}, nets.ServiceCIDRs...), nets.PodCIDRs...), alsoProxy...)
+	want = append(want, netip.PrefixFrom(gateway, gateway.BitLen()))
+	return excludeAddrs(want, apiServer)
 }

@@ -1,0 +1,103 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/internal/version"
+	"github.com/bridgetun/bridgetun/tunnel"
+)
+
+// gatewaySetup is what ensuring the gateway needs.
+type gatewaySetup struct {
+	Client         kubernetes.Interface
+	Namespace      string
+	Image          string // for an install or upgrade
+	ExposeNodePort bool
+	Upgrade        bool
+	ReadyWithin    time.Duration // 0 = 90 s
+	Progress       func(format string, args ...any)
+}
+
+// gatewayPod is the ready gateway pod a session starts with.
+type gatewayPod struct {
+	Name       string
+	Image      string // the sidecar runs the same image
+	PullPolicy corev1.PullPolicy
+}
+
+// ensureGateway installs the gateway when missing (or when asked to
+// upgrade or expose it) and waits for a ready pod of this version. The
+// gateway's key is kept: it is created only when its Secret does not exist,
+// so a failed read never rotates it under other workstations.
+func ensureGateway(ctx context.Context, g gatewaySetup) (gatewayPod, error) {
+	if g.ReadyWithin == 0 {
+		g.ReadyWithin = 90 * time.Second
+	}
+	have, err := cluster.GatewayVersion(ctx, g.Client, g.Namespace)
+	if err != nil || have == "" || g.Upgrade || g.ExposeNodePort {
+		spec := cluster.GatewaySpec{Namespace: g.Namespace, Image: g.Image, ExposeNodePort: g.ExposeNodePort, Version: version.Version}
+		key, err := gatewayKeyTODO(ctx, g)
+		if err != nil {
+			return gatewayPod{}, err
+		}
+		spec.PrivateKey = key
+		if err := cluster.InstallGateway(ctx, g.Client, spec, g.Upgrade); err != nil {
+			return gatewayPod{}, err
+		}
+		if have == "" {
+			g.Progress("installed the gateway in %q (image %s)", g.Namespace, g.Image)
+		}
+	} else if have != version.Version {
+		return gatewayPod{}, fmt.Errorf("gateway in %q runs %s but this client is %s: run `bridgetun install --upgrade` (or `bridgetun up --upgrade`)", g.Namespace, have, version.Version)
+	}
+	wctx, cancel := context.WithTimeout(ctx, g.ReadyWithin)
+	defer cancel()
+	var pod *corev1.Pod
+	for {
+		if pod, err = cluster.WaitGatewayReady(wctx, g.Client, g.Namespace); err != nil {
+			return gatewayPod{}, err
+		}
+		// Right after an upgrade the old pod is still the ready one: wait
+		// for a pod of this version.
+		if pod.Annotations[cluster.AnnotationVersion] == version.Version {
+			break
+		}
+		select {
+		case <-wctx.Done():
+			return gatewayPod{}, fmt.Errorf("gateway in %q: no ready pod of version %s after %s (pod %s runs %s)", g.Namespace, version.Version, g.ReadyWithin, pod.Name, pod.Annotations[cluster.AnnotationVersion])
+		case <-time.After(500 * time.Millisecond): // polling the rollout
+		}
+	}
+	gp := gatewayPod{Name: pod.Name}
+	for _, c := range pod.Spec.Containers {
+		if c.Name == cluster.GatewayContainer {
+			gp.Image, gp.PullPolicy = c.Image, c.ImagePullPolicy
+		}
+	}
+	g.Progress("gateway ready: pod %s", pod.Name)
+	return gp, nil
+}
+
+func generateKey() (string, error) {
+	k, err := tunnel.GenerateKey()
+	if err != nil {
+		return "", err
+	}
+	return k.String(), nil
+}
+
+// gatewayKeyTODO: replaced by cluster.GatewayPrivateKey.
+func gatewayKeyTODO(ctx context.Context, g gatewaySetup) (string, error) {
+	key, _, err := cluster.ReadGatewaySecret(ctx, g.Client, g.Namespace)
+	if errors.Is(err, cluster.ErrGatewayNotInstalled) {
+		return generateKey()
+	}
+	return key, err
+}

@@ -1,0 +1,86 @@
+package session
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/internal/version"
+)
+
+// readyGatewayPod is a Running, Ready gateway pod of this version.
+func readyGatewayPod(name string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "app",
+			Labels:      map[string]string{cluster.LabelName: cluster.GatewayName},
+			Annotations: map[string]string{cluster.AnnotationVersion: version.Version}},
+		Spec:   corev1.PodSpec{Containers: []corev1.Container{{Name: cluster.GatewayContainer, Image: "bridgetun-agent:test", ImagePullPolicy: corev1.PullNever}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
+	}
+}
+
+func setup(cs *fake.Clientset) gatewaySetup {
+	return gatewaySetup{Client: cs, Namespace: "app", Image: "bridgetun-agent:test", ReadyWithin: 5 * time.Second, Progress: func(string, ...any) {}}
+}
+
+// TestEnsureGatewayInstalls: a missing gateway is installed with a fresh
+// key, and the ready pod's image is what sidecars will run.
+func TestEnsureGatewayInstalls(t *testing.T) {
+	cs := fake.NewClientset(readyGatewayPod("gw-1"))
+	pod, err := ensureGateway(t.Context(), setup(cs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pod.Name != "gw-1" || pod.Image != "bridgetun-agent:test" || pod.PullPolicy != corev1.PullNever {
+		t.Errorf("pod: got %+v", pod)
+	}
+	s, err := cs.CoreV1().Secrets("app").Get(t.Context(), cluster.GatewayName, metav1.GetOptions{})
+	if err != nil || len(s.Data[cluster.SecretKeyPrivate]) == 0 {
+		t.Fatalf("secret: got %v, %v; want one holding a private key", s, err)
+	}
+}
+
+// TestEnsureGatewayKeepsKeyOnReadError: a failed read of the Secret (not
+// NotFound) is returned; the old code generated a new key and rotated it
+// under every other workstation.
+func TestEnsureGatewayKeepsKeyOnReadError(t *testing.T) {
+	cs := fake.NewClientset(readyGatewayPod("gw-1"))
+	cs.PrependReactor("get", "secrets", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewInternalError(errors.New("etcdserver: request timed out"))
+	})
+	writes := 0
+	cs.PrependReactor("*", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if v := a.GetVerb(); v == "create" || v == "update" || v == "patch" {
+			writes++
+		}
+		return false, nil, nil
+	})
+	_, err := ensureGateway(t.Context(), setup(cs))
+	if err == nil || !strings.Contains(err.Error(), "request timed out") {
+		t.Fatalf("got %v, want the read error", err)
+	}
+	if writes != 0 {
+		t.Errorf("secret writes: got %d, want none after a failed read", writes)
+	}
+}
+
+// TestEnsureGatewayVersionMismatch: an installed gateway of another version
+// is not touched; the error says how to upgrade.
+func TestEnsureGatewayVersionMismatch(t *testing.T) {
+	cs := fake.NewClientset(&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: cluster.GatewayName, Namespace: "app",
+		Annotations: map[string]string{cluster.AnnotationVersion: "v0.0.1-old"}}})
+	_, err := ensureGateway(t.Context(), setup(cs))
+	if err == nil || !strings.Contains(err.Error(), "runs v0.0.1-old") || !strings.Contains(err.Error(), "bridgetun install --upgrade") {
+		t.Fatalf("got %v, want the mismatch with the upgrade hint", err)
+	}
+}

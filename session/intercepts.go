@@ -1,0 +1,258 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/bridgetun/bridgetun/agent/api"
+	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// InterceptSpec is what `bridgetun intercept` asks of the session.
+type InterceptSpec struct {
+	Service   string `json:"service"`
+	Port      string `json:"port,omitempty"` // REMOTE: the Service port's name or number; "" = its only port
+	LocalPort int    `json:"local_port"`
+	RouteAs   string `json:"route_as,omitempty"` // "" = every request (a full intercept)
+	Holder    string `json:"holder"`             // shown to others who try the same Service
+	URLAddr   string `json:"url_addr,omitempty"` // isolated: the local URL's listen address; "" = 127.0.0.1:0
+}
+
+// InterceptInfo describes a live intercept.
+type InterceptInfo struct {
+	ID            string    `json:"id"`
+	Service       string    `json:"service"`
+	Namespace     string    `json:"namespace"`
+	Workload      string    `json:"workload"` // Kind/name
+	Container     string    `json:"container"`
+	ContainerPort int       `json:"container_port"`
+	ServicePort   int       `json:"service_port"`
+	LocalPort     int       `json:"local_port"`
+	RouteAs       string    `json:"route_as,omitempty"`
+	Holder        string    `json:"holder"`
+	Target        string    `json:"target"`              // the tunnel address the gateway dials
+	LocalURL      string    `json:"local_url,omitempty"` // isolated: adds the header and goes to the Service
+	Since         time.Time `json:"since"`
+}
+
+type interceptState struct {
+	info    InterceptInfo
+	req     api.InterceptRequest
+	ref     cluster.WorkloadRef
+	closers []func() error
+	// quiesce waits, up to a bound, for the relayed connections in flight
+	// to end (nil: nothing to wait for).
+	quiesce func(max time.Duration)
+}
+
+func (st *interceptState) close() {
+	for i := len(st.closers) - 1; i >= 0; i-- {
+		_ = st.closers[i]()
+	}
+	st.closers = nil
+}
+
+// rolloutTimeout bounds waiting for patched (or restored) pods.
+const rolloutTimeout = 2 * time.Minute
+
+// leaveSettle is how long a leave waits for relayed connections still in
+// flight after the gateway stopped admitting new ones: a few round trips.
+const leaveSettle = 200 * time.Millisecond
+
+// interceptControl is the part of the gateway's control API intercepts use.
+type interceptControl interface {
+	// AddIntercept registers an intercept (or renews an identical one).
+	AddIntercept(ctx context.Context, req api.InterceptRequest) (api.Intercept, error)
+	// RenewIntercepts extends leases and names the ids the gateway forgot.
+	RenewIntercepts(ctx context.Context, req api.RenewRequest) (api.RenewResponse, error)
+	// LeaveIntercept drops one and says how many remain on its workload.
+	LeaveIntercept(ctx context.Context, req api.LeaveRequest) (api.LeaveResponse, error)
+	// ListIntercepts lists the live intercepts of a namespace.
+	ListIntercepts(ctx context.Context, namespace string) ([]api.Intercept, error)
+}
+
+// interceptConfig is what intercepts need.
+type interceptConfig struct {
+	Client           kubernetes.Interface // resolves Services, patches and restores workloads
+	Namespace        string               // where Services are taken from
+	GatewayNamespace string               // intercepts need it to equal Namespace
+	PublicKey        string               // this workstation's WireGuard key, its identity at the gateway
+	Control          interceptControl
+	// Listen accepts the gateway's connections for a local port on the
+	// tunnel address; a nil listener with a nil error means the local
+	// server, bound to every address, takes them itself.
+	Listen func(port int) (net.Listener, error)
+	// Dial reaches a Service for the isolated local URL; nil = net.Dialer.
+	Dial           func(ctx context.Context, network, addr string) (net.Conn, error)
+	Image          string                           // the sidecar's image: the gateway's own
+	PullPolicy     corev1.PullPolicy                // the gateway's
+	CheckLocal     func(port int) error             // nil = something must listen on 127.0.0.1:port
+	Progress       func(format string, args ...any) // nil = log only
+	Log            *slog.Logger                     // nil discards
+	Connections    prometheus.Counter               // inbound connections delivered; nil = not counted
+	RenewEvery     time.Duration                    // 0 = 5 s
+	RolloutTimeout time.Duration                    // 0 = 2 min
+}
+
+// interceptor holds this session's intercepts: it patches workloads, accepts
+// their traffic from the tunnel, renews their leases, and restores the
+// workloads when they end — at the latest when Run returns.
+type interceptor struct {
+	cfg       interceptConfig
+	op        sync.Mutex // serialises intercept and leave (slow: rollouts)
+	mu        sync.Mutex // guards byService only (the renewal needs it briefly)
+	byService map[string]*interceptState
+}
+
+func newInterceptor(cfg interceptConfig) *interceptor {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Progress == nil {
+		log := cfg.Log
+		cfg.Progress = func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) }
+	}
+	if cfg.CheckLocal == nil {
+		cfg.CheckLocal = checkLocalPort
+	}
+	if cfg.Dial == nil {
+		cfg.Dial = (&net.Dialer{Timeout: 5 * time.Second}).DialContext
+	}
+	if cfg.Connections == nil {
+		cfg.Connections = prometheus.NewCounter(prometheus.CounterOpts{Name: "unused"})
+	}
+	if cfg.RenewEvery == 0 {
+		cfg.RenewEvery = 5 * time.Second
+	}
+	if cfg.RolloutTimeout == 0 {
+		cfg.RolloutTimeout = rolloutTimeout
+	}
+	return &interceptor{cfg: cfg, byService: map[string]*interceptState{}}
+}
+
+// Intercept routes a Service's inbound traffic (all of it, or the requests
+// carrying RouteAs) to 127.0.0.1:LocalPort on this workstation. On any
+// failure nothing stays patched or registered.
+func (ic *interceptor) Intercept(ctx context.Context, spec InterceptSpec) (_ InterceptInfo, err error) {
+	if spec.Service == "" {
+		return InterceptInfo{}, errors.New("intercept: name a Service")
+	}
+	if spec.LocalPort < 1 || spec.LocalPort > 65535 {
+		return InterceptInfo{}, fmt.Errorf("intercept: local port %d: want 1-65535", spec.LocalPort)
+	}
+	ns := ic.cfg.Namespace
+	if ns != ic.cfg.GatewayNamespace {
+		return InterceptInfo{}, fmt.Errorf("intercept: the gateway runs in %q but services are taken from %q: intercepts need the gateway in the Service's namespace (`bridgetun up -n %s`)", ic.cfg.GatewayNamespace, ns, ns)
+	}
+	ic.op.Lock()
+	defer ic.op.Unlock()
+	ic.mu.Lock()
+	have, ok := ic.byService[spec.Service]
+	ic.mu.Unlock()
+	if ok {
+		return InterceptInfo{}, fmt.Errorf("intercept: %s is already intercepted by this session (to local port %d): run `bridgetun leave %s` first", spec.Service, have.info.LocalPort, spec.Service)
+	}
+	if err := ic.cfg.CheckLocal(spec.LocalPort); err != nil {
+		return InterceptInfo{}, err
+	}
+	if err := cluster.CheckAccess(ctx, ic.cfg.Client, ns, cluster.InterceptAccessChecks()); err != nil {
+		return InterceptInfo{}, fmt.Errorf("intercept %s: %w", spec.Service, err)
+	}
+	t, err := cluster.ResolveInterceptTarget(ctx, ic.cfg.Client, ns, spec.Service, spec.Port)
+	if err != nil {
+		return InterceptInfo{}, err
+	}
+	st := &interceptState{
+		ref: cluster.WorkloadRef{Namespace: ns, Kind: t.Kind, Name: t.Name},
+		req: api.InterceptRequest{
+			PublicKey: ic.cfg.PublicKey, Namespace: ns, Service: spec.Service,
+			Workload: api.Workload{Namespace: ns, Kind: t.Kind, Name: t.Name},
+			Port:     spec.LocalPort, RouteAs: spec.RouteAs, Holder: spec.Holder,
+		},
+	}
+	var registered, changed bool
+	defer func() {
+		if err == nil {
+			return
+		}
+		st.close()
+		if registered {
+			ic.unregister(st)
+		}
+		if changed {
+			ic.restoreWorkload(st.ref)
+		}
+	}()
+	if err := ic.listenInbound(st, spec.LocalPort); err != nil {
+		return InterceptInfo{}, err
+	}
+	it, err := ic.cfg.Control.AddIntercept(ctx, st.req)
+	if err != nil {
+		if isConflict(err) {
+			return InterceptInfo{}, fmt.Errorf("intercept refused: %w", err)
+		}
+		return InterceptInfo{}, fmt.Errorf("intercept %s: register with the gateway: %w", spec.Service, err)
+	}
+	registered = true
+	relay, err := ic.relayAddr(ctx)
+	if err != nil {
+		return InterceptInfo{}, err
+	}
+	changed, err = cluster.PatchWorkload(ctx, ic.cfg.Client, t, cluster.SidecarSpec{
+		Image: ic.cfg.Image, PullPolicy: ic.cfg.PullPolicy, Relay: relay,
+		TokenSecret: cluster.GatewayName, TokenKey: cluster.SecretKeyToken,
+	})
+	if err != nil {
+		return InterceptInfo{}, fmt.Errorf("intercept %s: %w", spec.Service, err)
+	}
+	if changed {
+		ic.cfg.Progress("patched %s: waiting for its pods to run the sidecar", st.ref)
+	}
+	wctx, cancel := context.WithTimeout(ctx, ic.cfg.RolloutTimeout)
+	err = cluster.WaitRollout(wctx, ic.cfg.Client, st.ref)
+	cancel()
+	if err != nil {
+		return InterceptInfo{}, fmt.Errorf("intercept %s: %w (nothing left patched)", spec.Service, err)
+	}
+	st.info = InterceptInfo{
+		ID: it.ID, Service: spec.Service, Namespace: ns, Workload: t.Kind + "/" + t.Name,
+		Container: t.Container, ContainerPort: int(t.ContainerPort), ServicePort: int(t.ServicePort.Port),
+		LocalPort: spec.LocalPort, RouteAs: spec.RouteAs, Holder: spec.Holder, Target: it.Target, Since: time.Now(),
+	}
+	if spec.RouteAs != "" {
+		if st.info.LocalURL, err = ic.serveLocalURL(ctx, st, spec, t); err != nil {
+			return InterceptInfo{}, err
+		}
+	}
+	ic.mu.Lock()
+	ic.byService[spec.Service] = st
+	ic.mu.Unlock()
+	ic.cfg.Progress("intercepting %s (%s): %s → 127.0.0.1:%d", spec.Service, routeDesc(spec.RouteAs), st.ref, spec.LocalPort)
+	return st.info, nil
+}
+
+func routeDesc(routeAs string) string {
+	if routeAs == "" {
+		return "all traffic"
+	}
+	return "requests with " + api.RouteAsHeader + ": " + routeAs
+}
+
+// Infos lists the live intercepts for status.
+func (ic *interceptor) Infos() []InterceptInfo {
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	var out []InterceptInfo
+	for _, st := range ic.byService {
+		out = append(out, st.info)
+	}
+	return out
+}
