@@ -5,6 +5,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bridgetun/bridgetun/internal/testkit"
 )
 
 // TestProcessAliveZombie: a killed child that its parent (this test) has not
@@ -21,13 +23,7 @@ func TestProcessAliveZombie(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !zombie(pid) { // polling /proc until the kernel has marked it
-		if time.Now().After(deadline) {
-			t.Fatalf("child %d never became a zombie", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 10*time.Second, "the child to become a zombie", func() bool { return zombie(pid) })
 	if processAlive(pid) {
 		t.Errorf("zombie %d: processAlive = true, want false", pid)
 	}
