@@ -144,7 +144,18 @@ func (r *Relay) connect(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	r.conns.WithLabelValues("ok").Inc()
-	splice.Relay(&splice.BufferedConn{Conn: down, R: buf.Reader}, up)
+	// Bytes the sidecar sent after the request head are in buf; with none,
+	// down goes as it is. Not req.Context(): net/http cancels it when its
+	// reader under buf meets the sidecar's EOF, even after the hijack, which
+	// would cut the answer to a half-close. Run's drain ends relays by
+	// closing their conns.
+	var in net.Conn = down
+	if buf.Reader.Buffered() > 0 {
+		in = &splice.BufferedConn{Conn: down, R: buf.Reader}
+	}
+	if _, err := splice.Relay(context.Background(), in, up); err != nil {
+		r.log.Debug("relay ended", "target", target, "err", err)
+	}
 }
 
 // track records a relay in flight; false once Run is draining.

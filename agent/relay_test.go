@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/bridgetun/bridgetun/internal/testkit"
 )
 
 // TestRelayDrain: when the gateway stops (its pod replaced or uninstalled),
@@ -109,4 +112,60 @@ func waitRefused(addr string) error {
 func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
+}
+
+// TestRelayConnectHalfClose: bytes a sidecar sends with its CONNECT (in
+// the same write, so the server has buffered them) reach the workstation
+// first, and the sidecar's half-close reaches it as EOF while the answer
+// still comes back; the relay then ends and Run returns.
+func TestRelayConnectHalfClose(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		early string // sent in the CONNECT's own write
+	}{
+		{"no early bytes", ""},
+		{"early bytes", "early\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab := NewIntercepts(0, nil)
+			r := req(keyA, "")
+			r.Port = echoServer(t).Addr().(*net.TCPAddr).Port
+			if _, err := tab.Add(r, netip.MustParseAddr("127.0.0.1")); err != nil {
+				t.Fatal(err)
+			}
+			relay := NewRelay(RelayConfig{Intercepts: tab, Token: "tok", Dial: (&net.Dialer{}).DialContext, Log: testkit.Logger(t)})
+			ln := listen(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- relay.Run(ctx, ln) }()
+			defer func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			}()
+
+			d, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := d.(*net.TCPConn)
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			target := fmt.Sprintf("127.0.0.1:%d", r.Port)
+			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer tok\r\n\r\n%s", target, target, tc.early)
+			br := bufio.NewReader(c)
+			if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("CONNECT: %v, %v", resp, err)
+			}
+			fmt.Fprint(c, "late\n")
+			if err := c.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(br)
+			if want := tc.early + "late\n"; err != nil || string(got) != want {
+				t.Errorf("echo after the half-close: got %q, %v; want %q then EOF", got, err, want)
+			}
+		})
+	}
 }

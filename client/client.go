@@ -1,7 +1,9 @@
 // Package client is the workstation side of the tunnel: it joins this machine
 // to a gateway over WireGuard, either through a kernel TUN device (root; the
-// whole machine gets the routes) or through a gVisor netstack (no root;
-// programs reach the cluster through the client's dialer).
+// whole machine gets the routes) or through a userspace network stack (no
+// root; programs reach the cluster through the stack's dialer). The stack is
+// injected (Config.NewStack; gVisor's is client/gvisorstack), so this package
+// does not link gVisor.
 package client
 
 import (
@@ -16,7 +18,6 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
-	"github.com/bridgetun/bridgetun/netstack"
 	"github.com/bridgetun/bridgetun/tunnel"
 )
 
@@ -53,22 +54,29 @@ type Config struct {
 	StreamDial tunnel.DialFunc
 	// BindUDP opens the UDP bind; nil = tunnel.NewUDPBind. Tests use it to
 	// open the socket inside a network namespace.
-	BindUDP        func() conn.Bind
-	TUNName        string        // TUN mode; "" = bt0
-	MTU            int           // 0 = 1420
-	AllowConflicts bool          // TUN mode: route even where an existing route overlaps
-	Keepalive      time.Duration // 0 = 25s; keeps NAT and port-forward paths warm
-	Log            *slog.Logger  // nil discards
-	Registerer     prometheus.Registerer
+	BindUDP func() conn.Bind
+	// NewStack builds netstack mode's userspace stack (gvisorstack.New);
+	// required in ModeNetstack, unused in ModeTUN.
+	NewStack       StackFactory
+	TUNName        string                // TUN mode; "" = bt0
+	MTU            int                   // 0 = 1420
+	AllowConflicts bool                  // TUN mode: route even where an existing route overlaps
+	Keepalive      time.Duration         // 0 = 25s; keeps NAT and port-forward paths warm
+	Log            *slog.Logger          // nil discards
+	Registerer     prometheus.Registerer // nil = no metrics
 }
+
+// defaultMTU is the inner MTU when Config.MTU is 0: room for WireGuard's 80
+// bytes of overhead on a 1500-byte underlay.
+const defaultMTU = 1420
 
 // Client is a live connection to a gateway.
 type Client struct {
 	gateway   tunnel.PeerConfig
 	devMu     sync.Mutex
 	dev       *tunnel.Device
-	kernelTUN *tunnel.TUN      // TUN mode
-	stack     *netstack.Client // netstack mode
+	kernelTUN *tunnel.TUN // TUN mode
+	stack     Stack       // netstack mode
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -78,11 +86,11 @@ func Start(cfg Config) (_ *Client, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	log := cfg.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	base := cfg.Log
+	if base == nil {
+		base = slog.New(slog.DiscardHandler)
 	}
-	log = log.With("component", "client")
+	log := base.With("component", "client")
 	c := &Client{}
 	defer func() {
 		if err != nil {
@@ -101,13 +109,15 @@ func Start(cfg Config) (_ *Client, err error) {
 		}
 		td = c.kernelTUN.Device()
 	case ModeNetstack:
-		c.stack, err = netstack.NewClient(netstack.ClientConfig{
-			Addrs: []netip.Addr{cfg.Addr.Addr()}, MTU: cfg.MTU, Log: log, Registerer: cfg.Registerer,
-		})
-		if err != nil {
-			return nil, err
+		mtu := cfg.MTU
+		if mtu == 0 {
+			mtu = defaultMTU
 		}
-		td = c.stack.TUN()
+		// The stack names its own component.
+		td, c.stack, err = cfg.NewStack(StackConfig{Addr: cfg.Addr.Addr(), MTU: mtu, Log: base, Registerer: cfg.Registerer})
+		if err != nil {
+			return nil, fmt.Errorf("start netstack mode: %w", err)
+		}
 	}
 	var bind conn.Bind
 	peer := tunnel.PeerConfig{PublicKey: cfg.GatewayKey, AllowedIPs: cfg.Routes, PersistentKeepalive: cfg.Keepalive}
@@ -158,6 +168,8 @@ func (cfg Config) validate() error {
 		return fmt.Errorf("client config: mtu %d: want 1280 to %d", cfg.MTU, tunnel.MaxInnerMTU)
 	case cfg.Mode != ModeTUN && cfg.Mode != ModeNetstack:
 		return fmt.Errorf("client config: mode %q: want %q or %q", cfg.Mode, ModeTUN, ModeNetstack)
+	case cfg.Mode == ModeNetstack && cfg.NewStack == nil:
+		return errors.New("client config: netstack mode needs a stack: set NewStack (gvisorstack.New)")
 	case cfg.Transport == TransportUDP && cfg.GatewayEndpoint == "":
 		return errors.New("client config: gateway_endpoint: the udp transport needs host:port of the gateway")
 	case cfg.Transport == TransportStream && cfg.StreamDial == nil:
@@ -201,7 +213,7 @@ func (c *Client) Rehandshake() error {
 }
 
 // Netstack returns the userspace stack in netstack mode, nil in TUN mode.
-func (c *Client) Netstack() *netstack.Client { return c.stack }
+func (c *Client) Netstack() Stack { return c.stack }
 
 // TUNName returns the kernel interface in TUN mode, "" otherwise.
 func (c *Client) TUNName() string {

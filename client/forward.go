@@ -27,7 +27,8 @@ func (l *ForwardListener) Addr() net.Addr { return l.addr }
 
 // Close stops the forward and returns once its local socket is closed, so
 // the address can be bound again at once. TCP connections already relayed
-// run on until either end closes them; UDP flows end. Idempotent.
+// run on until either end closes them (or the Client closes); UDP flows
+// end. Idempotent.
 func (l *ForwardListener) Close() error {
 	l.once.Do(l.cancel)
 	<-l.done
@@ -91,14 +92,16 @@ func (c *Client) listenTCP(ctx context.Context, local, remote string, log *slog.
 				return
 			}
 			go func() {
-				defer in.Close()
 				out, err := c.stack.DialContext(ctx, "tcp", remote)
 				if err != nil {
+					_ = in.Close()
 					log.Warn("forward dial failed", "remote", remote, "err", err)
 					return
 				}
-				defer out.Close()
-				Relay(in, out)
+				// Not ctx: closing the forward leaves its connections be (see Close).
+				if _, err := splice.Relay(context.WithoutCancel(ctx), in, out); err != nil {
+					log.Debug("forward relay ended", "remote", remote, "err", err)
+				}
 			}()
 		}
 	}()
@@ -113,6 +116,3 @@ func ParseForward(spec string) (local, remote string, err error) {
 	}
 	return local, remote, nil
 }
-
-// Relay copies both ways, passing half-closes on, until both directions end.
-func Relay(a, b net.Conn) { splice.Relay(a, b) }

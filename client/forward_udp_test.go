@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"log/slog"
-
-	"github.com/bridgetun/bridgetun/netstack"
 )
 
 // The relay logic on loopback: the "tunnel" side of each flow is a plain UDP
@@ -208,17 +206,30 @@ func TestUDPRelayCloseFreesAddress(t *testing.T) {
 	pc.Close()
 }
 
-// stackOnly is a netstack client without a tunnel: enough to open
+// stackOnly is a netstack-mode client without a tunnel: enough to open
 // forwards and see their local side.
 func stackOnly(t *testing.T) *Client {
 	t.Helper()
-	st, err := netstack.NewClient(netstack.ClientConfig{Addrs: []netip.Addr{netip.MustParseAddr("100.96.0.2")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return &Client{stack: st}
+	return &Client{stack: loopbackStack{}}
 }
+
+// loopbackStack is a Stack whose "tunnel" is this host's own network.
+type loopbackStack struct{}
+
+func (loopbackStack) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, network, address)
+}
+
+func (loopbackStack) ListenTCP(port uint16) (net.Listener, error) {
+	return net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+}
+
+func (loopbackStack) Ping(context.Context, netip.Addr) (time.Duration, error) {
+	return 0, errors.ErrUnsupported
+}
+
+func (loopbackStack) Close() error { return nil }
 
 func TestListenForward(t *testing.T) {
 	c := stackOnly(t)

@@ -2,7 +2,6 @@ package netstack
 
 import (
 	"context"
-
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +17,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/bridgetun/bridgetun/internal/splice"
 )
 
 const (
@@ -299,54 +300,21 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	active.Inc()
 	defer active.Dec()
 	log.Debug("flow open")
-	relayTCP(in, out)
+	// EOF from one side half-closes the other (a peer's shutdown(SHUT_WR)
+	// reaches the server, which may still answer); an error, or Close
+	// cancelling g.ctx, ends both.
+	st, err := relayer.Relay(g.ctx, in, out)
 	g.untrack(in)
 	g.untrack(out)
-	log.Debug("flow closed")
+	log.Debug("flow closed", "bytes_up", st.AToB, "bytes_down", st.BToA, "err", err)
 }
 
-// closeWriter is implemented by TCP conns that can half-close.
-type closeWriter interface{ CloseWrite() error }
-
-// relayTCP copies both ways until both directions are done. EOF in one
-// direction half-closes the other side (a peer's shutdown(SHUT_WR) reaches the
-// server, which may still answer); an error in either direction ends both.
-func relayTCP(a, b net.Conn) {
-	var wg sync.WaitGroup
-	wg.Add(2)
-	half := func(dst, src net.Conn) {
-		defer wg.Done()
-		_, err := copyConn(dst, src)
-		if cw, ok := dst.(closeWriter); err == nil && ok {
-			if cw.CloseWrite() == nil {
-				return
-			}
-		}
-		// Error (reset, Close), or no way to half-close: tear both down so the
-		// other direction's Read returns.
-		a.Close()
-		b.Close()
-	}
-	go half(a, b)
-	go half(b, a)
-	wg.Wait()
-}
-
-// relayBufSize is the copy buffer of one relay direction. io.Copy's default
-// (32 KiB, also what *net.TCPConn's ReadFrom/WriteTo fall back to for a gonet
-// peer) costs one write(2) or one gVisor write per 32 KiB; with GRO, gVisor
-// holds up to 64 KiB segments and a read drains several at once.
+// relayBufSize is the copy buffer of one relay direction, larger than the
+// shared relay's 64 KiB default: with GRO, gVisor holds up to 64 KiB
+// segments and one read drains several at once, so a bigger buffer means
+// fewer gVisor reads and write(2) calls per flow. (No splice is possible
+// with a gonet end; splice.Relay copies through this buffer.)
 const relayBufSize = 256 << 10
 
-// relayBufs holds relay copy buffers between flows.
-var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
-
-// copyConn copies src to dst until EOF or an error, like io.Copy, through a
-// relayBufSize buffer.
-func copyConn(dst, src net.Conn) (int64, error) {
-	bp := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(bp)
-	// The wrappers hide ReaderFrom and WriterTo, which would pick their own
-	// 32 KiB buffer (no splice is possible with a gonet end).
-	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
-}
+// relayer copies the gateway's TCP flows, pooling relayBufSize buffers.
+var relayer = splice.NewRelayer(relayBufSize)

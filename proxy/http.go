@@ -151,7 +151,7 @@ func (s *Server) httpConnect(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	relay(c, up)
+	s.relay(c, up)
 }
 
 // httpStatus maps a dial or round-trip error to a proxy response status.

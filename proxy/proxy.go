@@ -19,6 +19,8 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bridgetun/bridgetun/internal/splice"
 )
 
 // Dialer is how the proxy reaches destinations (netstack client's DialContext
@@ -290,26 +292,11 @@ func splitHostPort(hostport string) (string, uint16, error) {
 	return host, uint16(p), nil
 }
 
-// relay copies a→b and b→a, half-closing each direction when its source
-// ends, and returns when both directions are done. Either conn being closed
-// (e.g. by Close) ends both directions.
-func relay(a, b net.Conn) {
-	done := make(chan struct{})
-	go func() {
-		copyHalf(b, a)
-		close(done)
-	}()
-	copyHalf(a, b)
-	<-done
-}
-
-// copyHalf copies src to dst, then half-closes dst for writing (or closes
-// both when half-close is unsupported or the copy failed).
-func copyHalf(dst, src net.Conn) {
-	_, err := io.Copy(dst, src)
-	cw, ok := dst.(interface{ CloseWrite() error })
-	if err != nil || !ok || cw.CloseWrite() != nil {
-		dst.Close()
-		src.Close()
+// relay joins a client's connection c to its destination up until both
+// ends finish or the Server is closed (splice.Relay: half-closes pass on,
+// an error ends both).
+func (s *Server) relay(c, up net.Conn) {
+	if _, err := splice.Relay(s.ctx, c, up); err != nil && s.ctx.Err() == nil {
+		s.log.Debug("relay ended", "dest", up.RemoteAddr().String(), "err", err)
 	}
 }

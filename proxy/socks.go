@@ -190,7 +190,7 @@ func (s *Server) socksConnect(c net.Conn, host string, port uint16) {
 		return
 	}
 	c.SetDeadline(time.Time{})
-	relay(c, up)
+	s.relay(c, up)
 }
 
 // replyCode maps a dial error to a SOCKS5 reply code.

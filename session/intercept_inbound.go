@@ -78,7 +78,8 @@ func (ic *interceptor) listenInbound(st *interceptState, port int) error {
 				}
 				defer up.Close()
 				ic.cfg.Connections.Inc()
-				splice.Relay(c, up)
+				// Leaving closes the connections still open; no ctx of its own.
+				_, _ = splice.Relay(context.Background(), c, up)
 			}()
 		}
 	}()

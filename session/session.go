@@ -29,6 +29,7 @@ type Config struct {
 	Transport        string // auto, stream, udp
 	GatewayEndpoint  string // udp: host:port; "" = the NodePort
 	Mode             client.Mode
+	NewStack         client.StackFactory // netstack mode's userspace stack (cmd wires gVisor in); required there
 	TUNName          string
 	AllowConflicts   bool
 	AlsoProxy        []netip.Prefix

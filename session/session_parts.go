@@ -25,7 +25,7 @@ func (s *Session) startTunnel(ctx context.Context, conn *cluster.Conn, key tunne
 	c, tr, err := startTunnel(ctx, tunnelConfig{
 		Client: conn.Client, Namespace: s.facts.gwNamespace, Pod: s.link.Pod, Key: key, Reg: s.link.Registration(),
 		Routes: s.facts.routes, Transport: s.cfg.Transport, GatewayEndpoint: s.cfg.GatewayEndpoint, StreamDial: s.link.StreamDial,
-		Mode: s.cfg.Mode, TUNName: s.cfg.TUNName, AllowConflicts: s.cfg.AllowConflicts, MTU: s.cfg.MTU,
+		Mode: s.cfg.Mode, NewStack: s.cfg.NewStack, TUNName: s.cfg.TUNName, AllowConflicts: s.cfg.AllowConflicts, MTU: s.cfg.MTU,
 		Progress: s.progress, Log: s.cfg.Log, Registerer: s.cfg.Registerer,
 	})
 	if err != nil {

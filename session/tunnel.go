@@ -34,6 +34,7 @@ type tunnelConfig struct {
 	GatewayEndpoint string // udp: host:port; "" = node address + NodePort
 	StreamDial      func(ctx context.Context) (net.Conn, error)
 	Mode            client.Mode
+	NewStack        client.StackFactory // netstack mode's stack
 	TUNName         string
 	AllowConflicts  bool
 	MTU             int // 0 = the transport's default
@@ -87,7 +88,7 @@ func startOver(ctx context.Context, cfg tunnelConfig, tr client.Transport, hands
 	}
 	cc := client.Config{
 		PrivateKey: cfg.Key, Addr: addr, GatewayKey: gwKey, Routes: cfg.Routes, MTU: mtu,
-		Mode: cfg.Mode, Transport: tr, TUNName: cfg.TUNName,
+		Mode: cfg.Mode, Transport: tr, TUNName: cfg.TUNName, NewStack: cfg.NewStack,
 		AllowConflicts: cfg.AllowConflicts, Log: cfg.Log, Registerer: cfg.Registerer,
 	}
 	switch tr {

@@ -16,7 +16,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log"
 	"log/slog"
 	"net"
@@ -28,6 +27,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bridgetun/bridgetun/agent/api"
+	"github.com/bridgetun/bridgetun/internal/splice"
 )
 
 // RouteSource gives the routes the sidecar follows.
@@ -211,7 +211,7 @@ func (s *Sidecar) handle(ctx context.Context, c net.Conn) {
 			return
 		}
 		s.m.connections.WithLabelValues(routeLocal).Inc()
-		spliceCtx(ctx, c, up)
+		s.join(ctx, c, up)
 		return
 	}
 	if len(table.Routes) == 0 {
@@ -251,7 +251,7 @@ func (s *Sidecar) passThrough(ctx context.Context, c net.Conn, head []byte, reas
 			return
 		}
 	}
-	spliceCtx(ctx, c, up)
+	s.join(ctx, c, up)
 }
 
 // errCoolingOff skips a relay target whose last dial failed moments ago.
@@ -287,36 +287,12 @@ func (e *relayDialError) Error() string {
 
 func (e *relayDialError) Unwrap() error { return e.err }
 
-// spliceCtx copies both ways until both directions end, passing a half-close
-// on, or until ctx ends. It closes a and b.
-func spliceCtx(ctx context.Context, a, b net.Conn) {
-	stop := context.AfterFunc(ctx, func() {
-		_ = a.Close()
-		_ = b.Close()
-	})
-	defer stop()
-	var wg sync.WaitGroup
-	wg.Go(func() { pipe(b, a) })
-	pipe(a, b)
-	wg.Wait()
-	_ = a.Close()
-	_ = b.Close()
-}
-
-// pipe copies src to dst. At src's end it half-closes dst; on an error it
-// closes both, so the other direction ends too.
-func pipe(dst, src net.Conn) {
-	if _, err := io.Copy(dst, src); err != nil {
-		_ = dst.Close()
-		_ = src.Close()
-		return
+// join relays c to up until both ends finish or ctx ends, and closes
+// both (splice.Relay: half-closes pass on, an error ends both).
+func (s *Sidecar) join(ctx context.Context, c, up net.Conn) {
+	if _, err := splice.Relay(ctx, c, up); err != nil && ctx.Err() == nil {
+		s.log.Debug("relay ended", "peer", c.RemoteAddr().String(), "upstream", up.RemoteAddr().String(), "err", err)
 	}
-	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-		if cw.CloseWrite() == nil {
-			return
-		}
-	}
-	_ = dst.Close()
 }
 
 func isTemporary(err error) bool {

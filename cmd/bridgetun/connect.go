@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bridgetun/bridgetun/client"
+	"github.com/bridgetun/bridgetun/client/gvisorstack"
 	"github.com/bridgetun/bridgetun/internal/obs"
 )
 
@@ -48,7 +49,7 @@ Config file (JSON):
 			}
 			cfg.Mode, cfg.AllowConflicts, cfg.Log = client.ModeTUN, allowConflicts, log
 			if netstackMode {
-				cfg.Mode = client.ModeNetstack
+				cfg.Mode, cfg.NewStack = client.ModeNetstack, gvisorstack.New
 			} else if len(forwards) > 0 {
 				return errors.New("--forward needs --netstack (in TUN mode, dial the destination directly)")
 			}

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bridgetun/bridgetun/client"
+	"github.com/bridgetun/bridgetun/client/gvisorstack"
 	"github.com/bridgetun/bridgetun/cluster"
 	"github.com/bridgetun/bridgetun/internal/obs"
 	"github.com/bridgetun/bridgetun/internal/version"
@@ -107,7 +108,7 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 				return fmt.Errorf("--expose %q: the only choice is nodeport", expose)
 			}
 			if netstackMode {
-				cfg.Mode = client.ModeNetstack
+				cfg.Mode, cfg.NewStack = client.ModeNetstack, gvisorstack.New
 			} else if len(forwards) > 0 {
 				return errors.New("--forward needs --netstack (in TUN mode, programs reach cluster addresses directly)")
 			} else if forwardAll {

@@ -29,6 +29,7 @@ import (
 
 	"github.com/bridgetun/bridgetun/agent"
 	"github.com/bridgetun/bridgetun/client"
+	"github.com/bridgetun/bridgetun/client/gvisorstack"
 	"github.com/bridgetun/bridgetun/internal/nstest"
 	"github.com/bridgetun/bridgetun/tunnel"
 )
@@ -226,6 +227,7 @@ func (t *Topology) ClientConfig(i int, ns *nstest.NS, tr client.Transport, mode 
 		Mode:       mode,
 		Transport:  tr,
 		MTU:        mtu,
+		NewStack:   gvisorstack.New,
 	}
 	switch tr {
 	case client.TransportUDP:
