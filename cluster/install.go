@@ -245,12 +245,6 @@ func UninstallGateway(ctx context.Context, client kubernetes.Interface, ns strin
 	return errors.Join(errs...)
 }
 
-// failFastReasons are container waiting reasons that will not fix themselves.
-var failFastReasons = []string{
-	"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
-	"CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff",
-}
-
 // waitPoll is how often WaitGatewayReady looks.
 var waitPoll = 500 * time.Millisecond
 
@@ -363,7 +357,7 @@ func podFailure(p *corev1.Pod) error {
 	statuses := append(slices.Clone(p.Status.InitContainerStatuses), p.Status.ContainerStatuses...)
 	for _, cs := range statuses {
 		w := cs.State.Waiting
-		if w == nil || !slices.Contains(failFastReasons, w.Reason) {
+		if !stuckForGood(w) {
 			continue
 		}
 		image := cs.Image
@@ -377,6 +371,10 @@ func podFailure(p *corev1.Pod) error {
 			}
 			return fmt.Errorf("gateway pod %s/%s: container %q (image %s) keeps crashing: %s: check --gateway-image and `kubectl -n %s logs %s`",
 				p.Namespace, p.Name, cs.Name, image, strings.TrimSpace(msg), p.Namespace, p.Name)
+		}
+		if w.Reason == "CreateContainerConfigError" {
+			return fmt.Errorf("gateway pod %s/%s: container %q: %s: %s: the gateway's Secret is missing or incomplete: run `bridgetun install` (or `bridgetun up --upgrade`)",
+				p.Namespace, p.Name, cs.Name, w.Reason, msg)
 		}
 		return fmt.Errorf("gateway pod %s/%s: container %q (image %s): %s: %s: check --gateway-image",
 			p.Namespace, p.Name, cs.Name, image, w.Reason, msg)

@@ -351,7 +351,7 @@ func rolloutPodFailure(ref WorkloadRef, p *corev1.Pod) error {
 	}
 	for _, cs := range slices.Concat(p.Status.InitContainerStatuses, p.Status.ContainerStatuses) {
 		w := cs.State.Waiting
-		if w == nil || !slices.Contains(failFastReasons, w.Reason) {
+		if !stuckForGood(w) {
 			continue
 		}
 		image := cs.Image

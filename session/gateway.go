@@ -2,7 +2,6 @@ package session
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -43,7 +42,7 @@ func ensureGateway(ctx context.Context, g gatewaySetup) (gatewayPod, error) {
 	have, err := cluster.GatewayVersion(ctx, g.Client, g.Namespace)
 	if err != nil || have == "" || g.Upgrade || g.ExposeNodePort {
 		spec := cluster.GatewaySpec{Namespace: g.Namespace, Image: g.Image, ExposeNodePort: g.ExposeNodePort, Version: version.Version}
-		key, err := gatewayKeyTODO(ctx, g)
+		key, _, err := cluster.GatewayPrivateKey(ctx, g.Client, g.Namespace, generateKey)
 		if err != nil {
 			return gatewayPod{}, err
 		}
@@ -91,13 +90,4 @@ func generateKey() (string, error) {
 		return "", err
 	}
 	return k.String(), nil
-}
-
-// gatewayKeyTODO: replaced by cluster.GatewayPrivateKey.
-func gatewayKeyTODO(ctx context.Context, g gatewaySetup) (string, error) {
-	key, _, err := cluster.ReadGatewaySecret(ctx, g.Client, g.Namespace)
-	if errors.Is(err, cluster.ErrGatewayNotInstalled) {
-		return generateKey()
-	}
-	return key, err
 }

@@ -65,14 +65,8 @@ running bridgetun-agent as non-root with no added capabilities. With
 			if spec.Namespace == "" {
 				spec.Namespace = conn.Namespace
 			}
-			if key, _, err := cluster.ReadGatewaySecret(ctx, conn.Client, spec.Namespace); err == nil && key != "" {
-				spec.PrivateKey = key
-			} else {
-				k, err := tunnel.GenerateKey()
-				if err != nil {
-					return err
-				}
-				spec.PrivateKey = k.String()
+			if spec.PrivateKey, _, err = cluster.GatewayPrivateKey(ctx, conn.Client, spec.Namespace, newKey); err != nil {
+				return err
 			}
 			if err := cluster.InstallGateway(ctx, conn.Client, spec, upgrade); err != nil {
 				return err
@@ -160,4 +154,13 @@ func restoreAll(ctx context.Context, client kubernetes.Interface, out io.Writer)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// newKey makes a gateway private key (only when none is installed).
+func newKey() (string, error) {
+	k, err := tunnel.GenerateKey()
+	if err != nil {
+		return "", err
+	}
+	return k.String(), nil
 }
