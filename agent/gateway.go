@@ -12,6 +12,8 @@ import (
 	"net/netip"
 	"sync"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bridgetun/bridgetun/netstack"
@@ -62,7 +64,7 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	log = log.With("component", "gateway")
+	log = obs.Component(log, "gateway")
 	stack, err := netstack.NewGateway(netstack.GatewayConfig{
 		Addrs:      []netip.Addr{cfg.Addr},
 		MTU:        cfg.MTU,

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/bridgetun/bridgetun/agent/api"
 )
 
@@ -54,7 +56,7 @@ func RunOrphanRestorer(ctx context.Context, cfg OrphanConfig) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	log = log.With("component", "orphans")
+	log = obs.Component(log, "orphans")
 	start := cfg.Now()
 	restore := func(w api.Workload, why string) {
 		if cfg.Intercepts.Live(w) {

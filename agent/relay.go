@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bridgetun/bridgetun/internal/splice"
@@ -67,7 +69,7 @@ func NewRelay(cfg RelayConfig) *Relay {
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
-	r.log = r.log.With("component", "relay")
+	r.log = obs.Component(r.log, "relay")
 	r.conns = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "bridgetun_gateway_relay_connections_total",
 		Help: "Sidecar connections relayed into workstation tunnels, by result (ok, denied, dial_failed).",

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
@@ -90,7 +92,7 @@ func Start(cfg Config) (_ *Client, err error) {
 	if base == nil {
 		base = slog.New(slog.DiscardHandler)
 	}
-	log := base.With("component", "client")
+	log := obs.Component(base, "client")
 	c := &Client{}
 	defer func() {
 		if err != nil {

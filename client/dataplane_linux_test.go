@@ -17,7 +17,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -31,6 +30,7 @@ import (
 	"github.com/bridgetun/bridgetun/client"
 	"github.com/bridgetun/bridgetun/internal/dptopo"
 	"github.com/bridgetun/bridgetun/internal/nstest"
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/bridgetun/bridgetun/tunnel"
 )
 
@@ -182,12 +182,7 @@ func TestDataplane(t *testing.T) {
 
 func newTopology(t *testing.T) *dptopo.Topology {
 	t.Helper()
-	if !nstest.Root() {
-		if os.Getenv("CI") != "" {
-			t.Fatal("namespace tests need root, and CI must run them")
-		}
-		t.Skip("namespace tests need root (run: sudo go test ./client/)")
-	}
+	testkit.RequireRoot(t) // namespace tests (run: sudo go test ./client/)
 	bin := filepath.Join(t.TempDir(), "bridgetun-agent")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/bridgetun/bridgetun/cmd/bridgetun-agent").CombinedOutput()
 	if err != nil {

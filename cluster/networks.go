@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -49,7 +51,7 @@ func DiscoverNetworksWith(ctx context.Context, client kubernetes.Interface, o Ne
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	log = log.With("component", "cluster")
+	log = obs.Component(log, "cluster")
 	if o.Namespace == "" {
 		o.Namespace = "default"
 	}
@@ -93,7 +95,7 @@ func serviceCIDRs(ctx context.Context, client kubernetes.Interface, ns string, l
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
 	default:
-		log.Debug("ServiceCIDR API not usable", "error", err)
+		log.Debug("ServiceCIDR API not usable", "err", err)
 	}
 
 	probe := &corev1.Service{
@@ -109,7 +111,7 @@ func serviceCIDRs(ctx context.Context, client kubernetes.Interface, ns string, l
 			log.Debug("service CIDRs from a dry-run Service's error", "cidrs", out)
 			return out, nil
 		}
-		log.Debug("dry-run Service probe did not reveal the range", "error", err)
+		log.Debug("dry-run Service probe did not reveal the range", "err", err)
 	}
 
 	svcs, err := client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
@@ -183,7 +185,7 @@ func podCIDRs(ctx context.Context, client kubernetes.Interface, ns string, log *
 	} else if ctx.Err() != nil {
 		return nil, ctx.Err()
 	} else {
-		log.Debug("cannot list nodes for pod CIDRs", "error", err)
+		log.Debug("cannot list nodes for pod CIDRs", "err", err)
 	}
 
 	running := metav1.ListOptions{FieldSelector: "status.phase=Running"}
@@ -195,7 +197,7 @@ func podCIDRs(ctx context.Context, client kubernetes.Interface, ns string, log *
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		log.Debug("cannot list pods for pod CIDRs", "error", err)
+		log.Debug("cannot list pods for pod CIDRs", "err", err)
 		return nil, nil
 	}
 	var ips []netip.Addr
@@ -291,7 +293,7 @@ func dnsAddr(ctx context.Context, client kubernetes.Interface, log *slog.Logger)
 			}
 		}
 	}
-	log.Warn("cluster DNS service not found (kube-system/kube-dns or k8s-app=kube-dns)", "error", err)
+	log.Warn("cluster DNS service not found (kube-system/kube-dns or k8s-app=kube-dns)", "err", err)
 	return netip.Addr{}
 }
 
@@ -302,7 +304,7 @@ var corefileDomainRE = regexp.MustCompile(`(?m)^\s*kubernetes\s+([^\s{]+)`)
 func clusterDomain(ctx context.Context, client kubernetes.Interface, log *slog.Logger) string {
 	cm, err := client.CoreV1().ConfigMaps("kube-system").Get(ctx, "coredns", metav1.GetOptions{})
 	if err != nil {
-		log.Debug("CoreDNS ConfigMap not readable; assuming the default cluster domain", "domain", DefaultClusterDomain, "error", err)
+		log.Debug("CoreDNS ConfigMap not readable; assuming the default cluster domain", "domain", DefaultClusterDomain, "err", err)
 		return DefaultClusterDomain
 	}
 	if d := ParseCorefileDomain(cm.Data["Corefile"]); d != "" {

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -100,7 +102,7 @@ func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	pod := cfg.Pod.DeepCopy()
-	log = log.With("component", "volume_mirror", "pod", pod.Namespace+"/"+pod.Name, "container", cfg.Container)
+	log = obs.Component(log, "volume_mirror").With("pod", pod.Namespace+"/"+pod.Name, "container", cfg.Container)
 	c := findContainer(pod, cfg.Container)
 	if c == nil {
 		return nil, fmt.Errorf("pod %s/%s has no container %q", pod.Namespace, pod.Name, cfg.Container)

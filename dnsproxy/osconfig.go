@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/bridgetun/bridgetun/internal/obs"
 )
 
 // OSConfigurator points the operating system's resolver at the proxy.
@@ -102,7 +104,7 @@ func NewOSConfigurator(d Detect, log *slog.Logger) (OSConfigurator, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	log = log.With("component", "dnsproxy")
+	log = obs.Component(log, "dnsproxy")
 	path := d.ResolvConfPath
 	fi, err := d.Lstat(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {

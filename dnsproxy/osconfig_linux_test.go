@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,7 +33,7 @@ func inMountNS(t *testing.T, fn func() error) {
 	}()
 	err := <-errc
 	if se, ok := errors.AsType[*skipError](err); ok {
-		t.Skipf("no private mount namespace (needs root): %v", se.err)
+		testkit.SkipUnlessCI(t, "no private mount namespace (needs root): %v", se.err)
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -51,9 +52,7 @@ func (e *skipError) Error() string { return e.err.Error() }
 // rename(2) over a mount point fails with EBUSY, so Apply and Restore
 // must rewrite the file in place, and the bind source carries the edits.
 func TestResolvConfBindMounted(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for mount(2)")
-	}
+	testkit.RequireRoot(t) // mount(2)
 	dir := t.TempDir()
 	src := filepath.Join(dir, "netns-resolv.conf")
 	if err := os.WriteFile(src, []byte(origResolvConf), 0o644); err != nil {

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/miekg/dns"
 	"golang.org/x/sync/singleflight"
 )
@@ -78,7 +80,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:        cfg,
 		domain:     cfg.domain(),
 		timeout:    cfg.UpstreamTimeout,
-		log:        log.With("component", "dnsproxy"),
+		log:        obs.Component(log, "dnsproxy"),
 		m:          m,
 		cache:      newCache(cfg.CacheSize),
 		clusterDNS: cfg.ClusterDNS,

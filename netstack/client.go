@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -56,7 +58,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if log == nil {
 		log = discardLogger()
 	}
-	c := &Client{cfg: cfg, log: log.With("component", "netstack_client"), ep: newLinkEndpoint(cfg.MTU)}
+	c := &Client{cfg: cfg, log: obs.Component(log, "netstack_client"), ep: newLinkEndpoint(cfg.MTU)}
 	c.drop = prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "bridgetun_client_netstack_link_dropped_packets_total",
 		Help: "Outbound packets dropped between the client's gVisor stack and WireGuard.",

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -91,7 +93,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	}
 	g := &Gateway{
 		cfg:   cfg,
-		log:   log.With("component", "netstack_gateway"),
+		log:   obs.Component(log, "netstack_gateway"),
 		ep:    newLinkEndpoint(cfg.MTU),
 		own:   make(map[netip.Addr]bool),
 		conns: make(map[io.Closer]struct{}),

@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bridgetun/bridgetun/internal/splice"
@@ -84,7 +86,7 @@ func New(cfg Config) (*Server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg:     cfg,
-		log:     log.With("component", "proxy"),
+		log:     obs.Component(log, "proxy"),
 		metrics: m,
 		ctx:     ctx,
 		cancel:  cancel,

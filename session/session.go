@@ -11,6 +11,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
@@ -143,10 +145,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 }
 
 func withDefaults(cfg Config) Config {
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
-	cfg.Log = cfg.Log.With("component", "session") // TODO obs.Component
+	cfg.Log = obs.Component(cfg.Log, "session")
 	if cfg.Progress == nil {
 		cfg.Progress = io.Discard
 	}

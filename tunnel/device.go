@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -69,10 +71,10 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new device: %w", err)
 	}
-	log := discardLogger(cfg.Log).With("component", "tunnel")
+	log := obs.Component(discardLogger(cfg.Log), "tunnel")
 	d := &Device{bind: cfg.Bind, log: log, m: m}
 	d.wg = device.NewDevice(cfg.TUN, &metricsBind{Bind: cfg.Bind, m: m},
-		newWGLogger(log.With("component", "wireguard"), m))
+		newWGLogger(obs.Component(log, "wireguard"), m))
 	uapi, err := d.uapi(cfg.Config)
 	if err == nil {
 		err = d.wg.IpcSet(uapi)

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/conn"
 )
@@ -77,7 +79,7 @@ func NewStreamBind(cfg StreamBindConfig) *StreamBind {
 	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.MinBackoff)
 	return &StreamBind{
 		cfg: cfg,
-		log: discardLogger(cfg.Log).With("component", "stream_bind"),
+		log: obs.Component(discardLogger(cfg.Log), "stream_bind"),
 		m:   mustMetrics(cfg.Registerer),
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/conn"
 )
@@ -76,7 +78,7 @@ type rxPacket struct {
 func NewStreamServerBind(cfg StreamServerConfig) *StreamServerBind {
 	return &StreamServerBind{
 		ln:    cfg.Listener,
-		log:   discardLogger(cfg.Log).With("component", "stream_server_bind"),
+		log:   obs.Component(discardLogger(cfg.Log), "stream_server_bind"),
 		m:     mustMetrics(cfg.Registerer),
 		rx:    make(chan rxPacket, rxQueueLen),
 		conns: make(map[uint64]*serverConn),

@@ -9,6 +9,8 @@ import (
 	"os"
 	"sync"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
@@ -44,7 +46,7 @@ func CreateTUN(cfg TUNConfig) (*TUN, error) {
 		dev.Close()
 		return nil, fmt.Errorf("create TUN %q: read name: %w", cfg.Name, err)
 	}
-	t := &TUN{dev: dev, name: name, log: discardLogger(cfg.Log).With("component", "tun", "dev", name)}
+	t := &TUN{dev: dev, name: name, log: obs.Component(discardLogger(cfg.Log), "tun").With("dev", name)}
 	if err := t.configure(cfg); err != nil {
 		t.Close()
 		return nil, err

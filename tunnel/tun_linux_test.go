@@ -3,11 +3,11 @@ package tunnel
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"runtime"
 	"strings"
 	"testing"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -21,9 +21,7 @@ import (
 // namespace disappears with it; nothing touches the host's network.
 func inNetns(t *testing.T, fn func()) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("TUN test needs root (CAP_NET_ADMIN) to create a network namespace; CI runs it as root")
-	}
+	testkit.RequireRoot(t) // CAP_NET_ADMIN for a network namespace
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -12,12 +12,12 @@ import (
 	"context"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/bridgetun/bridgetun/internal/nstest"
+	"github.com/bridgetun/bridgetun/internal/testkit"
 )
 
 // nsRunner runs the tools inside a namespace.
@@ -30,12 +30,7 @@ func (r nsRunner) Run(name string, args []string, stdin string) (string, error) 
 const sidecarUID = 65532
 
 func TestRulesInNamespace(t *testing.T) {
-	if !nstest.Root() {
-		if os.Getenv("CI") != "" {
-			t.Fatal("iptables namespace test needs root, and CI must run it")
-		}
-		t.Skip("needs root")
-	}
+	testkit.RequireRoot(t)
 	lab := nstest.NewLab("ipt")
 	t.Cleanup(func() { _ = lab.Close() })
 	client, err := lab.NewNS("client")

@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/bridgetun/bridgetun/agent/api"
 	"github.com/bridgetun/bridgetun/internal/splice"
 )
@@ -49,7 +51,7 @@ func NewGatewayClient(cfg GatewayClientConfig) *GatewayClient {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &GatewayClient{cfg: cfg, log: log.With("component", "gateway_client")}
+	c := &GatewayClient{cfg: cfg, log: obs.Component(log, "gateway_client")}
 	c.http = &http.Client{
 		Timeout: pollTimeout,
 		// Its own transport: no proxy from the environment, no shared pool.

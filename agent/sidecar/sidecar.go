@@ -23,6 +23,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/obs"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
@@ -101,7 +103,7 @@ func New(cfg Config) (*Sidecar, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	logger = logger.With("component", "sidecar")
+	logger = obs.Component(logger, "sidecar")
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("sidecar: %w", err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -217,7 +216,7 @@ func startBackground(cmd *cobra.Command, paths session.Paths) error {
 		st, err := sc.Status(context.Background())
 		if err == nil && st.State == "connected" && st.PID == child.Process.Pid {
 			b, _ := os.ReadFile(outPath)
-			_, _ = io.WriteString(cmd.OutOrStdout(), string(b))
+			_, _ = cmd.OutOrStdout().Write(b)
 			fmt.Fprintf(cmd.OutOrStdout(), "running in the background (pid %d); `bridgetun status`, `bridgetun down`\n", st.PID)
 			return nil
 		}
