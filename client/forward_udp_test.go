@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"log/slog"
+	"github.com/bridgetun/bridgetun/internal/testkit"
 )
 
 // The relay logic on loopback: the "tunnel" side of each flow is a plain UDP
@@ -53,7 +53,7 @@ func newUDPLab(t *testing.T, idle time.Duration, maxFlows int) *udpLab {
 		lab.open.Add(1)
 		return &countedConn{Conn: c, open: &lab.open}, nil
 	}
-	lab.relay, err = newUDPRelay("127.0.0.1:0", udpRelayConfig{Dial: dial, Idle: idle, MaxFlow: maxFlows, Log: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	lab.relay, err = newUDPRelay("127.0.0.1:0", udpRelayConfig{Dial: dial, Idle: idle, MaxFlow: maxFlows, Log: testkit.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,17 +110,6 @@ func ask(t *testing.T, c *net.UDPConn, msg string) string {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 5s", what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling with a deadline
-	}
-}
-
 func TestUDPRelayFlowPerClient(t *testing.T) {
 	lab := newUDPLab(t, time.Minute, 0)
 	a, b := lab.client(t), lab.client(t)
@@ -156,7 +145,7 @@ func TestUDPRelayIdleFlowsEnd(t *testing.T) {
 			t.Fatalf("active flow: got flow %s, want %s kept", got, first)
 		}
 	}
-	waitFor(t, "idle flow closed", func() bool { return lab.relay.flowCount() == 0 && lab.open.Load() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "idle flow closed", func() bool { return lab.relay.flowCount() == 0 && lab.open.Load() == 0 })
 	if got := ask(t, c, "again"); got == first {
 		t.Errorf("after idle: got the old flow %s, want a new one", got)
 	}
@@ -174,7 +163,7 @@ func TestUDPRelayFlowBound(t *testing.T) {
 	if got := lab.relay.flowCount(); got != 2 {
 		t.Errorf("flows at the bound: got %d, want 2", got)
 	}
-	waitFor(t, "evicted flow socket closed", func() bool { return lab.open.Load() == 2 })
+	testkit.WaitFor(t, 5*time.Second, "evicted flow socket closed", func() bool { return lab.open.Load() == 2 })
 	if got := ask(t, c2, "two again"); got != f2 {
 		t.Errorf("client 2: got flow %s, want its flow %s kept", got, f2)
 	}

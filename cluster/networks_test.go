@@ -2,11 +2,11 @@ package cluster
 
 import (
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"slices"
 	"testing"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/google/go-cmp/cmp"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -153,7 +153,7 @@ func TestDiscoverNetworks(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			client := fake.NewClientset(tt.objects...)
 			rejectProbe(client, tt.probeMsg)
-			log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+			log := testkit.Logger(t)
 			got, err := DiscoverNetworksWith(t.Context(), client, NetworkOptions{Log: log})
 			if err != nil {
 				t.Fatal(err)

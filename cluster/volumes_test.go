@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -259,7 +260,7 @@ func TestMirrorRun(t *testing.T) {
 	if _, err := client.CoreV1().ConfigMaps("app").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() error {
+	testkit.Eventually(t, 10*time.Second, func() error {
 		if got, err := readVolume(cfgDir); err != nil || !cmp.Equal(got, map[string]string{"a": "0644 changed", "c": "0644 3"}) {
 			return fmt.Errorf("got files %q (err %v)", got, err)
 		}
@@ -278,7 +279,7 @@ func TestMirrorRun(t *testing.T) {
 	if _, err := client.CoreV1().Pods("app").Update(ctx, pod, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() error {
+	testkit.Eventually(t, 10*time.Second, func() error {
 		got, err := readVolume(infoDir)
 		if want := "0644 app=\"api\"\ntier=\"db\""; err != nil || got["labels"] != want {
 			return fmt.Errorf("got labels file %q (err %v), want %q", got["labels"], err, want)
@@ -290,7 +291,7 @@ func TestMirrorRun(t *testing.T) {
 	if err := client.CoreV1().Secrets("app").Delete(ctx, "sec", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() error {
+	testkit.Eventually(t, 10*time.Second, func() error {
 		if got, err := readVolume(secDir); err != nil || len(got) != 0 {
 			return fmt.Errorf("got files %q (err %v), want none", got, err)
 		}
@@ -316,7 +317,7 @@ func TestMirrorRun(t *testing.T) {
 	if got := volumeFiles(t, cfgDir); !cmp.Equal(got, map[string]string{"a": "0644 changed", "c": "0644 3"}) {
 		t.Errorf("after deleting the ConfigMap got files %q, want the last ones", got)
 	}
-	eventually(t, func() error {
+	testkit.Eventually(t, 10*time.Second, func() error {
 		if n := runtime.NumGoroutine(); n > goroutines {
 			return fmt.Errorf("got %d goroutines after Run, want at most %d as before", n, goroutines)
 		}
@@ -379,7 +380,7 @@ func TestMirrorRunRetriesWatch(t *testing.T) {
 	if _, err := client.CoreV1().ConfigMaps("app").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() error {
+	testkit.Eventually(t, 10*time.Second, func() error {
 		got, err := readVolume(filepath.Join(dir, "cfg"))
 		if want := "0644 3"; err != nil || got["a"] != want {
 			return fmt.Errorf("got a = %q (err %v), want %q", got["a"], err, want)
@@ -424,7 +425,7 @@ func testPod(vols []corev1.Volume, mounts []corev1.VolumeMount) *corev1.Pod {
 }
 
 func testLog(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return testkit.Logger(t)
 }
 
 // volumeFiles reads a mirrored volume the way a program would, through the
@@ -519,25 +520,6 @@ func waitWatches(t *testing.T, got <-chan objRef, want ...objRef) {
 		case <-deadline:
 			t.Fatalf("watches not established: %v", pending)
 		}
-	}
-}
-
-// eventually polls f until it returns nil, failing with its last error
-// after a deadline.
-func eventually(t *testing.T, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		<-tick.C
 	}
 }
 

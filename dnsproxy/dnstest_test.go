@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/miekg/dns"
 )
 
@@ -145,7 +146,7 @@ func deadAddr(t testing.TB) string {
 }
 
 func testLog(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return testkit.Logger(t)
 }
 
 // startProxy starts a Server with cfg defaults for namespace bt.

@@ -261,12 +261,15 @@ func TestHugeCNAMEChain(t *testing.T) {
 }
 
 func TestSelfUpstreamDropped(t *testing.T) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	// A port free for UDP and TCP both (the server binds both): one free
+	// for UDP only was sometimes held by another test's TCP socket.
+	pc, ln, err := listenPair(t.Context(), &net.ListenConfig{}, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := pc.LocalAddr().String()
 	pc.Close()
+	ln.Close()
 	s := startProxy(t, Config{Listen: []string{addr}, Upstreams: []string{addr}, UpstreamTimeout: time.Second})
 	r, took := query(t, addr, "udp", "example.com.", dns.TypeA, 0)
 	if r.Rcode != dns.RcodeServerFailure || took > 100*time.Millisecond {

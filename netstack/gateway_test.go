@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -225,7 +226,7 @@ func TestUDPEchoAndIdleExpiry(t *testing.T) {
 	if got, want := testutil.ToFloat64(p.gw.m.flowsTotal.WithLabelValues("udp")), 1.0; got != want {
 		t.Errorf("flows_total{udp}: got %v, want %v (one flow for both datagrams)", got, want)
 	}
-	waitFor(t, "udp flow to expire", 5*time.Second, func() bool { return testutil.ToFloat64(active) == 0 })
+	testkit.WaitFor(t, 5*time.Second, "udp flow to expire", func() bool { return testutil.ToFloat64(active) == 0 })
 
 	// A datagram to a denied destination is dropped and counted, never dialled.
 	d, err := p.client.DialContext(ctx, "udp", pc.LocalAddr().String())
@@ -234,7 +235,7 @@ func TestUDPEchoAndIdleExpiry(t *testing.T) {
 	}
 	defer d.Close()
 	d.Write([]byte("x"))
-	waitFor(t, "udp denial to be counted", 5*time.Second, func() bool { return testutil.ToFloat64(p.gw.m.denied) == 1 })
+	testkit.WaitFor(t, 5*time.Second, "udp denial to be counted", func() bool { return testutil.ToFloat64(p.gw.m.denied) == 1 })
 	if p.dialer.called(pc.LocalAddr().String()) {
 		t.Errorf("gateway dialled denied udp destination %s", pc.LocalAddr())
 	}
@@ -277,7 +278,7 @@ func TestPing(t *testing.T) {
 			}
 			if tt.wantResult != "" {
 				c := p.gw.m.icmpEcho.WithLabelValues(tt.wantResult)
-				waitFor(t, "icmp_echo_total{result="+tt.wantResult+"}", 5*time.Second, func() bool { return testutil.ToFloat64(c) == 1 })
+				testkit.WaitFor(t, 5*time.Second, "icmp_echo_total{result="+tt.wantResult+"}", func() bool { return testutil.ToFloat64(c) == 1 })
 			}
 		})
 	}
@@ -380,12 +381,12 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 			t.Fatalf("dial: %v", err)
 		}
 		io.WriteString(c, "open flow left for Close")
-		waitFor(t, "tcp flow to become active", 5*time.Second, func() bool {
+		testkit.WaitFor(t, 5*time.Second, "tcp flow to become active", func() bool {
 			return testutil.ToFloat64(p.gw.m.flowsActive.WithLabelValues("tcp")) == 1
 		})
 		// Cleanup closes the client and gateway while the flow is open.
 	})
-	waitFor(t, "goroutines to exit", 10*time.Second, func() bool { return runtime.NumGoroutine() <= before })
+	testkit.WaitFor(t, 10*time.Second, "goroutines to exit", func() bool { return runtime.NumGoroutine() <= before })
 }
 
 func TestCloseIdempotent(t *testing.T) {

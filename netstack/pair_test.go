@@ -4,13 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
 	"testing"
-	"time"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/tun"
 )
@@ -79,7 +78,7 @@ type testPair struct {
 func newTestPair(tb testing.TB, cfg GatewayConfig) *testPair {
 	tb.Helper()
 	p := &testPair{dialer: newFakeDialer(), reg: prometheus.NewRegistry()}
-	log := slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := testkit.Logger(tb)
 	if _, ok := tb.(*testing.B); ok {
 		log = nil
 	}
@@ -130,17 +129,5 @@ func pump(src, dst tun.Device) {
 		if _, err := dst.Write(out[:n], offset); err != nil {
 			return
 		}
-	}
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(tb testing.TB, what string, timeout time.Duration, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -17,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	xproxy "golang.org/x/net/proxy"
@@ -146,7 +146,7 @@ func (e *testEnv) config(t *testing.T) Config {
 		Dial:    e.dial,
 		Resolve: e.resolve,
 		Deny:    func(a netip.Addr) bool { return a == deniedIP },
-		Log:     slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Log:     testkit.Logger(t),
 	}
 }
 

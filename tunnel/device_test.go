@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
@@ -49,7 +50,7 @@ type testNet struct {
 }
 
 func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return testkit.Logger(t)
 }
 
 func mustKey(t testing.TB) Key {
@@ -245,18 +246,6 @@ func tryPing(from, to *node, timeout time.Duration) error {
 	}
 }
 
-// eventually polls cond until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
-	}
-}
-
 // checkGoroutines fails the test if goroutines started during it outlive
 // its cleanups. Register it first so it runs last.
 func checkGoroutines(t *testing.T) {
@@ -391,7 +380,7 @@ func TestStreamGarbage(t *testing.T) {
 		}
 		gc.(*net.TCPConn).CloseWrite()
 		want := float64(i + 1)
-		eventually(t, 5*time.Second, fmt.Sprintf("%s counted as malformed", tt.name), func() bool {
+		testkit.WaitFor(t, 5*time.Second, fmt.Sprintf("%s counted as malformed", tt.name), func() bool {
 			return dropped(tn.server, dropMalformed) >= want
 		})
 		gc.Close()
@@ -412,7 +401,7 @@ func TestUnknownPeer(t *testing.T) {
 			if err := tryPing(intruder, tn.server, time.Second); err == nil {
 				t.Fatal("unknown peer's packet reached the server TUN")
 			}
-			eventually(t, 5*time.Second, "unknown_peer counted", func() bool {
+			testkit.WaitFor(t, 5*time.Second, "unknown_peer counted", func() bool {
 				return dropped(tn.server, dropUnknownPeer) >= 1
 			})
 			ping(t, c, tn.server, 10*time.Second)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/bridgetun/bridgetun/internal/splice"
+	"github.com/bridgetun/bridgetun/internal/testkit"
 
 	"github.com/bridgetun/bridgetun/agent/api"
 )
@@ -81,7 +82,7 @@ func TestGatewayClientWrongToken(t *testing.T) {
 	calls := 0
 	done := make(chan error, 1)
 	go func() { done <- gc.WatchRoutes(wctx, "shop", "web", func(api.RouteTable) { calls++ }) }()
-	waitFor(t, "the refused token in the log", func() bool { return strings.Contains(logs.String(), "refused the sidecar token") })
+	testkit.WaitFor(t, 5*time.Second, "the refused token in the log", func() bool { return strings.Contains(logs.String(), "refused the sidecar token") })
 	wcancel()
 	if err := <-done; err != nil {
 		t.Errorf("WatchRoutes: got %v, want nil after cancel", err)

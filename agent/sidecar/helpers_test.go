@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bridgetun/bridgetun/agent/api"
+	"github.com/bridgetun/bridgetun/internal/testkit"
 )
 
 // Test topology (all loopback):
@@ -274,7 +275,7 @@ func listen(t *testing.T) net.Listener {
 }
 
 func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return testkit.Logger(t)
 }
 
 // env is a running sidecar with its gateway and original container.
@@ -345,19 +346,7 @@ func newEnv(t *testing.T, opt envOptions) *env {
 func (e *env) setRoutes(t *testing.T, routes ...api.Route) {
 	t.Helper()
 	v := e.gw.set(routes...)
-	waitFor(t, fmt.Sprintf("route table version %d", v), func() bool { return e.state.Current().Version == v })
-}
-
-// waitFor polls cond until it holds or 5 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 5*time.Second, fmt.Sprintf("route table version %d", v), func() bool { return e.state.Current().Version == v })
 }
 
 // rawExchange sends payload, half-closes and returns all that comes back.

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/bridgetun/bridgetun/agent/api"
+	"github.com/bridgetun/bridgetun/internal/testkit"
 )
 
 func TestNoRoutesPassesThrough(t *testing.T) {
@@ -332,7 +333,7 @@ func TestRunEndsOpenConnections(t *testing.T) {
 	// timeout (it waits for the rest of its request line), left open.
 	raw, rawR := dial()
 	_, _ = io.WriteString(raw, "GE")
-	waitFor(t, "the raw pass-through", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the raw pass-through", func() bool {
 		return testutil.ToFloat64(e.sc.m.passthrough.WithLabelValues(reasonNotHTTP)) == 1
 	})
 
