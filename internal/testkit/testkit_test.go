@@ -48,7 +48,9 @@ func TestWaitFor(t *testing.T) {
 }
 
 func TestEventually(t *testing.T) {
-	r := run(t, func(tb testing.TB) { Eventually(tb, 30*time.Millisecond, func() error { return errors.New("still 3 pods") }) })
+	r := run(t, func(tb testing.TB) {
+		Eventually(tb, 30*time.Millisecond, func() error { return errors.New("still 3 pods") })
+	})
 	if r.fatal != "still failing after 30ms: still 3 pods" {
 		t.Errorf("got %q, want the last error", r.fatal)
 	}
