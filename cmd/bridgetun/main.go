@@ -2,16 +2,26 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
 
+	"github.com/bridgetun/bridgetun/devflow"
 	"github.com/bridgetun/bridgetun/internal/version"
 )
 
+// main is the only place that exits: a RunE returns, so that everything it
+// deferred has run, and a command's exit code comes back as a
+// *devflow.ExitError, passed on without a message.
 func main() {
-	if err := newRootCmd().Execute(); err != nil {
+	err := newRootCmd().Execute()
+	var exit *devflow.ExitError
+	switch {
+	case errors.As(err, &exit):
+		os.Exit(exit.Code)
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "bridgetun:", err)
 		os.Exit(1)
 	}

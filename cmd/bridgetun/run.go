@@ -1,16 +1,9 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"os"
-	"os/exec"
-	"time"
-
 	"github.com/spf13/cobra"
 
-	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/devflow"
 	"github.com/bridgetun/bridgetun/session"
 )
 
@@ -32,50 +25,14 @@ becomes bridgetun's.`,
   bridgetun run --service api -- go run ./cmd/api`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			st, err := session.NewClient(session.DefaultPaths().Socket).Status(ctx)
-			if err != nil {
-				return err
-			}
-			env := os.Environ()
-			if service != "" {
-				opts := cf.options()
-				if opts.Namespace == "" {
-					opts.Namespace = st.Namespace
-				}
-				conn, err := cluster.Connect(ctx, opts)
-				if err != nil {
-					return err
-				}
-				pod, err := cluster.PodForService(ctx, conn.Client, conn.Namespace, service)
-				if err != nil {
-					return err
-				}
-				name := container
-				if name == "" {
-					name = pod.Spec.Containers[0].Name
-				}
-				vars, err := cluster.ContainerEnv(ctx, conn.Client, pod, name)
-				if err != nil {
-					return err
-				}
-				for _, v := range vars {
-					env = append(env, v.Name+"="+v.Value)
-				}
-			}
-			env = append(env, session.RunEnv(st)...)
-			c := exec.Command(args[0], args[1:]...)
-			c.Env, c.Stdin, c.Stdout, c.Stderr = env, os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr()
-			err = c.Run()
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				os.Exit(ee.ExitCode())
-			}
-			if err != nil {
-				return fmt.Errorf("run %s: %w", args[0], err)
-			}
-			return nil
+			return devflow.Run(cmd.Context(), devflow.RunConfig{
+				Command:   args,
+				Service:   service,
+				Container: container,
+				Cluster:   devflow.Cluster{Options: cf.options()},
+				Session:   session.NewClient(session.DefaultPaths().Socket),
+				Stdio:     devflow.Stdio{In: cmd.InOrStdin(), Out: cmd.OutOrStdout(), Err: cmd.ErrOrStderr()},
+			})
 		},
 	}
 	cf.add(cmd)

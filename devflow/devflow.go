@@ -1,0 +1,121 @@
+// Package devflow holds the developer workflows the CLI runs on top of a
+// session: intercept (a Service's traffic to a local process, with the
+// container's environment and volumes replicated here) and run (a local
+// command with the cluster's network and a pod's environment).
+//
+// The workflows take their dependencies in a Config: the session as a small
+// interface that *session.Client satisfies, the cluster as functions that
+// default to package cluster's, and the standard streams. A command's exit
+// code comes back as an *ExitError, which the caller turns into the
+// process's exit status once everything deferred has run.
+package devflow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/session"
+)
+
+// StatusSource reads a running session's status.
+type StatusSource interface {
+	// Status returns the session's status (cluster, proxies, forwards,
+	// intercepts held), or session.ErrNotRunning.
+	Status(ctx context.Context) (session.Status, error)
+}
+
+// Session is a running session, as the intercept workflow uses it.
+type Session interface {
+	StatusSource
+	// Intercept starts intercepting spec.Service and returns once the
+	// workload's pods run the sidecar, or why not.
+	Intercept(ctx context.Context, spec session.InterceptSpec) (session.InterceptInfo, error)
+	// Leave ends the intercept of service, waits for the workload to be
+	// restored and returns what became of it.
+	Leave(ctx context.Context, service string) (string, error)
+}
+
+var _ Session = (*session.Client)(nil)
+
+// Cluster is how a workflow reaches the pod behind a Service.
+type Cluster struct {
+	// Options names the kubeconfig, context and namespace; each workflow
+	// says what an empty Context or Namespace becomes.
+	Options cluster.Options
+	// Connect opens the cluster; nil = cluster.Connect.
+	Connect func(ctx context.Context, o cluster.Options) (*cluster.Conn, error)
+	// CopyFromPod copies a directory out of a container (bridgetun.yaml
+	// volumes:); nil = cluster.CopyFromPod.
+	CopyFromPod func(ctx context.Context, cfg *rest.Config, client kubernetes.Interface, pod *corev1.Pod, container, srcPath, dstDir string) error
+}
+
+func (c Cluster) connect(ctx context.Context, o cluster.Options) (*cluster.Conn, error) {
+	if c.Connect == nil {
+		return cluster.Connect(ctx, o)
+	}
+	return c.Connect(ctx, o)
+}
+
+func (c Cluster) copyFromPod(ctx context.Context, conn *cluster.Conn, pod *corev1.Pod, container, src, dst string) error {
+	if c.CopyFromPod == nil {
+		return cluster.CopyFromPod(ctx, conn.Config, conn.Client, pod, container, src, dst)
+	}
+	return c.CopyFromPod(ctx, conn.Config, conn.Client, pod, container, src, dst)
+}
+
+// Stdio are the streams a workflow prints to and hands to its command.
+type Stdio struct {
+	In  io.Reader // the command's stdin; nil = the null device
+	Out io.Writer // what the workflow prints and the command's stdout; nil discards
+	Err io.Writer // the command's stderr; nil discards
+}
+
+func (s Stdio) out() io.Writer {
+	if s.Out == nil {
+		return io.Discard
+	}
+	return s.Out
+}
+
+// ExitError is the exit code of the command a workflow ran, for the caller
+// to exit with once every deferred cleanup has run. It carries no message
+// of its own: the command has said what it had to.
+type ExitError struct {
+	Code int // the command's exit code, non-zero; -1 if a signal ended it
+}
+
+func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
+
+// runCommand runs command with env and returns its exit code. When ctx ends
+// (Ctrl-C) the command gets os.Interrupt and is waited for.
+func runCommand(ctx context.Context, command, env []string, stdio Stdio) (int, error) {
+	c := exec.Command(command[0], command[1:]...)
+	c.Env, c.Stdin, c.Stdout, c.Stderr = env, stdio.In, stdio.Out, stdio.Err
+	if err := c.Start(); err != nil {
+		return 0, fmt.Errorf("run %s: %w", command[0], err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = c.Process.Signal(os.Interrupt) })
+	err := c.Wait()
+	stop()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("run %s: %w", command[0], err)
+	}
+	return 0, nil
+}
+
+// opTimeout bounds one intercept or leave request: both wait for rollouts.
+const opTimeout = 3 * time.Minute

@@ -1,0 +1,219 @@
+package devflow
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
+
+	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/session"
+)
+
+// fakeSession holds intercepts in memory like a session does: Intercept
+// adds one, Leave and endElsewhere remove it, Status lists them.
+type fakeSession struct {
+	status       session.Status
+	interceptErr error
+	leaveErr     error
+	onLeave      func() // runs as Leave starts; nil: nothing
+
+	mu        sync.Mutex
+	statusErr error
+	held      []session.InterceptInfo
+	calls     []string
+}
+
+var _ Session = (*fakeSession)(nil)
+
+func (f *fakeSession) Status(context.Context) (session.Status, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "status")
+	st := f.status
+	st.Intercepts = append([]session.InterceptInfo(nil), f.held...)
+	return st, f.statusErr
+}
+
+func (f *fakeSession) Intercept(_ context.Context, spec session.InterceptSpec) (session.InterceptInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "intercept "+spec.Service)
+	if f.interceptErr != nil {
+		return session.InterceptInfo{}, f.interceptErr
+	}
+	info := session.InterceptInfo{
+		Service: spec.Service, Namespace: "ns", Workload: "Deployment/" + spec.Service, Container: "app",
+		ContainerPort: 8080, LocalPort: spec.LocalPort, RouteAs: spec.RouteAs, Holder: spec.Holder,
+	}
+	if spec.RouteAs != "" {
+		info.LocalURL = "http://127.0.0.1:41000"
+	}
+	f.held = append(f.held, info)
+	return info, nil
+}
+
+func (f *fakeSession) Leave(_ context.Context, service string) (string, error) {
+	if f.onLeave != nil {
+		f.onLeave()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "leave "+service)
+	if f.leaveErr != nil {
+		return "", f.leaveErr
+	}
+	f.drop(service)
+	return "restored Deployment/" + service, nil
+}
+
+// endElsewhere ends the intercept as `bridgetun leave` from another
+// terminal would.
+func (f *fakeSession) endElsewhere(service string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.drop(service)
+}
+
+// goDown makes Status fail as it does once the session has ended.
+func (f *fakeSession) goDown() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.held, f.statusErr = nil, session.ErrNotRunning
+}
+
+func (f *fakeSession) drop(service string) {
+	var keep []session.InterceptInfo
+	for _, it := range f.held {
+		if it.Service != service {
+			keep = append(keep, it)
+		}
+	}
+	f.held = keep
+}
+
+func (f *fakeSession) Calls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.calls...)
+}
+
+// fakeCluster is a Cluster over a fake clientset holding objs; it records
+// the options Connect was given and the copies made.
+type fakeCluster struct {
+	objs []runtime.Object
+
+	mu     sync.Mutex
+	opts   []cluster.Options
+	copies []string // "container:src → dst"
+}
+
+func (c *fakeCluster) Cluster(o cluster.Options) Cluster {
+	return Cluster{
+		Options: o,
+		Connect: func(_ context.Context, o cluster.Options) (*cluster.Conn, error) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			c.opts = append(c.opts, o)
+			return &cluster.Conn{Client: fake.NewClientset(c.objs...), Namespace: o.Namespace, Context: o.Context}, nil
+		},
+		CopyFromPod: func(_ context.Context, _ *rest.Config, _ kubernetes.Interface, pod *corev1.Pod, container, src, dst string) error {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			c.copies = append(c.copies, container+":"+src+" → "+dst)
+			return nil
+		},
+	}
+}
+
+// apiObjects is Service api in namespace ns with one running pod: container
+// app (A, B from $(A), a ConfigMap volume at /etc/api) and container
+// sidecar (A=2); service links are off so the environment is just theirs.
+func apiObjects() []runtime.Object {
+	off := false
+	labels := map[string]string{"app": "api"}
+	return []runtime.Object{
+		&corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "ns"},
+			Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+		},
+		&corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "api-7d9", Namespace: "ns", Labels: labels},
+			Spec: corev1.PodSpec{
+				EnableServiceLinks: &off,
+				Containers: []corev1.Container{
+					{
+						Name:         "app",
+						Env:          []corev1.EnvVar{{Name: "A", Value: "1"}, {Name: "B", Value: "$(A)-x"}},
+						VolumeMounts: []corev1.VolumeMount{{Name: "settings", MountPath: "/etc/api"}, {Name: "scratch", MountPath: "/tmp/scratch"}},
+					},
+					{Name: "sidecar", Env: []corev1.EnvVar{{Name: "A", Value: "2"}}},
+				},
+				Volumes: []corev1.Volume{
+					{Name: "settings", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+						LocalObjectReference: corev1.LocalObjectReference{Name: "api-settings"},
+					}}},
+					{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+				},
+			},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning},
+		},
+		&corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: "api-settings", Namespace: "ns"},
+			Data:       map[string]string{"level": "info"},
+		},
+	}
+}
+
+// syncBuffer is a locked buffer that says when a text has been written.
+type syncBuffer struct {
+	mu    sync.Mutex
+	b     bytes.Buffer
+	await string
+	seen  chan struct{} // closed once await has been written
+}
+
+func newSyncBuffer(await string) *syncBuffer {
+	return &syncBuffer{await: await, seen: make(chan struct{})}
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := s.b.Write(p)
+	if s.await != "" && strings.Contains(s.b.String(), s.await) {
+		close(s.seen)
+		s.await = ""
+	}
+	return n, err
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// exitCode is the code of an *ExitError in err, 0 for nil, and fails the
+// test for any other error.
+func exitCode(t *testing.T, err error) int {
+	t.Helper()
+	var ee *ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.Code
+	}
+	t.Fatalf("got error %v, want an exit code", err)
+	return 0
+}

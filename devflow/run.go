@@ -1,0 +1,91 @@
+package devflow
+
+import (
+	"context"
+	"errors"
+	"os"
+	"time"
+
+	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/session"
+)
+
+// RunConfig is one `bridgetun run`.
+type RunConfig struct {
+	Command   []string // CMD ARGS...; required
+	Service   string   // take the environment of the container behind this Service; "" = none
+	Container string   // with Service: the container; "" = the pod's first
+	// Cluster is where the pod is read (with Service only); an empty
+	// Namespace is the session's, an empty Context the kubeconfig's current
+	// one (not the session's).
+	Cluster Cluster
+	Session StatusSource // required
+	Stdio   Stdio
+}
+
+// lookupTimeout bounds run's status and environment look-ups.
+const lookupTimeout = 30 * time.Second
+
+// Run runs the command with what it needs to reach the cluster from here
+// (session.RunEnv) and, with Service, the environment of the container
+// behind it. The command's non-zero exit code comes back as an *ExitError.
+// ctx bounds the look-ups (at most 30 s); when it ends while the command
+// runs, the command gets os.Interrupt.
+func Run(ctx context.Context, cfg RunConfig) error {
+	if cfg.Session == nil {
+		return errors.New("run: no session client (RunConfig.Session)")
+	}
+	if len(cfg.Command) == 0 {
+		return errors.New("run: name the command to run after --")
+	}
+	env, err := runEnv(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	code, err := runCommand(ctx, cfg.Command, env, cfg.Stdio)
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return &ExitError{Code: code}
+	}
+	return nil
+}
+
+// runEnv is this process's environment, then the container's (with
+// Service), then the session's.
+func runEnv(ctx context.Context, cfg RunConfig) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	st, err := cfg.Session.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	env := os.Environ()
+	if cfg.Service != "" {
+		opts := cfg.Cluster.Options
+		if opts.Namespace == "" {
+			opts.Namespace = st.Namespace
+		}
+		conn, err := cfg.Cluster.connect(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		pod, err := cluster.PodForService(ctx, conn.Client, conn.Namespace, cfg.Service)
+		if err != nil {
+			return nil, err
+		}
+		name := cfg.Container
+		if name == "" {
+			name = pod.Spec.Containers[0].Name
+		}
+		vars, err := cluster.ContainerEnv(ctx, conn.Client, pod, name)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range vars {
+			env = append(env, v.Name+"="+v.Value)
+		}
+	}
+	return append(env, session.RunEnv(st)...), nil
+}
