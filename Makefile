@@ -22,7 +22,7 @@ build:
 # Unit and namespace tests, under the race detector. Namespace tests need
 # root; with CI set (.ci/run sets it) a root-only test fails instead of skipping.
 test: deps
-	$(GOTEST) -race -count=1 -timeout 30m $$(go list ./... | grep -v /e2e)
+	$(GOTEST) -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v /e2e)
 
 STATICCHECK_VERSION ?= v0.8.2
 

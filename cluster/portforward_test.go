@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/gorilla/websocket"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/httpstream"
@@ -195,25 +196,8 @@ func TestPortForwardDialer(t *testing.T) {
 				t.Errorf("websocket conns %d, spdy conns %d; want %d of the %v kind", k.wsConns.Load(), k.spdyConns.Load(), dials, ws)
 			}
 			k.wg.Wait()
-			waitGoroutines(t, baseline+3)
+			testkit.WaitGoroutines(t, 5*time.Second, baseline+3) // a leak per dial would exceed this
 		})
-	}
-}
-
-// waitGoroutines fails unless the goroutine count drops to max within 5s.
-func waitGoroutines(t *testing.T, max int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n := runtime.NumGoroutine()
-		if n <= max {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines, want at most %d (leak per dial?):\n%s", n, max, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(20 * time.Millisecond) // polling with a deadline
 	}
 }
 
@@ -272,7 +256,7 @@ func TestPortForwardDialerContext(t *testing.T) {
 		t.Errorf("got %v after %v, want a context error promptly", err, time.Since(start))
 	}
 	// The abandoned handshake must not linger.
-	waitGoroutines(t, baseline)
+	testkit.WaitGoroutines(t, 5*time.Second, baseline)
 	ln.Close()
 	for c := range accepted {
 		c.Close()

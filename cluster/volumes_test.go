@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -150,7 +149,7 @@ func TestMirrorInitial(t *testing.T) {
 			pod := testPod(tt.volumes, tt.mounts)
 			client := fake.NewClientset(cm, sec, pod)
 			dir := filepath.Join(t.TempDir(), "mirror")
-			m, err := NewMirror(t.Context(), MirrorConfig{Client: client, Pod: pod, Container: "api", Dir: dir, Log: testLog(t)})
+			m, err := NewMirror(t.Context(), MirrorConfig{Client: client, Pod: pod, Container: "api", Dir: dir, Log: testkit.Logger(t)})
 			if tt.wantErr != nil {
 				if err == nil {
 					t.Fatalf("got no error, want one containing %q", tt.wantErr)
@@ -195,7 +194,7 @@ func TestMirrorLayout(t *testing.T) {
 		Items:                []corev1.KeyToPath{{Key: "a", Path: "a"}, {Key: "b", Path: "sub/b"}},
 	}}}}, []corev1.VolumeMount{{Name: "cfg", MountPath: "/etc/cfg"}})
 	dir := t.TempDir()
-	m, err := NewMirror(t.Context(), MirrorConfig{Client: fake.NewClientset(cm), Pod: pod, Container: "api", Dir: dir, Log: testLog(t)})
+	m, err := NewMirror(t.Context(), MirrorConfig{Client: fake.NewClientset(cm), Pod: pod, Container: "api", Dir: dir, Log: testkit.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +207,7 @@ func TestMirrorLayout(t *testing.T) {
 	// A second mirror over the same directory (a restart) replaces the
 	// version and drops the symlink of a path that is gone.
 	pod.Spec.Volumes[0].ConfigMap.Items = pod.Spec.Volumes[0].ConfigMap.Items[:1]
-	if _, err := NewMirror(t.Context(), MirrorConfig{Client: fake.NewClientset(cm), Pod: pod, Container: "api", Dir: dir, Log: testLog(t)}); err != nil {
+	if _, err := NewMirror(t.Context(), MirrorConfig{Client: fake.NewClientset(cm), Pod: pod, Container: "api", Dir: dir, Log: testkit.Logger(t)}); err != nil {
 		t.Fatal(err)
 	}
 	if ts2 := checkLayout(t, local, map[string]string{"a": "..data/a"}); ts2 == ts {
@@ -231,7 +230,7 @@ func TestMirrorRun(t *testing.T) {
 	}, []corev1.VolumeMount{{Name: "cfg", MountPath: "/cfg"}, {Name: "sec", MountPath: "/sec"}, {Name: "info", MountPath: "/info"}})
 	client := fake.NewClientset(cm, sec, other, pod)
 	dir := t.TempDir()
-	m, err := NewMirror(ctx, MirrorConfig{Client: client, Pod: pod, Container: "api", Dir: dir, Log: testLog(t)})
+	m, err := NewMirror(ctx, MirrorConfig{Client: client, Pod: pod, Container: "api", Dir: dir, Log: testkit.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,12 +316,7 @@ func TestMirrorRun(t *testing.T) {
 	if got := volumeFiles(t, cfgDir); !cmp.Equal(got, map[string]string{"a": "0644 changed", "c": "0644 3"}) {
 		t.Errorf("after deleting the ConfigMap got files %q, want the last ones", got)
 	}
-	testkit.Eventually(t, 10*time.Second, func() error {
-		if n := runtime.NumGoroutine(); n > goroutines {
-			return fmt.Errorf("got %d goroutines after Run, want at most %d as before", n, goroutines)
-		}
-		return nil
-	})
+	testkit.WaitGoroutines(t, 10*time.Second, goroutines)
 }
 
 func TestMirrorRunRetriesWatch(t *testing.T) {
@@ -350,7 +344,7 @@ func TestMirrorRunRetriesWatch(t *testing.T) {
 		return false, nil, nil
 	})
 	dir := t.TempDir()
-	m, err := NewMirror(ctx, MirrorConfig{Client: client, Pod: pod, Container: "api", Dir: dir, Log: testLog(t)})
+	m, err := NewMirror(ctx, MirrorConfig{Client: client, Pod: pod, Container: "api", Dir: dir, Log: testkit.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,10 +416,6 @@ func testPod(vols []corev1.Volume, mounts []corev1.VolumeMount) *corev1.Pod {
 		}}},
 		Status: corev1.PodStatus{PodIP: "10.1.2.3"},
 	}
-}
-
-func testLog(t *testing.T) *slog.Logger {
-	return testkit.Logger(t)
 }
 
 // volumeFiles reads a mirrored volume the way a program would, through the

@@ -2,7 +2,6 @@ package dnsproxy
 
 import (
 	"context"
-	"log/slog"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -145,10 +144,6 @@ func deadAddr(t testing.TB) string {
 	return pc.LocalAddr().String()
 }
 
-func testLog(t testing.TB) *slog.Logger {
-	return testkit.Logger(t)
-}
-
 // startProxy starts a Server with cfg defaults for namespace bt.
 func startProxy(t testing.TB, cfg Config) *Server {
 	t.Helper()
@@ -160,7 +155,7 @@ func startProxy(t testing.TB, cfg Config) *Server {
 	}
 	if cfg.Log == nil {
 		if tt, ok := t.(*testing.T); ok {
-			cfg.Log = testLog(tt)
+			cfg.Log = testkit.Logger(tt)
 		}
 	}
 	s, err := New(cfg)

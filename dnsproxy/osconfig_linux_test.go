@@ -67,7 +67,7 @@ func TestResolvConfBindMounted(t *testing.T) {
 		if err := os.Rename(src, d.ResolvConfPath); !errors.Is(err, syscall.EBUSY) {
 			return errors.New("rename over a bind mount did not fail with EBUSY: " + errString(err))
 		}
-		c, err := NewOSConfigurator(d, testLog(t))
+		c, err := NewOSConfigurator(d, testkit.Logger(t))
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -67,7 +68,7 @@ func TestNewOSConfigurator(t *testing.T) {
 					return []byte(tt.content), nil
 				},
 			}
-			c, err := NewOSConfigurator(d, testLog(t))
+			c, err := NewOSConfigurator(d, testkit.Logger(t))
 			if tt.wantErr != "" {
 				var refused *RefusedError
 				if !errors.As(err, &refused) || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), "--dns=none") {
@@ -111,7 +112,7 @@ func newTestResolvConf(t *testing.T) (Detect, OSConfigurator) {
 	if err := os.WriteFile(d.ResolvConfPath, []byte(origResolvConf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c, err := NewOSConfigurator(d, testLog(t))
+	c, err := NewOSConfigurator(d, testkit.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +189,7 @@ func TestResolvConfApplyAfterCrash(t *testing.T) {
 	if err := c.Apply(testOSConfig); err != nil {
 		t.Fatal(err)
 	}
-	c2, err := NewOSConfigurator(d, testLog(t)) // a new run that did not call RepairResolvConf
+	c2, err := NewOSConfigurator(d, testkit.Logger(t)) // a new run that did not call RepairResolvConf
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +222,7 @@ func TestResolvConfReplacedMeanwhile(t *testing.T) {
 func TestResolvConfAbsent(t *testing.T) {
 	dir := t.TempDir()
 	d := Detect{ResolvConfPath: filepath.Join(dir, "resolv.conf"), StateDir: filepath.Join(dir, "state"), ResolvedAvailable: func() bool { return false }}
-	c, err := NewOSConfigurator(d, testLog(t))
+	c, err := NewOSConfigurator(d, testkit.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +268,7 @@ func (b *fakeBus) RevertLink(i int) error { return b.rec("RevertLink " + itoa(i)
 
 func TestResolved(t *testing.T) {
 	bus := &fakeBus{}
-	c := newResolvedConfigurator(bus, func(name string) (int, error) { return 7, nil }, testLog(t))
+	c := newResolvedConfigurator(bus, func(name string) (int, error) { return 7, nil }, testkit.Logger(t))
 	if err := c.Apply(testOSConfig); err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +289,7 @@ func TestResolved(t *testing.T) {
 
 func TestResolvedPartialFailureReverts(t *testing.T) {
 	bus := &fakeBus{failOn: "SetLinkDomains 007"}
-	c := newResolvedConfigurator(bus, func(string) (int, error) { return 7, nil }, testLog(t))
+	c := newResolvedConfigurator(bus, func(string) (int, error) { return 7, nil }, testkit.Logger(t))
 	if err := c.Apply(testOSConfig); err == nil || !strings.Contains(err.Error(), "SetLinkDomains") {
 		t.Fatalf("Apply error %v, want SetLinkDomains failure", err)
 	}

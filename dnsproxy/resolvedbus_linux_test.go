@@ -112,7 +112,7 @@ func TestResolvedOverDBus(t *testing.T) {
 	}
 	defer cli.Close()
 
-	c := newResolvedConfigurator(NewResolvedBus(cli), func(string) (int, error) { return 7, nil }, testLog(t))
+	c := newResolvedConfigurator(NewResolvedBus(cli), func(string) (int, error) { return 7, nil }, testkit.Logger(t))
 	if err := c.Apply(testOSConfig); err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/google/go-cmp/cmp"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
@@ -349,14 +350,7 @@ func TestCloseNoLeaks(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-hung
-	deadline := time.Now().Add(2 * time.Second)
-	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := runtime.NumGoroutine(); n > before {
-		buf := make([]byte, 1<<16)
-		t.Errorf("%d goroutines after Close, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
-	}
+	testkit.WaitGoroutines(t, 5*time.Second, before)
 }
 
 func TestConcurrentMissesShareOneExchange(t *testing.T) {
@@ -381,9 +375,7 @@ func TestConcurrentMissesShareOneExchange(t *testing.T) {
 			}
 		})
 	}
-	for deadline := time.Now().Add(2 * time.Second); seen.Load() == 0 && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond) // poll: the first exchange has reached the upstream
-	}
+	testkit.WaitFor(t, 5*time.Second, "the first exchange to reach the upstream", func() bool { return seen.Load() > 0 })
 	close(release)
 	wg.Wait()
 	if n := upstream.queries.Load(); n > 2 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
@@ -47,10 +46,6 @@ type testNet struct {
 	server    *node
 	ln        *trackingListener // stream only
 	addr      string            // where clients connect
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	return testkit.Logger(t)
 }
 
 func mustKey(t testing.TB) Key {
@@ -101,7 +96,7 @@ func newTestNet(t *testing.T, transport string, clients map[Key]netip.Addr) *tes
 	for k, ip := range clients {
 		peers = append(peers, PeerConfig{PublicKey: k, AllowedIPs: hostPrefix(ip)})
 	}
-	log := testLogger(t).With("node", "server")
+	log := testkit.Logger(t).With("node", "server")
 	cfg := DeviceConfig{TUN: n.tun.TUN(), Log: log, Registerer: n.reg, Config: Config{PrivateKey: n.key, Peers: peers}}
 	switch transport {
 	case "udp":
@@ -154,7 +149,7 @@ func (tn *testNet) addClient(k Key, ip netip.Addr) *node {
 	t := tn.t
 	t.Helper()
 	n := &node{key: k, tun: tuntest.NewChannelTUN(), reg: prometheus.NewRegistry(), ip: ip}
-	log := testLogger(t).With("node", ip.String())
+	log := testkit.Logger(t).With("node", ip.String())
 	peer := PeerConfig{PublicKey: tn.server.key.PublicKey(), AllowedIPs: hostPrefix(serverIP), Endpoint: tn.addr}
 	cfg := DeviceConfig{TUN: n.tun.TUN(), Log: log, Registerer: n.reg, Config: Config{PrivateKey: k, Peers: []PeerConfig{peer}}}
 	switch tn.transport {
@@ -250,17 +245,7 @@ func tryPing(from, to *node, timeout time.Duration) error {
 // its cleanups. Register it first so it runs last.
 func checkGoroutines(t *testing.T) {
 	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("goroutines: got %d, want <= %d\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
+	t.Cleanup(func() { testkit.WaitGoroutines(t, 5*time.Second, before) })
 }
 
 func dropped(n *node, reason string) float64 {

@@ -60,7 +60,7 @@ func TestTUN(t *testing.T) {
 					return
 				}
 				tu, err := CreateTUN(TUNConfig{Name: name, MTU: 1380, Addr: netip.MustParsePrefix("100.64.0.2/32"),
-					Routes: tt.routes, AllowConflicts: tt.allowConflicts, Log: testLogger(t)})
+					Routes: tt.routes, AllowConflicts: tt.allowConflicts, Log: testkit.Logger(t)})
 				if tt.wantErr != nil {
 					if err == nil {
 						tu.Close()

@@ -6,8 +6,10 @@ package testkit
 
 import (
 	"bytes"
+	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -48,9 +50,56 @@ func Eventually(tb testing.TB, timeout time.Duration, f func() error) {
 	}
 }
 
-// Logger logs at debug level to the test's output.
+// WaitGoroutines polls until at most max goroutines run (take max from
+// runtime.NumGoroutine before the test starts any); then it fails the test
+// with every goroutine's stack, the leak among them.
+func WaitGoroutines(tb testing.TB, timeout time.Duration, max int) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		n := runtime.NumGoroutine()
+		if n <= max {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			tb.Fatalf("goroutines: got %d after %s, want <= %d\n%s", n, timeout, max, buf[:runtime.Stack(buf, true)])
+			return
+		}
+		time.Sleep(pollEvery) // polling with a deadline
+	}
+}
+
+// Logger logs at debug level to the test's output until the test's
+// cleanups run; later lines (a library goroutine saying it stopped, after
+// Close returned) are dropped, since writing to a finished test's output is
+// a data race the race detector reports.
 func Logger(tb testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	w := &testWriter{out: tb.Output()}
+	tb.Cleanup(w.stop)
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// testWriter forwards to a test's output while the test runs.
+type testWriter struct {
+	mu   sync.Mutex
+	out  io.Writer
+	done bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		return len(p), nil
+	}
+	return w.out.Write(p)
+}
+
+func (w *testWriter) stop() {
+	w.mu.Lock()
+	w.done = true
+	w.mu.Unlock()
 }
 
 // LockedBuffer is a bytes.Buffer that several goroutines may write while
@@ -77,7 +126,13 @@ func (b *LockedBuffer) String() string {
 // is set: there every test must run, so it fails instead.
 func RequireRoot(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
+	requireRoot(tb, os.Geteuid())
+}
+
+// requireRoot is RequireRoot with the effective uid pulled out for testing.
+func requireRoot(tb testing.TB, euid int) {
+	tb.Helper()
+	if euid != 0 {
 		SkipUnlessCI(tb, "needs root")
 	}
 }
@@ -87,7 +142,7 @@ func RequireRoot(tb testing.TB) {
 func SkipUnlessCI(tb testing.TB, format string, args ...any) {
 	tb.Helper()
 	if os.Getenv("CI") != "" {
-		tb.Fatalf("CI is set, so this test must run, but: "+format, args...)
+		tb.Fatalf(format+"; CI is set, so this must not skip", args...)
 	}
 	tb.Skipf(format, args...)
 }

@@ -1,9 +1,13 @@
 package testkit
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,9 +18,11 @@ import (
 type recorder struct {
 	testing.TB
 	fatal, skip string
+	out         bytes.Buffer
 }
 
-func (r *recorder) Helper() {}
+func (r *recorder) Output() io.Writer { return &r.out }
+func (r *recorder) Helper()           {}
 func (r *recorder) Fatalf(format string, args ...any) {
 	r.fatal = fmt.Sprintf(format, args...)
 	runtime.Goexit()
@@ -67,6 +73,46 @@ func TestSkipUnlessCI(t *testing.T) {
 	}
 }
 
+func TestRequireRoot(t *testing.T) {
+	t.Setenv("CI", "")
+	if r := run(t, func(tb testing.TB) { requireRoot(tb, 0) }); r.skip != "" || r.fatal != "" {
+		t.Errorf("as root: got skip %q fatal %q, want neither", r.skip, r.fatal)
+	}
+	if r := run(t, func(tb testing.TB) { requireRoot(tb, 1000) }); r.skip != "needs root" || r.fatal != "" {
+		t.Errorf("not root, no CI: got skip %q fatal %q, want a skip", r.skip, r.fatal)
+	}
+	t.Setenv("CI", "1")
+	if r := run(t, func(tb testing.TB) { requireRoot(tb, 1000) }); r.fatal != "needs root; CI is set, so this must not skip" || r.skip != "" {
+		t.Errorf("not root, CI: got skip %q fatal %q, want the failure", r.skip, r.fatal)
+	}
+}
+
+func TestWaitGoroutines(t *testing.T) {
+	max := runtime.NumGoroutine() + 1 // run's goroutine
+	stop := make(chan struct{})
+	for range 3 {
+		go leaked(stop)
+	}
+	r := run(t, func(tb testing.TB) { WaitGoroutines(tb, 30*time.Millisecond, max) })
+	if !strings.HasPrefix(r.fatal, "goroutines: got ") || !strings.Contains(r.fatal, fmt.Sprintf("after 30ms, want <= %d\n", max)) || !strings.Contains(r.fatal, "testkit.leaked(") {
+		t.Errorf("with a leak: got %.300q, want the count and the leaked goroutines' stacks", r.fatal)
+	}
+	close(stop)
+	if r := run(t, func(tb testing.TB) { WaitGoroutines(tb, 5*time.Second, max) }); r.fatal != "" {
+		t.Errorf("after the goroutines ended: %.300s", r.fatal)
+	}
+}
+
+func leaked(stop chan struct{}) { <-stop }
+
+func TestLogger(t *testing.T) {
+	r := &recorder{TB: t}
+	Logger(r).Debug("hello", "err", errors.New("boom"))
+	if got := r.out.String(); !strings.Contains(got, `level=DEBUG msg=hello err=boom`) {
+		t.Errorf("got %q, want a debug line in the test's output", got)
+	}
+}
+
 func TestLockedBuffer(t *testing.T) {
 	var b LockedBuffer
 	var wg sync.WaitGroup
@@ -78,4 +124,12 @@ func TestLockedBuffer(t *testing.T) {
 	if got := b.String(); got != "xxxxxxxx" {
 		t.Errorf("got %q, want 8 x", got)
 	}
+}
+
+// TestLoggerAfterTheTest: a line logged once the test's cleanups ran is
+// dropped instead of racing the finished test's output.
+func TestLoggerAfterTheTest(t *testing.T) {
+	var log *slog.Logger
+	t.Run("inner", func(t *testing.T) { log = Logger(t) })
+	log.Info("after the test") // must neither panic nor race
 }
