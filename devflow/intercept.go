@@ -172,7 +172,7 @@ func replicate(ctx context.Context, cfg InterceptConfig, st session.Status, info
 	if !r.NoMount {
 		dir := r.Mount
 		if dir == "" {
-			dir = filepath.Join(os.TempDir(), "bridgetun", "volumes", conn.Namespace, service)
+			dir = filepath.Join(session.DefaultPaths().Volumes, conn.Namespace, service)
 		}
 		if dir, err = filepath.Abs(dir); err != nil {
 			return nil, nil, err

@@ -24,23 +24,39 @@ type InterceptSpec struct {
 	RouteAs   string `json:"route_as,omitempty"` // "" = every request (a full intercept)
 	Holder    string `json:"holder"`             // shown to others who try the same Service
 	URLAddr   string `json:"url_addr,omitempty"` // isolated: the local URL's listen address; "" = 127.0.0.1:0
+	// Grace is how long the gateway keeps the workload patched after this
+	// workstation stopped renewing (asleep, offline) before restoring it;
+	// 0 = the default (15 min). Traffic passes through to the original
+	// container within 2 s regardless.
+	Grace time.Duration `json:"grace,omitempty"`
 }
+
+// Intercept states, as status shows them.
+const (
+	InterceptActive       = "active"       // routed here, lease renewed
+	InterceptReconnecting = "reconnecting" // renewals failing since StateSince; the patch is held for Grace
+	InterceptLost         = "lost"         // given up (StateReason says why and what was restored)
+)
 
 // InterceptInfo describes a live intercept.
 type InterceptInfo struct {
-	ID            string    `json:"id"`
-	Service       string    `json:"service"`
-	Namespace     string    `json:"namespace"`
-	Workload      string    `json:"workload"` // Kind/name
-	Container     string    `json:"container"`
-	ContainerPort int       `json:"container_port"`
-	ServicePort   int       `json:"service_port"`
-	LocalPort     int       `json:"local_port"`
-	RouteAs       string    `json:"route_as,omitempty"`
-	Holder        string    `json:"holder"`
-	Target        string    `json:"target"`              // the tunnel address the gateway dials
-	LocalURL      string    `json:"local_url,omitempty"` // isolated: adds the header and goes to the Service
-	Since         time.Time `json:"since"`
+	ID            string        `json:"id"`
+	Service       string        `json:"service"`
+	Namespace     string        `json:"namespace"`
+	Workload      string        `json:"workload"` // Kind/name
+	Container     string        `json:"container"`
+	ContainerPort int           `json:"container_port"`
+	ServicePort   int           `json:"service_port"`
+	LocalPort     int           `json:"local_port"`
+	RouteAs       string        `json:"route_as,omitempty"`
+	Holder        string        `json:"holder"`
+	Target        string        `json:"target"`              // the tunnel address the gateway dials
+	LocalURL      string        `json:"local_url,omitempty"` // isolated: adds the header and goes to the Service
+	Since         time.Time     `json:"since"`
+	Grace         time.Duration `json:"grace"`                  // how long the patch outlives a silent workstation
+	State         string        `json:"state"`                  // InterceptActive, InterceptReconnecting, InterceptLost
+	StateSince    time.Time     `json:"state_since"`            // when State began
+	StateReason   string        `json:"state_reason,omitempty"` // reconnecting, lost: the one-line why
 }
 
 type interceptState struct {

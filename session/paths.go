@@ -15,6 +15,7 @@ type Paths struct {
 	StateDir string // key, leftovers record; survives reboots
 	Socket   string // control socket, owner-only
 	LogDir   string // background session logs
+	Volumes  string // default root of intercepts' volume mirrors (NS/SERVICE below it)
 }
 
 // DefaultPaths picks per-user locations: the socket under $XDG_RUNTIME_DIR
@@ -23,7 +24,7 @@ type Paths struct {
 // directory (several sessions on one machine, tests).
 func DefaultPaths() Paths {
 	if dir := os.Getenv("BRIDGETUN_STATE_DIR"); dir != "" {
-		return Paths{StateDir: dir, Socket: filepath.Join(dir, "bridgetun.sock"), LogDir: filepath.Join(dir, "logs")}
+		return Paths{StateDir: dir, Socket: filepath.Join(dir, "bridgetun.sock"), LogDir: filepath.Join(dir, "logs"), Volumes: filepath.Join(dir, "volumes")}
 	}
 	state := filepath.Join(os.TempDir(), fmt.Sprintf("bridgetun-%d", os.Getuid()))
 	if d, err := os.UserConfigDir(); err == nil {
@@ -33,7 +34,7 @@ func DefaultPaths() Paths {
 	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
 		run = filepath.Join(d, "bridgetun")
 	}
-	return Paths{StateDir: state, Socket: filepath.Join(run, "bridgetun.sock"), LogDir: filepath.Join(os.TempDir(), "bridgetun")}
+	return Paths{StateDir: state, Socket: filepath.Join(run, "bridgetun.sock"), LogDir: filepath.Join(os.TempDir(), "bridgetun"), Volumes: filepath.Join(os.TempDir(), "bridgetun", "volumes")}
 }
 
 func (p Paths) keyFile() string       { return filepath.Join(p.StateDir, "wireguard.key") }
