@@ -29,13 +29,21 @@ var rolloutPoll = 200 * time.Millisecond
 // pods the controller may not create (admission, quota), or a Deployment
 // past its progress deadline.
 func WaitRollout(ctx context.Context, client kubernetes.Interface, ref WorkloadRef) error {
+	return WaitRolloutReport(ctx, client, ref, nil)
+}
+
+// WaitRolloutReport is WaitRollout that tells report each new state of
+// the rollout while it waits ("1 of 2 replicas ready; pod api-7c9: ...",
+// "1 old replicas pending termination"), once per change, from the calling
+// goroutine; report nil = WaitRollout.
+func WaitRolloutReport(ctx context.Context, client kubernetes.Interface, ref WorkloadRef, report func(state string)) error {
 	check, err := rolloutCheck(ref)
 	if err != nil {
 		return err
 	}
 	t := time.NewTicker(rolloutPoll)
 	defer t.Stop()
-	last := "waiting for the rollout to start"
+	last, told := "waiting for the rollout to start", ""
 	for {
 		done, state, err := check(ctx, client, ref)
 		switch {
@@ -53,6 +61,10 @@ func WaitRollout(ctx context.Context, client kubernetes.Interface, ref WorkloadR
 		}
 		if state != "" {
 			last = state
+		}
+		if report != nil && err == nil && state != "" && state != told {
+			told = state
+			report(state)
 		}
 		select {
 		case <-ctx.Done():

@@ -311,3 +311,43 @@ func TestWaitRolloutForbidden(t *testing.T) {
 		t.Errorf("got %v, want a Forbidden error naming the workload", err)
 	}
 }
+
+// WaitRolloutReport tells each new state once, from the waiting goroutine,
+// and nothing after the rollout is done.
+func TestWaitRolloutReport(t *testing.T) {
+	half := appsv1.DeploymentStatus{ObservedGeneration: 2, Replicas: 2, UpdatedReplicas: 2, ReadyReplicas: 1, AvailableReplicas: 1}
+	client := fake.NewClientset(rolloutDeployment(half, nil, nil, []corev1.PodStatus{readyPodStatus(), stuck("api", "ContainerCreating", "")})...)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	var states []string
+	seen := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- WaitRolloutReport(ctx, client, apiRef, func(s string) {
+			states = append(states, s)
+			select {
+			case seen <- s:
+			default:
+			}
+		})
+	}()
+	select {
+	case <-seen:
+	case err := <-done:
+		t.Fatalf("WaitRolloutReport returned %v before the rollout finished", err)
+	}
+	d, err := client.AppsV1().Deployments(testNS).Get(ctx, "api", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Status.ReadyReplicas, d.Status.AvailableReplicas = 2, 2
+	if _, err := client.AppsV1().Deployments(testNS).UpdateStatus(ctx, d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("got %v, want success once the status says done", err)
+	}
+	if len(states) != 1 || !strings.HasPrefix(states[0], "1 of 2 replicas ready; pod ") || !strings.Contains(states[0], "ContainerCreating") {
+		t.Errorf("reported states: got %q, want one \"1 of 2 replicas ready; pod ...: ContainerCreating\"", states)
+	}
+}
