@@ -2,7 +2,10 @@ package dnsproxy
 
 import (
 	"errors"
+	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -10,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/bridgetun/bridgetun/internal/testkit"
+	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 )
 
@@ -102,4 +106,77 @@ func errString(err error) string {
 		return "<nil>"
 	}
 	return err.Error()
+}
+
+// TestResolvConfForeignNamesAfterKill proves with glibc (getent) what a
+// kill -9 of the session leaves: our rewritten resolv.conf naming a
+// resolver that is gone. The original nameserver after ours still answers
+// foreign names, until the next start or `down` repairs the file.
+//
+//	private mount ns: /etc/resolv.conf <-bind- rewritten file
+//	  nameserver 127.0.0.153   (ours, dead: nothing listens)
+//	  nameserver 127.0.0.77    (the original: a test server on loopback)
+func TestResolvConfForeignNamesAfterKill(t *testing.T) {
+	testkit.RequireRoot(t) // mount(2), port 53
+	getent, err := exec.LookPath("getent")
+	if err != nil {
+		t.Fatalf("getent: %v", err)
+	}
+	const original = "127.0.0.77"
+	startAnswering(t, original+":53", "outside.example.", "192.0.2.7")
+	dir := t.TempDir()
+	d := Detect{ResolvConfPath: filepath.Join(dir, "resolv.conf"), StateDir: filepath.Join(dir, "state"), ResolvedAvailable: func() bool { return false }}
+	if err := os.WriteFile(d.ResolvConfPath, []byte("nameserver "+original+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewOSConfigurator(d, testkit.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Apply(OSConfig{Nameserver: "127.0.0.153", SearchDomains: SearchDomains("bt", "cluster.local")}); err != nil {
+		t.Fatal(err)
+	}
+	// No Restore: the process "died". The file stays as Apply wrote it.
+	var out []byte
+	inMountNS(t, func() error {
+		if err := unix.Mount(d.ResolvConfPath, "/etc/resolv.conf", "", unix.MS_BIND, ""); err != nil {
+			return &skipError{err}
+		}
+		out, err = exec.Command(getent, "ahostsv4", "outside.example").CombinedOutput()
+		if err != nil {
+			b, _ := os.ReadFile("/etc/resolv.conf")
+			return fmt.Errorf("getent ahostsv4 outside.example with our resolver dead: %v (%s); resolv.conf:\n%s", err, out, b)
+		}
+		return nil
+	})
+	if !strings.Contains(string(out), "192.0.2.7") {
+		t.Errorf("getent: %q, want 192.0.2.7 from the original nameserver", out)
+	}
+	if repaired, err := RepairResolvConf(d); err != nil || !repaired {
+		t.Errorf("RepairResolvConf = %v, %v; want the original back", repaired, err)
+	}
+}
+
+// startAnswering serves A name → ip on addr (UDP) until the test ends,
+// NXDOMAIN for anything else.
+func startAnswering(t *testing.T, addr, name, ip string) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatalf("listen %s: %v", addr, err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		if q := r.Question[0]; strings.EqualFold(q.Name, name) && q.Qtype == dns.TypeA {
+			rr, _ := dns.NewRR(name + " 30 IN A " + ip)
+			m.Answer = append(m.Answer, rr)
+		} else if !strings.EqualFold(q.Name, name) {
+			m.Rcode = dns.RcodeNameError
+		}
+		_ = w.WriteMsg(m)
+	})}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.ActivateAndServe() }()
+	t.Cleanup(func() { _ = srv.Shutdown(); <-done })
 }

@@ -41,8 +41,9 @@ var _ OSConfigurator = (*resolvConfConfigurator)(nil)
 func (c *resolvConfConfigurator) Mode() string { return "resolv.conf" }
 
 // Apply backs up resolv.conf, leaves the crash marker, then replaces the
-// file with one naming only cfg.Nameserver, cfg.SearchDomains followed by
-// the original search list, and the original options.
+// file with one naming cfg.Nameserver first and the original nameservers
+// after it, cfg.SearchDomains followed by the original search list, and
+// the original options.
 func (c *resolvConfConfigurator) Apply(cfg OSConfig) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -144,9 +145,17 @@ func restoreResolvConf(path, stateDir string, log *slog.Logger) (bool, error) {
 	return true, nil
 }
 
-// renderResolvConf writes resolv.conf text sending every query to ip.
+// maxNameservers is glibc's MAXNS: later nameserver lines are ignored.
+const maxNameservers = 3
+
+// renderResolvConf writes resolv.conf text that asks ip first and then the
+// original nameservers (as many as glibc reads). Our resolver answers
+// everything while it runs, so the others are asked only when it does not
+// answer: after a kill -9 the machine keeps resolving foreign names until
+// the next start repairs the file. The rotate option is dropped, since it
+// would spread cluster names over resolvers that cannot know them.
 func renderResolvConf(orig []byte, ip netip.Addr, search []string, backup string) []byte {
-	_, origSearch, options := parseResolvConf(orig)
+	origNS, origSearch, options := parseResolvConf(orig)
 	var all []string
 	for _, d := range append(slices.Clone(search), origSearch...) {
 		d = strings.Trim(d, ".")
@@ -154,16 +163,35 @@ func renderResolvConf(orig []byte, ip netip.Addr, search []string, backup string
 			all = append(all, d)
 		}
 	}
+	servers := []string{ip.String()}
+	for _, hp := range origNS {
+		ap, err := netip.ParseAddrPort(hp)
+		if err != nil || ap.Addr() == ip || slices.Contains(servers, ap.Addr().String()) || len(servers) == maxNameservers {
+			continue
+		}
+		servers = append(servers, ap.Addr().String())
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s; the original is in %s and comes back on exit or `bridgetun down`.\n", resolvConfHeader, backup)
-	fmt.Fprintf(&b, "nameserver %s\n", ip)
+	fmt.Fprintf(&b, "# %s is bridgetun's split resolver; the original nameservers follow it for when it is not running.\n", ip)
+	for _, s := range servers {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
 	if len(all) > 0 {
 		fmt.Fprintf(&b, "search %s\n", strings.Join(all, " "))
 	}
 	for _, o := range options {
-		fmt.Fprintln(&b, o)
+		if o = withoutOption(o, "rotate"); o != "options" {
+			fmt.Fprintln(&b, o)
+		}
 	}
 	return []byte(b.String())
+}
+
+// withoutOption drops one option from an "options ..." line.
+func withoutOption(line, name string) string {
+	f := strings.Fields(line)
+	return strings.Join(slices.DeleteFunc(f, func(s string) bool { return s == name }), " ")
 }
 
 // replaceFile replaces path's content atomically (temp file + rename).

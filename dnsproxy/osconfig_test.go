@@ -140,7 +140,8 @@ func TestResolvConfApplyRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"198.19.3.4:53"}, ns); diff != "" {
+	// Ours first; the original after it, for when ours is not running.
+	if diff := cmp.Diff([]string{"198.19.3.4:53", "192.0.2.53:53"}, ns); diff != "" {
 		t.Errorf("nameservers (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff([]string{"bt.svc.cluster.local", "svc.cluster.local", "cluster.local", "corp.example"}, search); diff != "" {
@@ -163,6 +164,34 @@ func TestResolvConfApplyRestore(t *testing.T) {
 	}
 	if exists(backup) || exists(marker) {
 		t.Errorf("backup %v marker %v left after Restore", exists(backup), exists(marker))
+	}
+}
+
+func TestRenderResolvConfKeepsOriginalsAfterOurs(t *testing.T) {
+	ours := netip.MustParseAddr("127.0.0.153")
+	tests := []struct {
+		name, orig string
+		want       []string // nameservers, in order
+		wantOpts   string   // the options line; "" = none
+	}{
+		{"one original", "nameserver 192.0.2.53\n", []string{"127.0.0.153:53", "192.0.2.53:53"}, ""},
+		{"glibc reads three", "nameserver 192.0.2.1\nnameserver 192.0.2.2\nnameserver 192.0.2.3\n", []string{"127.0.0.153:53", "192.0.2.1:53", "192.0.2.2:53"}, ""},
+		{"ours not twice (a crashed run's file)", "nameserver 127.0.0.153\nnameserver 192.0.2.1\n", []string{"127.0.0.153:53", "192.0.2.1:53"}, ""},
+		{"rotate dropped, other options kept", "nameserver 192.0.2.1\noptions rotate edns0 ndots:2\n", []string{"127.0.0.153:53", "192.0.2.1:53"}, "options edns0 ndots:2"},
+		{"options rotate alone", "nameserver 192.0.2.1\noptions rotate\n", []string{"127.0.0.153:53", "192.0.2.1:53"}, ""},
+		{"no original", "", []string{"127.0.0.153:53"}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out := renderResolvConf([]byte(tc.orig), ours, nil, "/backup")
+			ns, _, opts := parseResolvConf(out)
+			if diff := cmp.Diff(tc.want, ns); diff != "" {
+				t.Errorf("nameservers (-want +got):\n%s\nfile:\n%s", diff, out)
+			}
+			if got := strings.Join(opts, "|"); got != tc.wantOpts {
+				t.Errorf("options %q, want %q; file:\n%s", got, tc.wantOpts, out)
+			}
+		})
 	}
 }
 

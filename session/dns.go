@@ -17,9 +17,14 @@ import (
 
 // DNS modes for --dns.
 const (
-	DNSAuto = "auto" // split DNS: resolver on the tunnel address, OS pointed at it (TUN mode)
+	DNSAuto = "auto" // split DNS: resolver on loopback (resolv.conf) or the tunnel address (per-link DNS), OS pointed at it (TUN mode)
 	DNSNone = "none" // resolver only, the OS untouched
 )
+
+// loopbackResolver is the split resolver's address with the resolv.conf
+// backend (dnsConfig.LoopbackListen): a loopback address of its own, clear
+// of local resolvers on 127.0.0.1 and systemd-resolved's 127.0.0.53.
+const loopbackResolver = "127.0.0.153:53"
 
 // dnsConfig is what the split resolver needs.
 type dnsConfig struct {
@@ -31,6 +36,13 @@ type dnsConfig struct {
 	// the OS is pointed at it (resolv.conf cannot name a port), else
 	// loopback.
 	Listen string
+	// LoopbackListen, with ConfigureOS and the resolv.conf backend, is
+	// where the resolver listens instead of Listen: resolv.conf names the
+	// original nameservers after ours, and a dead resolver on loopback is
+	// refused at once, so after a kill -9 glibc moves on to them without a
+	// timeout per query (the tunnel address may be routed elsewhere once
+	// the device is gone). If it is taken, Listen. "" = Listen.
+	LoopbackListen string
 	// ConfigureOS points the machine at the resolver (TUN mode, --dns auto).
 	ConfigureOS bool
 	Link        string // the TUN device, for per-link DNS backends
@@ -77,35 +89,33 @@ func startDNS(ctx context.Context, cfg dnsConfig) (*dnsService, error) {
 	d := &dnsService{cfg: cfg, services: &dnsproxy.Services{}, spaces: &dnsproxy.Services{}, upstreams: upstreams,
 		routing: dnsproxy.RoutingDomains(cfg.ClusterDomain)}
 	d.search = append(dnsproxy.SearchDomains(cfg.Namespace, cfg.ClusterDomain), origSearch...)
-	srv, err := dnsproxy.New(dnsproxy.Config{
-		Listen:        []string{cfg.Listen},
-		ClusterDomain: cfg.ClusterDomain,
-		Namespace:     cfg.Namespace,
-		Namespaces:    d.spaces,
-		Services:      d.services,
-		ClusterDNS:    []string{cfg.GatewayDNS},
-		Upstreams:     upstreams,
-		ClusterDial:   cfg.ClusterDial,
-		Log:           cfg.Log,
-		Registerer:    cfg.Registerer,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("dns: %w", err)
+	var conf dnsproxy.OSConfigurator
+	if cfg.ConfigureOS {
+		if conf, err = cfg.NewOS(dnsproxy.Detect{StateDir: cfg.StateDir}, cfg.Log); err != nil {
+			return nil, err
+		}
 	}
-	if err := srv.Start(ctx); err != nil {
-		return nil, fmt.Errorf("dns: listen %s: %w", cfg.Listen, err)
+	listen := cfg.Listen
+	if conf != nil && conf.Mode() == "resolv.conf" && cfg.LoopbackListen != "" {
+		listen = cfg.LoopbackListen
+	}
+	srv, err := d.startServer(ctx, listen)
+	if err != nil && listen != cfg.Listen {
+		cfg.Log.Warn("dns: loopback resolver address taken; using the tunnel address (a crashed session leaves foreign names slow until the next up)", "addr", listen, "err", err)
+		srv, err = d.startServer(ctx, cfg.Listen)
+	}
+	if err != nil {
+		if conf != nil {
+			_ = conf.Restore()
+		}
+		return nil, err
 	}
 	d.server = srv
 	if a := srv.Addrs(); len(a) > 0 {
 		d.listen = a[0].String()
 	}
-	if !cfg.ConfigureOS {
+	if conf == nil {
 		return d, nil
-	}
-	conf, err := cfg.NewOS(dnsproxy.Detect{StateDir: cfg.StateDir}, cfg.Log)
-	if err != nil {
-		_ = srv.Close()
-		return nil, err
 	}
 	ip, _, _ := net.SplitHostPort(d.listen)
 	if err := conf.Apply(dnsproxy.OSConfig{Nameserver: ip, Link: cfg.Link, SearchDomains: dnsproxy.SearchDomains(cfg.Namespace, cfg.ClusterDomain), RoutingDomains: d.routing}); err != nil {
@@ -115,6 +125,30 @@ func startDNS(ctx context.Context, cfg dnsConfig) (*dnsService, error) {
 	}
 	d.os = conf
 	return d, nil
+}
+
+// startServer starts the resolver on listen.
+func (d *dnsService) startServer(ctx context.Context, listen string) (*dnsproxy.Server, error) {
+	cfg := d.cfg
+	srv, err := dnsproxy.New(dnsproxy.Config{
+		Listen:        []string{listen},
+		ClusterDomain: cfg.ClusterDomain,
+		Namespace:     cfg.Namespace,
+		Namespaces:    d.spaces,
+		Services:      d.services,
+		ClusterDNS:    []string{cfg.GatewayDNS},
+		Upstreams:     d.upstreams,
+		ClusterDial:   cfg.ClusterDial,
+		Log:           cfg.Log,
+		Registerer:    cfg.Registerer,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dns: %w", err)
+	}
+	if err := srv.Start(ctx); err != nil {
+		return nil, fmt.Errorf("dns: listen %s: %w", listen, err)
+	}
+	return srv, nil
 }
 
 // Run keeps the Service and namespace name watches going until ctx ends,

@@ -27,6 +27,7 @@ type fakeOS struct {
 	applied  []dnsproxy.OSConfig
 	restores int
 	applyErr error
+	mode     string // "" = "fake"
 }
 
 func (f *fakeOS) Apply(cfg dnsproxy.OSConfig) error {
@@ -43,7 +44,12 @@ func (f *fakeOS) Restore() error {
 	return nil
 }
 
-func (f *fakeOS) Mode() string { return "fake" }
+func (f *fakeOS) Mode() string {
+	if f.mode == "" {
+		return "fake"
+	}
+	return f.mode
+}
 
 // gatewayDNS is the gateway's in-tunnel resolver on loopback: it answers
 // api.app.svc.cluster.local.
@@ -180,3 +186,66 @@ func TestDNSApplyFailsLeavesNothing(t *testing.T) {
 }
 
 func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o644) }
+
+// freeLoopbackPair is a port on ip free for both UDP and TCP.
+func freeLoopbackPair(t *testing.T, ip string) string {
+	t.Helper()
+	for range 20 {
+		ln, err := net.Listen("tcp", ip+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		pc, err := net.ListenPacket("udp", addr)
+		ln.Close()
+		if err == nil {
+			pc.Close()
+			return addr
+		}
+	}
+	t.Fatalf("no port on %s free for UDP and TCP", ip)
+	return ""
+}
+
+// TestDNSListenFollowsBackend: with the resolv.conf backend the resolver
+// listens on its loopback address (a dead one there is refused at once, so
+// glibc moves on to the original nameservers); when that is taken, or with
+// a per-link backend, on the tunnel address (Listen).
+func TestDNSListenFollowsBackend(t *testing.T) {
+	loop := freeLoopbackPair(t, "127.0.0.154")
+	tests := []struct {
+		name, mode string
+		occupy     bool // something else holds the loopback address
+		wantLoop   bool
+	}{
+		{"resolv.conf", "resolv.conf", false, true},
+		{"resolv.conf, loopback address taken", "resolv.conf", true, false},
+		{"per-link backend", "systemd-resolved", false, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.occupy {
+				pc, err := net.ListenPacket("udp", loop)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer pc.Close()
+			}
+			osc := &fakeOS{mode: tc.mode}
+			cfg := testDNSConfig(t, fake.NewClientset(), osc)
+			cfg.LoopbackListen = loop
+			d, err := startDNS(t.Context(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			if got := d.listen == loop; got != tc.wantLoop {
+				t.Errorf("listen %s, want loopback address %s: %v", d.listen, loop, tc.wantLoop)
+			}
+			host, _, _ := net.SplitHostPort(d.listen)
+			if len(osc.applied) != 1 || osc.applied[0].Nameserver != host {
+				t.Errorf("OS pointed at %+v, want nameserver %s", osc.applied, host)
+			}
+		})
+	}
+}

@@ -60,7 +60,7 @@ func (s *Session) startServices(ctx context.Context, conn *cluster.Conn, closers
 		if err != nil {
 			return fmt.Errorf("tunnel address %q: %w", reg.Address, err)
 		}
-		d.Listen, d.ConfigureOS = net.JoinHostPort(addr.Addr().String(), "53"), true
+		d.Listen, d.LoopbackListen, d.ConfigureOS = net.JoinHostPort(addr.Addr().String(), "53"), loopbackResolver, true
 	}
 	var err error
 	if s.dns, err = startDNS(ctx, d); err != nil {
