@@ -293,6 +293,36 @@ func TestUninstallGateway(t *testing.T) {
 	}
 }
 
+// TestUninstallRefusesWhilePatched: a workload still patched for an
+// intercept needs the gateway's Secret, so uninstall without --all names it
+// and deletes nothing; once restored, uninstall goes ahead.
+func TestUninstallRefusesWhilePatched(t *testing.T) {
+	ctx := t.Context()
+	client := fake.NewClientset()
+	if err := InstallGateway(ctx, client, testSpec, false); err != nil {
+		t.Fatal(err)
+	}
+	before := listAll(t, client, "bt")
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "bt", Labels: map[string]string{LabelPatched: "true"}}}
+	if _, err := client.AppsV1().Deployments("bt").Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err := UninstallGateway(ctx, client, "bt")
+	if err == nil || !strings.Contains(err.Error(), "deployment/api in namespace bt") || !strings.Contains(err.Error(), "uninstall --all") {
+		t.Fatalf("uninstall with a patched workload: %v, want a refusal naming deployment/api and --all", err)
+	}
+	if got := listAll(t, client, "bt"); !cmp.Equal(got, before) {
+		t.Errorf("after the refusal: %v, want everything still there: %v", got, before)
+	}
+	dep.Labels = nil
+	if _, err := client.AppsV1().Deployments("bt").Update(ctx, dep, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := UninstallGateway(ctx, client, "bt"); err != nil {
+		t.Fatalf("uninstall once restored: %v", err)
+	}
+}
+
 // gatewayFixture installs the gateway and adds the ReplicaSet the
 // Deployment controller would have made, plus pods from the given
 // statuses, owned by it.

@@ -218,8 +218,21 @@ func GatewayVersion(ctx context.Context, client kubernetes.Interface, ns string)
 
 // UninstallGateway deletes everything GatewayObjects creates; absent objects
 // are fine. The Deployment goes with background propagation, so its
-// ReplicaSets and pods are garbage-collected.
+// ReplicaSets and pods are garbage-collected. While a workload of ns is
+// still patched for an intercept it refuses and deletes nothing: that
+// workload's sidecars read the gateway's Secret and relay through it.
 func UninstallGateway(ctx context.Context, client kubernetes.Interface, ns string) error {
+	patched, err := PatchedWorkloads(ctx, client, ns)
+	if err != nil {
+		return fmt.Errorf("uninstall: %w", err)
+	}
+	if len(patched) > 0 {
+		names := make([]string, len(patched))
+		for i, ref := range patched {
+			names[i] = ref.String()
+		}
+		return fmt.Errorf("uninstall refused: %s still patched for an intercept (its sidecars need the gateway): end the intercepts (`bridgetun leave SERVICE`, `bridgetun down`), or run `bridgetun uninstall --all`, which restores them first", strings.Join(names, ", "))
+	}
 	bg := metav1.DeletePropagationBackground
 	opts := metav1.DeleteOptions{PropagationPolicy: &bg}
 	dels := []struct {

@@ -95,7 +95,11 @@ func newUninstallCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "uninstall [--all]",
 		Short: "Remove the in-cluster gateway and everything install created",
-		Args:  cobra.NoArgs,
+		Long: `Remove the in-cluster gateway and everything install created from the
+namespace. While a workload there is still patched for an intercept (its
+sidecars need the gateway), uninstall refuses and names it: end the intercepts
+first (leave, down), or pass --all to restore every patched workload first.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
 			defer cancel()
