@@ -38,8 +38,9 @@ type StatusSource interface {
 type Session interface {
 	StatusSource
 	// Intercept starts intercepting spec.Service and returns once the
-	// workload's pods run the sidecar, or why not.
-	Intercept(ctx context.Context, spec session.InterceptSpec) (session.InterceptInfo, error)
+	// workload's pods run the sidecar, or why not, telling progress the
+	// steps on the way (from the calling goroutine; nil = none).
+	Intercept(ctx context.Context, spec session.InterceptSpec, progress func(session.InterceptEvent)) (session.InterceptInfo, error)
 	// Leave ends the intercept of service, waits for the workload to be
 	// restored and returns what became of it.
 	Leave(ctx context.Context, service string) (string, error)

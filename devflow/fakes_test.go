@@ -44,7 +44,7 @@ func (f *fakeSession) Status(context.Context) (session.Status, error) {
 	return st, f.statusErr
 }
 
-func (f *fakeSession) Intercept(_ context.Context, spec session.InterceptSpec) (session.InterceptInfo, error) {
+func (f *fakeSession) Intercept(_ context.Context, spec session.InterceptSpec, _ func(session.InterceptEvent)) (session.InterceptInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "intercept "+spec.Service)

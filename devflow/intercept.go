@@ -65,7 +65,7 @@ func Intercept(ctx context.Context, cfg InterceptConfig) error {
 		return err
 	}
 	ictx, cancel := context.WithTimeout(ctx, opTimeout)
-	info, err := cfg.Session.Intercept(ictx, spec)
+	info, err := cfg.Session.Intercept(ictx, spec, nil)
 	cancel()
 	if err != nil {
 		return err

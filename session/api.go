@@ -52,7 +52,7 @@ type Status struct {
 type apiHandlers struct {
 	status    func() Status
 	down      func()
-	intercept func(context.Context, InterceptSpec) (InterceptInfo, error)
+	intercept func(context.Context, InterceptSpec, func(InterceptEvent)) (InterceptInfo, error)
 	leave     func(service string) (string, error)
 }
 
@@ -116,13 +116,15 @@ func apiMux(h apiHandlers) *http.ServeMux {
 			http.Error(w, "intercept: bad request: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		info, err := h.intercept(r.Context(), spec)
+		// The answer streams: the steps as they happen, then the result
+		// or the error (interceptLine).
+		out := newInterceptStream(w)
+		info, err := h.intercept(r.Context(), spec, func(e InterceptEvent) { out.send(interceptLine{Event: &e}) })
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+			out.send(interceptLine{Error: err.Error()})
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(info)
+		out.send(interceptLine{Info: &info})
 	})
 	mux.HandleFunc("POST /leave", func(w http.ResponseWriter, r *http.Request) {
 		msg, err := h.leave(r.URL.Query().Get("service"))

@@ -51,7 +51,7 @@ func TestAPICalls(t *testing.T) {
 	c, _, stop := testAPI(t, apiHandlers{
 		status: func() Status { return Status{State: "connected", PID: os.Getpid(), TunnelAddress: "198.19.0.7/32"} },
 		down:   func() { close(downed) },
-		intercept: func(_ context.Context, spec InterceptSpec) (InterceptInfo, error) {
+		intercept: func(_ context.Context, spec InterceptSpec, _ func(InterceptEvent)) (InterceptInfo, error) {
 			if spec.Service == "busy" {
 				return InterceptInfo{}, errors.New("intercept refused: busy is intercepted by bob")
 			}
@@ -70,11 +70,11 @@ func TestAPICalls(t *testing.T) {
 	if err != nil || st.State != "connected" || st.TunnelAddress != "198.19.0.7/32" {
 		t.Errorf("status: got %+v, %v", st, err)
 	}
-	info, err := c.Intercept(ctx, InterceptSpec{Service: "api", LocalPort: 8080})
+	info, err := c.Intercept(ctx, InterceptSpec{Service: "api", LocalPort: 8080}, nil)
 	if err != nil || info.Service != "api" || info.LocalPort != 8080 {
 		t.Errorf("intercept: got %+v, %v", info, err)
 	}
-	if _, err := c.Intercept(ctx, InterceptSpec{Service: "busy", LocalPort: 8080}); err == nil || err.Error() != "intercept refused: busy is intercepted by bob" {
+	if _, err := c.Intercept(ctx, InterceptSpec{Service: "busy", LocalPort: 8080}, nil); err == nil || err.Error() != "intercept refused: busy is intercepted by bob" {
 		t.Errorf("refused intercept: got %v, want the session's one line", err)
 	}
 	if msg, err := c.Leave(ctx, "api"); err != nil || !strings.Contains(msg, "original pod template") {
@@ -109,7 +109,7 @@ func TestAPIRunRemovesSocket(t *testing.T) {
 }
 
 func TestAPIRejectsBadBody(t *testing.T) {
-	c, _, stop := testAPI(t, apiHandlers{intercept: func(context.Context, InterceptSpec) (InterceptInfo, error) {
+	c, _, stop := testAPI(t, apiHandlers{intercept: func(context.Context, InterceptSpec, func(InterceptEvent)) (InterceptInfo, error) {
 		t.Error("handler called for a bad body")
 		return InterceptInfo{}, nil
 	}})

@@ -72,8 +72,10 @@ func (c *Client) Down(ctx context.Context) error {
 }
 
 // Intercept asks the session to intercept a Service; it returns once the
-// workload's pods run the sidecar (or with why not).
-func (c *Client) Intercept(ctx context.Context, spec InterceptSpec) (InterceptInfo, error) {
+// workload's pods run the sidecar (or with why not, in one line), telling
+// progress each step the session reports on the way (nil = none), from the
+// calling goroutine.
+func (c *Client) Intercept(ctx context.Context, spec InterceptSpec, progress func(InterceptEvent)) (InterceptInfo, error) {
 	var info InterceptInfo
 	body, _ := json.Marshal(spec)
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://bridgetun/intercept", strings.NewReader(string(body)))
@@ -86,7 +88,11 @@ func (c *Client) Intercept(ctx context.Context, spec InterceptSpec) (InterceptIn
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))
 		return info, errors.New(strings.TrimSpace(string(b)))
 	}
-	return info, json.NewDecoder(resp.Body).Decode(&info)
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), ndjsonType) {
+		// A session started by an earlier bridgetun answers with the result alone.
+		return info, json.NewDecoder(resp.Body).Decode(&info)
+	}
+	return readInterceptStream(resp.Body, progress)
 }
 
 // Leave ends the session's intercept of service and waits for the workload

@@ -156,8 +156,13 @@ func newInterceptor(cfg interceptConfig) *interceptor {
 
 // Intercept routes a Service's inbound traffic (all of it, or the requests
 // carrying RouteAs) to 127.0.0.1:LocalPort on this workstation. On any
-// failure nothing stays patched or registered.
-func (ic *interceptor) Intercept(ctx context.Context, spec InterceptSpec) (_ InterceptInfo, err error) {
+// failure nothing stays patched or registered. It tells report (nil = no
+// one) its steps as they happen, from the calling goroutine, besides the
+// session's own progress.
+func (ic *interceptor) Intercept(ctx context.Context, spec InterceptSpec, report func(InterceptEvent)) (_ InterceptInfo, err error) {
+	if report == nil {
+		report = func(InterceptEvent) {}
+	}
 	if spec.Service == "" {
 		return InterceptInfo{}, errors.New("intercept: name a Service")
 	}
@@ -231,13 +236,17 @@ func (ic *interceptor) Intercept(ctx context.Context, spec InterceptSpec) (_ Int
 	}
 	if changed {
 		ic.cfg.Progress("patched %s: waiting for its pods to run the sidecar", st.ref)
+		report(InterceptEvent{Done: true, Text: "patched " + shortRef(st.ref)})
+	} else {
+		report(InterceptEvent{Done: true, Text: shortRef(st.ref) + " already runs the sidecar"})
 	}
 	wctx, cancel := context.WithTimeout(ctx, ic.cfg.RolloutTimeout)
-	err = cluster.WaitRollout(wctx, ic.cfg.Client, st.ref)
+	err = cluster.WaitRolloutReport(wctx, ic.cfg.Client, st.ref, func(state string) { report(InterceptEvent{Text: state}) })
 	cancel()
 	if err != nil {
 		return InterceptInfo{}, fmt.Errorf("intercept %s: %w (nothing left patched)", spec.Service, err)
 	}
+	report(InterceptEvent{Done: true, Text: "every pod of " + shortRef(st.ref) + " runs the sidecar"})
 	st.info = InterceptInfo{
 		ID: it.ID, Service: spec.Service, Namespace: ns, Workload: t.Kind + "/" + t.Name,
 		Container: t.Container, ContainerPort: int(t.ContainerPort), ServicePort: int(t.ServicePort.Port),

@@ -117,7 +117,7 @@ func TestInterceptRefusesBadSpecs(t *testing.T) {
 			}
 			ic := testInterceptor(t, cs, g, tc.cfg)
 			before := deploymentTemplate(t, cs)
-			_, err := ic.Intercept(t.Context(), tc.spec)
+			_, err := ic.Intercept(t.Context(), tc.spec, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
 				t.Fatalf("got %v, want one line containing %q", err, tc.want)
 			}
@@ -140,7 +140,7 @@ func TestInterceptConflict(t *testing.T) {
 	ln := &closeRecorder{Listener: mustListen(t)}
 	ic := testInterceptor(t, cs, g, interceptConfig{Listen: func(int) (net.Listener, error) { return ln, nil }})
 	before := deploymentTemplate(t, cs)
-	_, err := ic.Intercept(t.Context(), InterceptSpec{Service: "api", LocalPort: 8080})
+	_, err := ic.Intercept(t.Context(), InterceptSpec{Service: "api", LocalPort: 8080}, nil)
 	if err == nil || !strings.Contains(err.Error(), "intercept refused: api is intercepted by bob@laptop") {
 		t.Fatalf("got %v, want the refusal naming the holder", err)
 	}
@@ -162,7 +162,7 @@ func TestInterceptRolloutFailsLeavesNothing(t *testing.T) {
 	cs, g := apiWorld(), newFakeGateway(t)
 	ic := testInterceptor(t, cs, g, interceptConfig{Image: "bridgetun-agent:test"})
 	before := deploymentTemplate(t, cs)
-	_, err := ic.Intercept(t.Context(), InterceptSpec{Service: "api", LocalPort: 8080})
+	_, err := ic.Intercept(t.Context(), InterceptSpec{Service: "api", LocalPort: 8080}, nil)
 	if err == nil || !strings.Contains(err.Error(), "nothing left patched") {
 		t.Fatalf("got %v, want a rollout error saying nothing is left patched", err)
 	}
