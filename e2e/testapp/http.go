@@ -22,6 +22,7 @@ type Response struct {
 	Instance   string              `json:"instance"`
 	PodIP      string              `json:"pod_ip,omitempty"`
 	Namespace  string              `json:"namespace,omitempty"`
+	UID        int                 `json:"uid"` // the serving process's uid (an intercept's CMD runs as the developer)
 	Path       string              `json:"path"`
 	Proto      string              `json:"proto"` // HTTP/1.1 or HTTP/2.0 (h2c prior knowledge)
 	RouteAs    string              `json:"route_as,omitempty"`
@@ -84,6 +85,7 @@ func newHandler(cfg config, client *http.Client) http.Handler {
 			Instance:  cfg.Instance,
 			PodIP:     cfg.PodIP,
 			Namespace: cfg.Namespace,
+			UID:       os.Getuid(),
 			Path:      r.URL.Path,
 			Proto:     r.Proto,
 			RouteAs:   r.Header.Get(RouteAsHeader),

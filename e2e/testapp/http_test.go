@@ -39,7 +39,7 @@ func TestChainPropagatesRouteAs(t *testing.T) {
 	if err := json.NewDecoder(res.Body).Decode(&got); err != nil {
 		t.Fatal(err)
 	}
-	if got.Service != "api" || got.Instance != "api-0" || got.RouteAs != "alice" || got.Path != "/hello" {
+	if got.Service != "api" || got.Instance != "api-0" || got.RouteAs != "alice" || got.Path != "/hello" || got.UID != os.Getuid() {
 		t.Errorf("api hop: got %+v", got.Response)
 	}
 	if got.Config == nil || *got.Config != "k=v\n" {

@@ -1,0 +1,821 @@
+package e2e
+
+// A developer's day (issue #12), as the unprivileged user bridgetun-e2e with a sudo rule for bridgetun and
+// the kubeconfig in ~/.kube/config:
+//
+//	bt-ws, as bridgetun-e2e:  $ sudo bridgetun up --background ...      root: TUN bt0, routes, resolv.conf
+//	                          $ bridgetun status / intercept / leave / down    no sudo: the socket is theirs
+//	                          $ bridgetun intercept api --port 18095 -- testapp http -listen 127.0.0.1:18095
+//	                                 CMD: their uid, the pod's environment, env file theirs and 0600
+//	host: caller loop ─► NodePort 30080 ─► frontend ─► api Service ─► sidecar ─► gateway ══ tunnel ══► bt-ws CMD
+//
+// Then a laptop sleep longer than the lease: every client process (session, intercept, CMD) is frozen with
+// SIGSTOP for 60 s while the in-cluster callers keep calling (the sidecars pass through), SIGCONT, and the
+// intercept must route here again within 10 s by itself. leave and down without sudo; nothing left behind.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bridgetun/bridgetun/session"
+)
+
+const (
+	devLocalPort = "18095"          // where the developer's CMD listens
+	devService   = "api-dev"        // SERVICE_NAME of the developer's CMD: the api hop names it when routed here
+	freezeFor    = 60 * time.Second // the "sleep": longer than the 15 s lease
+	backWithin   = 10 * time.Second // after wake, the intercept routes here again within this
+)
+
+func TestDeveloper(t *testing.T) {
+	c := Start(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
+	defer cancel()
+	c.DumpOnFailure(t, SampleNamespace)
+	if err := c.DeploySample(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d := NewDeveloper(t, c)
+	const wsResolv = "/etc/netns/" + WorkstationNS + "/resolv.conf"
+	resolvBefore := fileSum(t, wsResolv)
+	if _, ann := apiTemplate(t, ctx, c); ann["bridgetun.io/original-template"] != "" {
+		t.Fatalf("api is patched before the test began (a leftover of an earlier run): `bridgetun uninstall --all -n %s` restores it", SampleNamespace)
+	}
+	before, _ := apiTemplate(t, ctx, c)
+	areas := d.fileAreas()
+	d.clearRootLeftovers(t, areas)
+	snap := snapshotFiles(areas)
+	started := time.Now()
+
+	// must runs a step the later ones need: if it fails, the test stops there.
+	must := func(name string, f func(t *testing.T)) {
+		t.Helper()
+		if !t.Run(name, f) {
+			t.FailNow()
+		}
+	}
+	var sess devSession
+	t.Cleanup(func() { sess.teardown(t, d) })
+
+	must("before: no session of the developer", func(t *testing.T) {
+		out, err := d.Run(ctx, false, "bridgetun", "status")
+		if err == nil {
+			t.Fatalf("%s answered before `up`: a session of an earlier run is still up:\n%s", d.Show(false, "bridgetun", "status"), indent(out))
+		}
+		if !strings.Contains(out, "not up") {
+			t.Errorf("%s without a session: got\n%s\nwant it to say it is not up", d.Show(false, "bridgetun", "status"), indent(out))
+		}
+	})
+
+	t.Run("up without sudo: a one-line hint", func(t *testing.T) {
+		argv := []string{"bridgetun", "up", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream"}
+		rctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		out, err := d.Run(rctx, false, argv...)
+		if err == nil {
+			t.Fatalf("%s succeeded without root, want the hint to use sudo or --netstack:\n%s", d.Show(false, argv...), indent(out))
+		}
+		lines := nonEmptyLines(out)
+		if len(lines) != 1 || !strings.Contains(out, "sudo") || !strings.Contains(out, "--netstack") {
+			t.Errorf("%s printed\n%s\nwant one line naming sudo and --netstack", d.Show(false, argv...), indent(out))
+		}
+		if out, err := c.inWS(ctx, "ip", "link", "show", "bt0"); err == nil {
+			t.Errorf("TUN bt0 exists after the refused up: %s", out)
+		}
+	})
+
+	must("sudo bridgetun up, in a terminal", func(t *testing.T) {
+		argv := d.Sudo("up", "--background", "--upgrade", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream")
+		out, err := d.Run(ctx, true, argv...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s printed:\n%s", d.Show(true, argv...), indent(out))
+		if !strings.Contains(out, "connected in") {
+			t.Errorf("%s: no \"connected in\" line", d.Show(true, argv...))
+		}
+	})
+
+	must("status without sudo", func(t *testing.T) {
+		for _, tty := range []bool{false, true} {
+			out, err := d.Run(ctx, tty, "bridgetun", "status")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(out, "state:      connected") || !strings.Contains(out, DeveloperContext) {
+				t.Errorf("%s printed\n%s\nwant state connected and context %q (their ~/.kube/config)", d.Show(tty, "bridgetun", "status"), indent(out), DeveloperContext)
+			}
+		}
+		st, err := d.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sess.pid = st.PID
+		if st.State != "connected" || st.Mode != "tun" || st.Context != DeveloperContext || st.DNSMode != "resolv.conf" {
+			t.Errorf("status --json: state %q mode %q context %q dns %q, want connected, tun, %q (their kubeconfig), resolv.conf",
+				st.State, st.Mode, st.Context, st.DNSMode, DeveloperContext)
+		}
+		if uid := procUID(st.PID); uid != 0 {
+			t.Errorf("session process %d runs as uid %d, want root (it holds the TUN device)", st.PID, uid)
+		}
+		// The socket that answered is theirs.
+		var socks, theirs []string
+		for _, f := range listFiles(areas) {
+			if f.mode&fs.ModeSocket != 0 {
+				socks = append(socks, f.String())
+				if f.uid == d.UID && f.mode.Perm()&0o077 == 0 {
+					theirs = append(theirs, f.path)
+				}
+			}
+		}
+		if len(theirs) == 0 {
+			t.Errorf("no control socket owned by %s (uid %d, owner-only) under %v; sockets there: %v", d.Name, d.UID, areas.user, socks)
+		}
+	})
+
+	t.Run("a Service by name, without sudo", func(t *testing.T) {
+		for _, argv := range [][]string{{c.Testapp, "get", "-timeout", "10s", "http://frontend/"}, {"getent", "ahostsv4", "frontend." + SampleNamespace}} {
+			out, err := d.Run(ctx, false, argv...)
+			if err != nil {
+				t.Error(err)
+				continue
+			}
+			if argv[0] == c.Testapp && !strings.Contains(compactJSON(out), `"service":"frontend"`) {
+				t.Errorf("%s: got %.300s, want the frontend's answer", d.Show(false, argv...), out)
+			}
+			if argv[0] == "getent" && !strings.Contains(out, clusterIP(t, ctx, c, "frontend")) {
+				t.Errorf("%s: got %q, want the frontend's ClusterIP", d.Show(false, argv...), out)
+			}
+		}
+	})
+
+	load := startCallers(20)
+	defer load.report(t)
+
+	envFile := filepath.Join(d.Home, "api.env")
+	_ = os.Remove(envFile)
+	defer os.Remove(envFile)
+	must("intercept api -- CMD, without sudo", func(t *testing.T) {
+		load.setPhase("intercept: start")
+		argv := []string{"bridgetun", "intercept", "api", "--port", devLocalPort, "--env-file", "api.env", "--",
+			"env", "SERVICE_NAME=" + devService, c.Testapp, "http", "-listen", "127.0.0.1:" + devLocalPort}
+		sess.icpt = d.startProc(t, ctx, argv...)
+		start := time.Now()
+		var m map[string]any
+		err := Eventually(ctx, 4*time.Minute, func(ctx context.Context) error {
+			if sess.icpt.exited() {
+				return errors.New("it exited")
+			}
+			var err error
+			if m, err = nodePortGet(ctx); err != nil {
+				return err
+			}
+			if got := hop(m, 1, "service"); got != devService {
+				return fmt.Errorf("the api hop is answered by %q, want %q (CMD)", got, devService)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: in-cluster callers never reached CMD: %v; it printed:\n%s", d.Show(false, argv...), err, indent(sess.icpt.out.String()))
+		}
+		load.setPhase("intercept: running")
+		t.Logf("callers reach CMD %s after the intercept started; it printed:\n%s", time.Since(start).Round(100*time.Millisecond), indent(sess.icpt.out.String()))
+		if uid := hopUID(m, 1); uid != d.UID {
+			t.Errorf("CMD answered as uid %d, want %d (%s)", uid, d.UID, d.Name)
+		}
+		for _, pid := range descendants(sess.icpt.pid()) {
+			if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe == c.Testapp {
+				sess.cmdPID = pid
+			}
+		}
+		if sess.cmdPID == 0 {
+			t.Errorf("no testapp process below the intercept (pid %d): is CMD its child?", sess.icpt.pid())
+		} else if uid := procUID(sess.cmdPID); uid != d.UID {
+			t.Errorf("CMD (pid %d) runs as uid %d, want %d (%s)", sess.cmdPID, uid, d.UID, d.Name)
+		}
+		if fi, err := os.Lstat(envFile); err != nil {
+			t.Errorf("env file ~/api.env: %v", err)
+		} else {
+			uid := fi.Sys().(*syscall.Stat_t).Uid
+			if int(uid) != d.UID || fi.Mode() != 0o600 {
+				t.Errorf("env file ~/api.env: owner uid %d mode %v, want %d (%s) and -rw-------", uid, fi.Mode(), d.UID, d.Name)
+			}
+			if b, _ := os.ReadFile(envFile); !strings.Contains(string(b), `API_TOKEN="s3cr3t-token"`) {
+				t.Errorf("env file ~/api.env lacks the pod's API_TOKEN:\n%s", b)
+			}
+		}
+		st, err := d.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Intercepts) != 1 || st.Intercepts[0].Service != "api" || st.Intercepts[0].State != session.InterceptActive {
+			t.Errorf("status intercepts: %+v, want api, %s", st.Intercepts, session.InterceptActive)
+		}
+	})
+
+	must("a sleep longer than the lease", func(t *testing.T) {
+		pids := append([]int{sess.pid}, descendants(sess.pid)...)
+		pids = append(pids, sess.icpt.pid())
+		pids = append(pids, descendants(sess.icpt.pid())...)
+		load.setPhase("asleep (SIGSTOP 60 s)")
+		sess.freeze(t, pids)
+		asleep := time.Now()
+		select { // the sleep itself, not a synchronisation
+		case <-time.After(freezeFor):
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		}
+		_, ann := apiTemplate(t, ctx, c)
+		held := ann["bridgetun.io/original-template"] != ""
+		load.setPhase("awake (SIGCONT)")
+		sess.thaw()
+		woke := time.Now()
+		t.Logf("froze pids %v for %s (session %d, intercept %d, CMD %d)", pids, woke.Sub(asleep).Round(time.Second), sess.pid, sess.icpt.pid(), sess.cmdPID)
+		if !held {
+			t.Errorf("the gateway restored api during the %s sleep (no grace period: the patch went with the %s lease)", freezeFor, "15 s")
+		}
+		err := Eventually(ctx, backWithin, func(ctx context.Context) error {
+			m, err := nodePortGet(ctx)
+			if err == nil && hop(m, 1, "service") != devService {
+				err = fmt.Errorf("api hop answered by %q", hop(m, 1, "service"))
+			}
+			return err
+		})
+		if err != nil {
+			// How long it really took, if it comes back at all: tells a slow re-attach from a dead intercept.
+			late := Eventually(ctx, 2*time.Minute, func(ctx context.Context) error {
+				m, err := nodePortGet(ctx)
+				if err == nil && hop(m, 1, "service") != devService {
+					err = fmt.Errorf("api hop answered by %q", hop(m, 1, "service"))
+				}
+				return err
+			})
+			what := fmt.Sprintf("back after %s", time.Since(woke).Round(100*time.Millisecond))
+			if late != nil {
+				what = "not back after 2 min more: " + late.Error()
+			}
+			st, serr := d.status(ctx)
+			t.Fatalf("after wake, in-cluster callers did not reach CMD within %s (%v); %s.\nstatus: %+v (%v)\nintercept printed:\n%s",
+				backWithin, err, what, st.Intercepts, serr, indent(sess.icpt.out.String()))
+		}
+		t.Logf("after wake, callers reach CMD again in %s", time.Since(woke).Round(100*time.Millisecond))
+		load.setPhase("intercept: running again")
+		if err := Eventually(ctx, backWithin, func(ctx context.Context) error {
+			st, err := d.status(ctx)
+			if err == nil && (len(st.Intercepts) != 1 || st.Intercepts[0].State != session.InterceptActive) {
+				err = fmt.Errorf("intercepts %+v", st.Intercepts)
+			}
+			return err
+		}); err != nil {
+			t.Errorf("status after wake: %v, want api %s", err, session.InterceptActive)
+		}
+		if sess.icpt.exited() {
+			t.Errorf("the intercept process ended during the sleep:\n%s", indent(sess.icpt.out.String()))
+		}
+	})
+
+	must("leave without sudo", func(t *testing.T) {
+		load.setPhase("leave")
+		out, err := d.Run(ctx, false, "bridgetun", "leave", "api")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s printed:\n%s", d.Show(false, "bridgetun", "leave", "api"), indent(out))
+		if got, ann := apiTemplate(t, ctx, c); got != before || ann["bridgetun.io/original-template"] != "" {
+			t.Errorf("api pod template after leave differs from before:\nbefore %s\nafter  %s", before, got)
+		}
+		// The foreground intercept learns it ended elsewhere; if it keeps CMD running, Ctrl-C ends it.
+		select {
+		case <-sess.icpt.done:
+		case <-time.After(15 * time.Second):
+			t.Logf("note: the foreground `intercept -- CMD` still runs 15 s after `leave` elsewhere; pressing Ctrl-C")
+			sess.icpt.interrupt(time.Minute)
+		}
+		t.Logf("intercept printed:\n%s", indent(sess.icpt.out.String()))
+		if sess.cmdPID != 0 && processRunning(sess.cmdPID) {
+			t.Errorf("CMD (pid %d) still runs after the intercept ended", sess.cmdPID)
+		}
+	})
+
+	must("down without sudo", func(t *testing.T) {
+		load.setPhase("down")
+		out, err := d.Run(ctx, false, "bridgetun", "down")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s printed:\n%s", d.Show(false, "bridgetun", "down"), indent(out))
+		if err := Eventually(ctx, 30*time.Second, func(context.Context) error {
+			if processRunning(sess.pid) {
+				return fmt.Errorf("session process %d still running", sess.pid)
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("nothing left behind", func(t *testing.T) {
+		if got, ann := apiTemplate(t, ctx, c); got != before || ann["bridgetun.io/original-template"] != "" {
+			t.Errorf("api still patched after down")
+		}
+		if out, err := c.inWS(ctx, "ip", "link", "show", "bt0"); err == nil {
+			t.Errorf("TUN bt0 still present after down: %s", out)
+		}
+		if fileSum(t, wsResolv) != resolvBefore {
+			b, _ := os.ReadFile(wsResolv)
+			t.Errorf("%s after down differs from before:\n%s", wsResolv, b)
+		}
+		if out, err := d.Run(ctx, false, "bridgetun", "status"); err == nil || !strings.Contains(out, "not up") {
+			t.Errorf("%s after down: %v\n%s\nwant \"not up\"", d.Show(false, "bridgetun", "status"), err, indent(out))
+		}
+		var foreign, sockets, shared, mine []string
+		for _, f := range listFiles(areas) {
+			prev, existed := snap[f.path]
+			changed := !existed || !prev.mtime.Equal(f.mtime)
+			switch {
+			case f.area == areaUser && f.uid != d.UID:
+				foreign = append(foreign, f.String())
+			case f.area == areaUser && f.mode&fs.ModeSocket != 0:
+				sockets = append(sockets, f.String())
+			case f.area != areaUser && changed && f.mtime.After(started):
+				shared = append(shared, f.String())
+			case f.area == areaUser && !existed:
+				mine = append(mine, f.path)
+			}
+		}
+		if len(foreign) > 0 {
+			t.Errorf("files in %s's dirs owned by someone else (sudo bridgetun wrote them as root):\n  %s", d.Name, strings.Join(foreign, "\n  "))
+		}
+		if len(sockets) > 0 {
+			t.Errorf("sockets left after down:\n  %s", strings.Join(sockets, "\n  "))
+		}
+		if len(shared) > 0 {
+			t.Errorf("written in root's or the shared dirs instead of %s's:\n  %s", d.Name, strings.Join(shared, "\n  "))
+		}
+		t.Logf("new files of %s: %v", d.Name, mine)
+		if left := leftoverProcesses(d); len(left) > 0 {
+			t.Errorf("processes left after down:\n  %s", strings.Join(left, "\n  "))
+		}
+	})
+}
+
+// devSession is what TestDeveloper started, for its checks and its cleanup.
+type devSession struct {
+	pid    int // the `up` session
+	icpt   *devProc
+	cmdPID int // CMD
+	mu     sync.Mutex
+	frozen []int
+}
+
+// freeze SIGSTOPs pids and checks the kernel stopped them.
+func (s *devSession) freeze(t *testing.T, pids []int) {
+	t.Helper()
+	s.mu.Lock()
+	s.frozen = append(s.frozen, pids...)
+	s.mu.Unlock()
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Errorf("SIGSTOP %d: %v", pid, err)
+		}
+	}
+	for _, pid := range pids {
+		if err := Eventually(t.Context(), 5*time.Second, func(context.Context) error {
+			if st := procState(pid); st != 'T' {
+				return fmt.Errorf("pid %d in state %q", pid, st)
+			}
+			return nil
+		}); err != nil {
+			t.Errorf("freeze: %v", err)
+		}
+	}
+}
+
+func (s *devSession) thaw() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, pid := range s.frozen {
+		_ = syscall.Kill(pid, syscall.SIGCONT)
+	}
+	s.frozen = nil
+}
+
+// teardown undoes whatever a failed run left: wakes frozen processes, ends the intercept and the session
+// (without sudo, then with it, then by signal), restores api if still patched, and logs the developer's
+// bridgetun logs if the test failed.
+func (s *devSession) teardown(t *testing.T, d *Developer) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	s.thaw()
+	if s.icpt != nil && !s.icpt.exited() {
+		s.icpt.interrupt(time.Minute)
+	}
+	if t.Failed() {
+		for _, f := range listFiles(d.fileAreas()) {
+			if b := filepath.Base(f.path); b == "up.out" || b == "bridgetun.log" {
+				if data, err := os.ReadFile(f.path); err == nil {
+					t.Logf("--- %s (tail):\n%s", f.path, tailLines(string(data), 60))
+				}
+			}
+		}
+	}
+	if _, err := d.Run(ctx, false, "bridgetun", "down"); err != nil {
+		_, _ = d.Run(ctx, false, d.Sudo("down")...)
+	}
+	if s.pid > 0 && processRunning(s.pid) {
+		t.Logf("cleanup: session %d survived `down`; SIGTERM", s.pid)
+		_ = syscall.Kill(s.pid, syscall.SIGTERM)
+		if Eventually(ctx, 30*time.Second, func(context.Context) error {
+			if processRunning(s.pid) {
+				return errors.New("running")
+			}
+			return nil
+		}) != nil {
+			_ = syscall.Kill(s.pid, syscall.SIGKILL)
+		}
+	}
+	if _, ann := apiTemplate(t, ctx, d.c); ann["bridgetun.io/original-template"] != "" {
+		t.Logf("cleanup: api still patched; uninstall --all")
+		dir, _ := os.MkdirTemp("", "bt-e2e-dev-cleanup-")
+		defer os.RemoveAll(dir)
+		cmd := d.c.InWorkstation(ctx, d.Bin, "uninstall", "--all", "-n", SampleNamespace)
+		cmd.Env = append(cmd.Env, "BRIDGETUN_STATE_DIR="+dir, "TMPDIR="+dir)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Logf("cleanup: uninstall --all: %v\n%s", err, out)
+		}
+	}
+}
+
+func (d *Developer) status(ctx context.Context) (session.Status, error) {
+	var st session.Status
+	out, err := d.Run(ctx, false, "bridgetun", "status", "--json")
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return st, fmt.Errorf("%s: %w: %s", d.Show(false, "bridgetun", "status", "--json"), err, out)
+	}
+	return st, nil
+}
+
+// devProc is a long-running command of the developer (a foreground intercept).
+type devProc struct {
+	cmd  *exec.Cmd
+	out  *safeBuffer
+	done chan struct{}
+}
+
+func (d *Developer) startProc(t *testing.T, ctx context.Context, argv ...string) *devProc {
+	t.Helper()
+	cmd := d.Cmd(ctx, false, argv...)
+	p := &devProc{out: &safeBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("%s: %v", d.Show(false, argv...), err)
+	}
+	p.cmd = cmd
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	return p
+}
+
+func (p *devProc) pid() int { return p.cmd.Process.Pid }
+
+func (p *devProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// interrupt presses Ctrl-C and waits up to max for the process to end, then kills it.
+func (p *devProc) interrupt(max time.Duration) {
+	_ = p.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-p.done:
+	case <-time.After(max):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// nodePortGet asks the frontend through its NodePort from the host, as any in-cluster caller of api would:
+// frontend calls api per request.
+func nodePortGet(ctx context.Context) (map[string]any, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+NodeIP+":30080/", nil)
+	if err != nil {
+		return nil, err
+	}
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%s: %.200s", resp.Status, b)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return m, fmt.Errorf("%s: %s", resp.Status, hopErr(m))
+	}
+	return m, nil
+}
+
+func hopErr(m map[string]any) string {
+	var errs []string
+	for ; m != nil; m, _ = m["downstream"].(map[string]any) {
+		if e, _ := m["error"].(string); e != "" {
+			errs = append(errs, e)
+		}
+	}
+	return strings.Join(errs, "; ")
+}
+
+// hopUID is the uid the n-th hop of a chain answer reported (-1: none).
+func hopUID(m map[string]any, n int) int {
+	for ; n > 0 && m != nil; n-- {
+		m, _ = m["downstream"].(map[string]any)
+	}
+	if v, ok := m["uid"].(float64); ok {
+		return int(v)
+	}
+	return -1
+}
+
+// callers is a loop of in-cluster calls of api (through the frontend's NodePort) at a fixed rate, counted per
+// phase with who answered the api hop.
+type callers struct {
+	mu     sync.Mutex
+	phase  string
+	order  []string
+	phases map[string]*callerPhase
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+type callerPhase struct {
+	start      time.Time
+	ok, failed int
+	by         map[string]int // api hop's service → answers
+	fails      []string
+}
+
+func startCallers(rate int) *callers {
+	l := &callers{phases: map[string]*callerPhase{}, stop: make(chan struct{}), done: make(chan struct{})}
+	l.setPhase("baseline")
+	go func() {
+		defer close(l.done)
+		var wg sync.WaitGroup
+		tick := time.NewTicker(time.Second / time.Duration(rate)) // the load's pace
+		defer tick.Stop()
+		for {
+			select {
+			case <-l.stop:
+				wg.Wait()
+				return
+			case <-tick.C:
+			}
+			l.mu.Lock()
+			ph := l.phases[l.phase]
+			l.mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sent := time.Now()
+				m, err := nodePortGet(context.Background())
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				if err != nil {
+					ph.failed++
+					ph.fails = append(ph.fails, fmt.Sprintf("+%.2fs %.200s", sent.Sub(ph.start).Seconds(), err))
+					return
+				}
+				ph.ok++
+				ph.by[hop(m, 1, "service")]++
+			}()
+		}
+	}()
+	return l
+}
+
+func (l *callers) setPhase(p string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.phases[p] == nil {
+		l.phases[p] = &callerPhase{start: time.Now(), by: map[string]int{}}
+		l.order = append(l.order, p)
+	}
+	l.phase = p
+}
+
+// report stops the loop, logs the table and fails the test if the service did not answer throughout: at most
+// 2 failed calls in all (a call in flight to CMD at the moment it froze may time out).
+func (l *callers) report(t *testing.T) {
+	close(l.stop)
+	<-l.done
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var b strings.Builder
+	total := 0
+	fmt.Fprintf(&b, "in-cluster callers (20/s, NodePort → frontend → api): failed/total per phase, who answered api:\n")
+	for _, p := range l.order {
+		ph := l.phases[p]
+		total += ph.failed
+		fmt.Fprintf(&b, "  %-28s %4d / %5d  %v\n", p, ph.failed, ph.failed+ph.ok, ph.by)
+		for _, f := range ph.fails {
+			fmt.Fprintf(&b, "      failed %s\n", f)
+		}
+	}
+	t.Log(b.String())
+	if total > 2 {
+		t.Errorf("%d in-cluster calls of api failed, want at most 2: the service must answer throughout (table above)", total)
+	}
+}
+
+// Where bridgetun may write for the developer (theirs) and where it must not (root's, the shared temp dir).
+type fileAreas struct{ user, other []string }
+
+const (
+	areaUser  = "user"
+	areaOther = "other"
+)
+
+func (d *Developer) fileAreas() fileAreas {
+	tmp := os.TempDir()
+	return fileAreas{
+		user:  []string{d.Home, filepath.Join(tmp, fmt.Sprintf("bridgetun-%d", d.UID))},
+		other: []string{"/root/.config/bridgetun", filepath.Join(tmp, "bridgetun"), filepath.Join(tmp, "bridgetun-0")},
+	}
+}
+
+// clearRootLeftovers removes files of an earlier failed run that root left in the developer's dirs, so this
+// run judges only what it does.
+func (d *Developer) clearRootLeftovers(t *testing.T, a fileAreas) {
+	for _, f := range listFiles(fileAreas{user: a.user}) {
+		if f.uid != d.UID && f.path != d.Home {
+			t.Logf("removing a leftover of an earlier run: %s", f)
+			os.RemoveAll(f.path)
+		}
+	}
+}
+
+type fileEntry struct {
+	path, area string
+	uid        int
+	mode       fs.FileMode
+	mtime      time.Time
+}
+
+func (f fileEntry) String() string {
+	return fmt.Sprintf("%s (uid %d, %v)", f.path, f.uid, f.mode)
+}
+
+func listFiles(a fileAreas) []fileEntry {
+	var out []fileEntry
+	walk := func(root, area string) {
+		_ = filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
+			if err != nil {
+				return nil
+			}
+			fi, err := de.Info()
+			if err != nil {
+				return nil
+			}
+			out = append(out, fileEntry{path: p, area: area, uid: int(fi.Sys().(*syscall.Stat_t).Uid), mode: fi.Mode(), mtime: fi.ModTime()})
+			return nil
+		})
+	}
+	for _, r := range a.user {
+		walk(r, areaUser)
+	}
+	for _, r := range a.other {
+		walk(r, areaOther)
+	}
+	return out
+}
+
+func snapshotFiles(a fileAreas) map[string]fileEntry {
+	m := map[string]fileEntry{}
+	for _, f := range listFiles(a) {
+		m[f.path] = f
+	}
+	return m
+}
+
+// leftoverProcesses lists the developer's processes and any running their bridgetun.
+func leftoverProcesses(d *Developer) []string {
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || !processRunning(pid) {
+			continue
+		}
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		if procUID(pid) == d.UID || strings.HasPrefix(exe, d.Bin) {
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			out = append(out, fmt.Sprintf("pid %d uid %d: %s", pid, procUID(pid), bytes.ReplaceAll(bytes.TrimRight(cmdline, "\x00"), []byte{0}, []byte{' '})))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// descendants are pid's children, their children, and so on.
+func descendants(pid int) []int {
+	children := map[int][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if pp := procPPID(p); pp > 0 {
+			children[pp] = append(children[pp], p)
+		}
+	}
+	var out []int
+	var walk func(int)
+	walk = func(p int) {
+		for _, c := range children[p] {
+			out = append(out, c)
+			walk(c)
+		}
+	}
+	walk(pid)
+	return out
+}
+
+// procStat returns the fields of /proc/PID/stat after the command name (state is [0], ppid [1]).
+func procStat(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
+}
+
+func procState(pid int) byte {
+	if f := procStat(pid); len(f) > 0 {
+		return f[0][0]
+	}
+	return 0
+}
+
+func procPPID(pid int) int {
+	if f := procStat(pid); len(f) > 1 {
+		n, _ := strconv.Atoi(f[1])
+		return n
+	}
+	return 0
+}
+
+// procUID is pid's real uid (-1 if it is gone).
+func procUID(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	return -1
+}
+
+func nonEmptyLines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.TrimSpace(l) != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
