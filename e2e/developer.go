@@ -186,9 +186,10 @@ func shellJoin(argv []string) string {
 	return strings.Join(q, " ")
 }
 
-// cleanTTY drops a terminal's carriage returns and the NULs script(1) may add.
+// cleanTTY drops a terminal's carriage returns, and the NUL (and its echo ^@) that script(1) sends at the end
+// of its empty input.
 func cleanTTY(s string) string {
-	return strings.NewReplacer("\r\n", "\n", "\r", "", "\x00", "").Replace(s)
+	return strings.NewReplacer("\r\n", "\n", "\r", "", "\x00", "", "^@", "").Replace(s)
 }
 
 func indent(s string) string {

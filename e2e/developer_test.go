@@ -220,12 +220,14 @@ func TestDeveloper(t *testing.T) {
 				t.Errorf("env file ~/api.env lacks the pod's API_TOKEN:\n%s", b)
 			}
 		}
-		st, err := d.status(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(st.Intercepts) != 1 || st.Intercepts[0].Service != "api" || st.Intercepts[0].State != session.InterceptActive {
-			t.Errorf("status intercepts: %+v, want api, %s", st.Intercepts, session.InterceptActive)
+		if err := Eventually(ctx, backWithin, func(ctx context.Context) error {
+			st, err := d.status(ctx)
+			if err == nil && (len(st.Intercepts) != 1 || st.Intercepts[0].Service != "api" || st.Intercepts[0].State != session.InterceptActive) {
+				err = fmt.Errorf("intercepts %+v", st.Intercepts)
+			}
+			return err
+		}); err != nil {
+			t.Errorf("status while CMD serves the callers: %v, want api %s", err, session.InterceptActive)
 		}
 	})
 
@@ -641,6 +643,9 @@ func (l *callers) report(t *testing.T) {
 	fmt.Fprintf(&b, "in-cluster callers (20/s, NodePort → frontend → api): failed/total per phase, who answered api:\n")
 	for _, p := range l.order {
 		ph := l.phases[p]
+		if ph.ok+ph.failed == 0 {
+			continue
+		}
 		total += ph.failed
 		fmt.Fprintf(&b, "  %-28s %4d / %5d  %v\n", p, ph.failed, ph.failed+ph.ok, ph.by)
 		for _, f := range ph.fails {
