@@ -33,7 +33,7 @@ type Control struct {
 	ttl    time.Duration
 	log    *slog.Logger
 	now    func() time.Time
-	mu     sync.Mutex
+	mu     sync.Mutex // guards leases and byAddr
 	leases map[tunnel.Key]*lease
 	byAddr map[netip.Addr]tunnel.Key
 	icpt   *Intercepts // nil = intercept endpoints answer 501
@@ -164,6 +164,7 @@ func (c *Control) Register(req api.RegisterRequest) (api.RegisterResponse, error
 	l.lastSeen = c.now()
 	resp := c.info
 	resp.Address = netip.PrefixFrom(l.addr, 32).String()
+	resp.Admitted = !ok
 	return resp, nil
 }
 
@@ -226,10 +227,16 @@ func (c *Control) Expire() {
 	}
 }
 
-// Run serves the control API on ln and expires peers until ctx ends.
+// Run serves the control API on ln and expires peers, route leases and
+// grace holds until ctx ends; it returns after its goroutines exited.
 func (c *Control) Run(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{Handler: c, ReadHeaderTimeout: 10 * time.Second}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		t := time.NewTicker(c.ttl / 4)
 		defer t.Stop()
 		// Intercept leases are seconds long: check them every second.
@@ -243,18 +250,32 @@ func (c *Control) Run(ctx context.Context, ln net.Listener) error {
 			case <-t.C:
 				c.Expire()
 			case <-it.C:
-				if c.icpt != nil {
-					if n := c.icpt.Expire(); n > 0 {
-						c.log.Info("intercept leases expired", "count", n)
-					}
-				}
+				c.expireIntercepts()
 			}
 		}
 	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	err := srv.Serve(ln)
+	cancel() // Serve failed on its own: stop the expiry loop too
+	wg.Wait()
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("control API: %w", err)
 	}
 	return nil
+}
+
+// expireIntercepts drops the routes whose lease ran out and ends the
+// grace holds that ran out.
+func (c *Control) expireIntercepts() {
+	if c.icpt == nil {
+		return
+	}
+	routes, holds := c.icpt.Expire()
+	if routes > 0 {
+		c.log.Info("intercept leases expired: routes dropped, workloads held for their grace", "count", routes)
+	}
+	if holds > 0 {
+		c.log.Info("intercept grace ended: workloads go back to their original pod template", "count", holds)
+	}
 }
 
 func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request) {
@@ -276,6 +297,10 @@ func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case errors.Is(err, ErrConflict):
 			http.Error(w, err.Error(), http.StatusConflict)
+		case errors.Is(err, ErrUnknownPeer):
+			// Distinct from a bad request: the workstation registers
+			// again and retries.
+			http.Error(w, err.Error(), http.StatusPreconditionFailed)
 		case err != nil:
 			http.Error(w, err.Error(), http.StatusBadRequest)
 		default:
@@ -298,8 +323,8 @@ func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "renew: bad JSON: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		c.touch(req.PublicKey)
-		writeJSON(w, api.RenewResponse{Unknown: c.icpt.Renew(req.PublicKey, req.IDs), TTLSeconds: int(c.icpt.TTL() / time.Second)})
+		known := c.touch(req.PublicKey)
+		writeJSON(w, api.RenewResponse{Unknown: c.icpt.Renew(req.PublicKey, req.IDs), TTLSeconds: int(c.icpt.TTL() / time.Second), UnknownPeer: !known})
 	default:
 		http.NotFound(w, r)
 	}
@@ -329,17 +354,20 @@ func (c *Control) AddIntercept(req api.InterceptRequest) (api.Intercept, error) 
 	return it, nil
 }
 
-// touch counts a renewal as a sign of life for the peer's registration too.
-func (c *Control) touch(pubKey string) {
+// touch counts a renewal as a sign of life for the peer's registration
+// too; it reports whether the peer is registered.
+func (c *Control) touch(pubKey string) bool {
 	pub, err := tunnel.ParseKey(pubKey)
 	if err != nil {
-		return
+		return false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if l, ok := c.leases[pub]; ok {
+	l, ok := c.leases[pub]
+	if ok {
 		l.lastSeen = c.now()
 	}
+	return ok
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

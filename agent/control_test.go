@@ -169,3 +169,64 @@ func TestControlHTTP(t *testing.T) {
 		t.Errorf("bad JSON: got status %d, want 400", resp2.StatusCode)
 	}
 }
+
+// TestControlAfterForgetting: a workstation the gateway forgot (silent past
+// the TTL) learns it from its next renewal (unknown_peer) and from adding an
+// intercept (412); registering again says admitted, so it re-keys.
+func TestControlAfterForgetting(t *testing.T) {
+	c, _, now := newTestControl(t)
+	c.icpt = NewIntercepts(0, func() time.Time { return *now })
+	srv := httptest.NewServer(c)
+	defer srv.Close()
+	k := pubKey(t).String()
+	post := func(path string, in, out any) int {
+		t.Helper()
+		body, _ := json.Marshal(in)
+		resp, err := http.Post(srv.URL+path, "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if out != nil && resp.StatusCode == 200 {
+			if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return resp.StatusCode
+	}
+	register := func() api.RegisterResponse {
+		var rr api.RegisterResponse
+		if code := post("/v1/register", api.RegisterRequest{PublicKey: k}, &rr); code != 200 {
+			t.Fatalf("register: got %d", code)
+		}
+		return rr
+	}
+	renew := func() api.RenewResponse {
+		var rr api.RenewResponse
+		if code := post("/v1/intercepts/renew", api.RenewRequest{PublicKey: k}, &rr); code != 200 {
+			t.Fatalf("renew: got %d", code)
+		}
+		return rr
+	}
+	if !register().Admitted {
+		t.Error("first registration: want admitted")
+	}
+	if renew().UnknownPeer {
+		t.Error("renew of a registered peer: got unknown_peer")
+	}
+	*now = now.Add(2 * time.Minute) // past the 1-minute TTL
+	c.Expire()
+	if !renew().UnknownPeer {
+		t.Error("renew of a forgotten peer: want unknown_peer")
+	}
+	ir := api.InterceptRequest{PublicKey: k, Namespace: "ns", Service: "api", Workload: apiW, Port: 8080}
+	if code := post("/v1/intercepts", ir, nil); code != http.StatusPreconditionFailed {
+		t.Errorf("add for a forgotten peer: got %d, want 412", code)
+	}
+	if !register().Admitted {
+		t.Error("registering a forgotten key again: want admitted")
+	}
+	if register().Admitted {
+		t.Error("a renewal of a known key: got admitted")
+	}
+}

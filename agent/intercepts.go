@@ -23,18 +23,40 @@ var ErrConflict = errors.New("intercept conflict")
 // ErrUnknownPeer is returned for a key that is not registered.
 var ErrUnknownPeer = errors.New("workstation not registered")
 
-// Intercepts is the gateway's table of live intercepts. Each lives as long as
-// its lease: the workstation renews it every few seconds; an expired one is
-// dropped and its workload handed to the orphan restorer.
+// Intercepts is the gateway's table of intercepts. Each has two lifetimes:
+// its route lease (TTL, seconds: the workstation renews it every few
+// seconds; when it runs out the route is dropped, so the sidecars pass
+// traffic through to the original container) and its grace hold (the
+// workload stays patched until the last renewal plus the intercept's grace,
+// so a workstation back from sleep re-attaches without a rollout). A
+// workload goes to the orphan restorer only when no intercept on it has a
+// lease or a hold left.
 type Intercepts struct {
 	ttl     time.Duration
 	now     func() time.Time
 	mu      sync.Mutex
-	byID    map[string]*api.Intercept
+	byID    map[string]*entry
 	version uint64
-	changed chan struct{}  // closed and replaced on every change
-	expired []api.Workload // workloads whose last intercept expired, for the restorer
+	changed chan struct{}  // closed and replaced on every route change
+	expired []api.Workload // workloads whose last intercept and hold ended, for the restorer
 	kick    chan struct{}  // signals the restorer
+}
+
+// entry is one intercept: routed while heldUntil is zero, else held.
+type entry struct {
+	it        api.Intercept
+	renewed   time.Time // the last add or renewal
+	grace     time.Duration
+	heldUntil time.Time // zero = the route lease is live
+}
+
+func (e *entry) live() bool { return e.heldUntil.IsZero() }
+
+// view is the intercept as List shows it.
+func (e *entry) view() api.Intercept {
+	it := e.it
+	it.Held, it.HeldUntil = !e.live(), e.heldUntil
+	return it
 }
 
 // NewIntercepts returns an empty table; ttl 0 = 15 s; now nil = time.Now.
@@ -46,10 +68,10 @@ func NewIntercepts(ttl time.Duration, now func() time.Time) *Intercepts {
 		now = time.Now
 	}
 	// Version starts at 1 so a sidecar's first poll (after=0) answers at once.
-	return &Intercepts{ttl: ttl, now: now, version: 1, byID: map[string]*api.Intercept{}, changed: make(chan struct{}), kick: make(chan struct{}, 1)}
+	return &Intercepts{ttl: ttl, now: now, version: 1, byID: map[string]*entry{}, changed: make(chan struct{}), kick: make(chan struct{}, 1)}
 }
 
-// TTL is the lease length.
+// TTL is the route lease length.
 func (t *Intercepts) TTL() time.Duration { return t.ttl }
 
 // interceptID is stable per workstation and Service, so a re-add replaces.
@@ -58,10 +80,20 @@ func interceptID(pub, ns, svc string) string {
 	return hex.EncodeToString(h[:6])
 }
 
+// effectiveGrace is GraceSeconds with the default and the cap applied.
+func effectiveGrace(seconds int) time.Duration {
+	if seconds == 0 {
+		return api.DefaultGrace
+	}
+	return min(time.Duration(seconds)*time.Second, api.MaxGrace)
+}
+
 // Add records an intercept for the peer at addr, or refreshes the peer's own
-// one for the same Service. A full intercept excludes every other holder's
-// intercept of the Service and the other way round; two isolated ones must
-// use different route-as values.
+// one for the same Service (a held one gets its route back: the re-add
+// within the grace cancels the pending restore). A full intercept excludes
+// every other holder's intercept of the Service and the other way round;
+// two isolated ones must use different route-as values. Held intercepts
+// count: their workstation is away, not gone.
 func (t *Intercepts) Add(req api.InterceptRequest, addr netip.Addr) (api.Intercept, error) {
 	switch {
 	case req.Namespace == "" || req.Service == "":
@@ -70,119 +102,154 @@ func (t *Intercepts) Add(req api.InterceptRequest, addr netip.Addr) (api.Interce
 		return api.Intercept{}, fmt.Errorf("intercept: port %d: want 1-65535", req.Port)
 	case req.Workload.Kind == "" || req.Workload.Name == "":
 		return api.Intercept{}, errors.New("intercept: workload kind and name are required")
+	case req.GraceSeconds < 0:
+		return api.Intercept{}, fmt.Errorf("intercept: grace %ds: want 0 (the default) or more", req.GraceSeconds)
 	}
 	id := interceptID(req.PublicKey, req.Namespace, req.Service)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, o := range t.byID {
+	for _, e := range t.byID {
+		o := e.it
 		if o.ID == id || o.Namespace != req.Namespace || o.Service != req.Service {
 			continue
 		}
+		who := o.Holder
+		if !e.live() {
+			who += fmt.Sprintf(" (away; held until %s unless they come back)", e.heldUntil.UTC().Format(time.TimeOnly+" MST"))
+		}
 		switch {
 		case o.RouteAs == "":
-			return api.Intercept{}, fmt.Errorf("%w: service %s/%s is intercepted by %s (all traffic): ask them to run `bridgetun leave %s`", ErrConflict, req.Namespace, req.Service, o.Holder, req.Service)
+			return api.Intercept{}, fmt.Errorf("%w: service %s/%s is intercepted by %s (all traffic): ask them to run `bridgetun leave %s`", ErrConflict, req.Namespace, req.Service, who, req.Service)
 		case req.RouteAs == "":
-			return api.Intercept{}, fmt.Errorf("%w: service %s/%s is intercepted by %s (isolated, route-as %q): use --isolate, or ask them to leave", ErrConflict, req.Namespace, req.Service, o.Holder, o.RouteAs)
+			return api.Intercept{}, fmt.Errorf("%w: service %s/%s is intercepted by %s (isolated, route-as %q): use --isolate, or ask them to leave", ErrConflict, req.Namespace, req.Service, who, o.RouteAs)
 		case o.RouteAs == req.RouteAs:
-			return api.Intercept{}, fmt.Errorf("%w: route-as %q on service %s/%s is taken by %s: pick another --route-as", ErrConflict, req.RouteAs, req.Namespace, req.Service, o.Holder)
+			return api.Intercept{}, fmt.Errorf("%w: route-as %q on service %s/%s is taken by %s: pick another --route-as", ErrConflict, req.RouteAs, req.Namespace, req.Service, who)
 		}
 	}
-	it := &api.Intercept{
-		InterceptRequest: req,
-		ID:               id,
-		Target:           netip.AddrPortFrom(addr, uint16(req.Port)).String(),
-		Expires:          t.now().Add(t.ttl),
+	now := t.now()
+	grace := effectiveGrace(req.GraceSeconds)
+	req.GraceSeconds = int(grace / time.Second)
+	e := &entry{
+		it: api.Intercept{
+			InterceptRequest: req,
+			ID:               id,
+			Target:           netip.AddrPortFrom(addr, uint16(req.Port)).String(),
+			Expires:          now.Add(t.ttl),
+		},
+		renewed: now,
+		grace:   grace,
 	}
 	old, had := t.byID[id]
-	t.byID[id] = it
-	if !had || old.Target != it.Target || old.RouteAs != it.RouteAs {
+	t.byID[id] = e
+	if !had || !old.live() || old.it.Target != e.it.Target || old.it.RouteAs != e.it.RouteAs {
 		t.bumpLocked()
 	}
-	return *it, nil
+	return e.it, nil
 }
 
-// Remove drops the peer's intercept of ns/svc and returns how many
-// intercepts (anyone's) remain on the same workload.
+// Remove drops the peer's intercept of ns/svc, routed or held, and returns
+// how many intercepts (anyone's, routed or held) remain on the same
+// workload.
 func (t *Intercepts) Remove(pub, ns, svc string) (removed bool, remaining int) {
 	id := interceptID(pub, ns, svc)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	it, ok := t.byID[id]
+	e, ok := t.byID[id]
 	if !ok {
-		// Already gone (its lease expired): still say who else holds the
+		// Already gone (its hold ended): still say who else holds the
 		// Service's workload, so the caller does not restore it under them.
 		for _, o := range t.byID {
-			if o.Namespace == ns && o.Service == svc {
-				remaining = t.onWorkloadLocked(o.Workload)
+			if o.it.Namespace == ns && o.it.Service == svc {
+				remaining = t.onWorkloadLocked(o.it.Workload)
 				break
 			}
 		}
 		return false, remaining
 	}
 	delete(t.byID, id)
-	t.bumpLocked()
-	return true, t.onWorkloadLocked(it.Workload)
+	if e.live() {
+		t.bumpLocked()
+	}
+	return true, t.onWorkloadLocked(e.it.Workload)
 }
 
-// RemovePeer drops every intercept of a peer (its registration expired).
+// RemovePeer drops the routes of a peer whose registration expired; their
+// grace holds stay (a laptop asleep longer than the registration TTL comes
+// back within its grace all the same).
 func (t *Intercepts) RemovePeer(pub tunnel.Key) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for id, it := range t.byID {
-		if it.PublicKey == pub.String() {
-			delete(t.byID, id)
-			t.bumpLocked()
-			if t.onWorkloadLocked(it.Workload) == 0 {
-				t.expired = append(t.expired, it.Workload)
-			}
+	bump := false
+	for _, e := range t.byID {
+		if e.it.PublicKey == pub.String() && e.live() {
+			e.heldUntil = e.renewed.Add(e.grace)
+			bump = true
 		}
 	}
-	t.signal()
+	if bump {
+		t.bumpLocked()
+	}
+	t.releaseLocked(t.now())
 }
 
-// Renew extends the leases of the peer's intercepts and returns the ids it
-// asked about that the gateway does not know (it restarted): the workstation
-// adds those again.
+// Renew extends the route leases of the peer's intercepts and returns the
+// ids it asked about that the gateway does not route (it restarted, or the
+// lease ran out and only the hold is left): the workstation adds those
+// again.
 func (t *Intercepts) Renew(pub string, ids []string) (unknown []string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	exp := t.now().Add(t.ttl)
+	now := t.now()
 	for _, id := range ids {
-		it, ok := t.byID[id]
-		if !ok || it.PublicKey != pub {
+		e, ok := t.byID[id]
+		if !ok || e.it.PublicKey != pub || !e.live() {
 			unknown = append(unknown, id)
 			continue
 		}
-		it.Expires = exp
+		e.it.Expires, e.renewed = now.Add(t.ttl), now
 	}
 	return unknown
 }
 
-// Expire drops intercepts whose lease ran out and returns how many.
-func (t *Intercepts) Expire() int {
+// Expire drops the routes whose lease ran out (their holds begin) and ends
+// the holds whose grace ran out; a workload left with neither goes to the
+// restorer. It returns how many of each.
+func (t *Intercepts) Expire() (routes, holds int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.now()
+	for _, e := range t.byID {
+		if e.live() && !now.Before(e.it.Expires) {
+			e.heldUntil = e.renewed.Add(e.grace)
+			routes++
+		}
+	}
+	if routes > 0 {
+		t.bumpLocked()
+	}
+	return routes, t.releaseLocked(now)
+}
+
+// releaseLocked ends the holds due at now and signals the restorer for
+// workloads nothing holds any more.
+func (t *Intercepts) releaseLocked(now time.Time) int {
 	n := 0
-	for id, it := range t.byID {
-		if now.Before(it.Expires) {
+	for id, e := range t.byID {
+		if e.live() || now.Before(e.heldUntil) {
 			continue
 		}
 		delete(t.byID, id)
 		n++
-		if t.onWorkloadLocked(it.Workload) == 0 {
-			t.expired = append(t.expired, it.Workload)
+		if t.onWorkloadLocked(e.it.Workload) == 0 && !slices.Contains(t.expired, e.it.Workload) {
+			t.expired = append(t.expired, e.it.Workload)
 		}
 	}
-	if n > 0 {
-		t.bumpLocked()
-		t.signal()
-	}
+	t.signal()
 	return n
 }
 
 // TakeExpired returns (and forgets) the workloads whose last intercept
-// expired since the previous call.
+// and hold ended since the previous call.
 func (t *Intercepts) TakeExpired() []api.Workload {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -194,21 +261,35 @@ func (t *Intercepts) TakeExpired() []api.Workload {
 // Kick is signalled when TakeExpired has something.
 func (t *Intercepts) Kick() <-chan struct{} { return t.kick }
 
-// Live reports whether a workload has a live intercept.
+// Live reports whether a workload has a routed intercept (a live lease).
 func (t *Intercepts) Live(w api.Workload) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, e := range t.byID {
+		if e.it.Workload == w && e.live() {
+			return true
+		}
+	}
+	return false
+}
+
+// Holds reports whether anything keeps a workload patched: a routed
+// intercept or a grace hold.
+func (t *Intercepts) Holds(w api.Workload) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.onWorkloadLocked(w) > 0
 }
 
-// List returns the live intercepts of namespace ns ("" = all), sorted.
+// List returns the intercepts of namespace ns ("" = all), routed and held,
+// sorted.
 func (t *Intercepts) List(ns string) []api.Intercept {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var out []api.Intercept
-	for _, it := range t.byID {
-		if ns == "" || it.Namespace == ns {
-			out = append(out, *it)
+	for _, e := range t.byID {
+		if ns == "" || e.it.Namespace == ns {
+			out = append(out, e.view())
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Service+out[i].ID < out[j].Service+out[j].ID })
@@ -241,12 +322,12 @@ func (t *Intercepts) Wait(ctx context.Context, ns, svc string, after uint64) api
 	}
 }
 
-// TargetAllowed reports whether target is a live intercept's target.
+// TargetAllowed reports whether target is a routed intercept's target.
 func (t *Intercepts) TargetAllowed(target string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, it := range t.byID {
-		if it.Target == target {
+	for _, e := range t.byID {
+		if e.live() && e.it.Target == target {
 			return true
 		}
 	}
@@ -255,8 +336,8 @@ func (t *Intercepts) TargetAllowed(target string) bool {
 
 func (t *Intercepts) tableLocked(ns, svc string) api.RouteTable {
 	tab := api.RouteTable{Version: t.version}
-	for _, it := range t.byID {
-		if it.Namespace == ns && it.Service == svc {
+	for _, e := range t.byID {
+		if it := e.it; e.live() && it.Namespace == ns && it.Service == svc {
 			tab.Routes = append(tab.Routes, api.Route{ID: it.ID, Target: it.Target, RouteAs: it.RouteAs, Holder: it.Holder})
 		}
 	}
@@ -274,8 +355,8 @@ func (t *Intercepts) tableLocked(ns, svc string) api.RouteTable {
 
 func (t *Intercepts) onWorkloadLocked(w api.Workload) int {
 	n := 0
-	for _, it := range t.byID {
-		if it.Workload == w {
+	for _, e := range t.byID {
+		if e.it.Workload == w {
 			n++
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/bridgetun/bridgetun/agent/api"
+	"github.com/bridgetun/bridgetun/tunnel"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -99,34 +100,202 @@ func TestInterceptTableAndLease(t *testing.T) {
 		t.Fatal("TargetAllowed: want only live targets")
 	}
 
-	// A renews, B does not: after the TTL only B expires, and the workload
-	// is not orphaned (A still holds it).
+	// A renews, B does not: after the TTL only B's route goes; B's hold
+	// (and A's lease) keep the workload patched.
 	clk.add(10 * time.Second)
 	if unknown := tab.Renew(keyA, []string{a.ID, "nope"}); len(unknown) != 1 || unknown[0] != "nope" {
 		t.Fatalf("renew unknown: got %v, want [nope]", unknown)
 	}
 	clk.add(6 * time.Second)
-	if n := tab.Expire(); n != 1 {
-		t.Fatalf("expired: got %d, want 1", n)
+	if routes, holds := tab.Expire(); routes != 1 || holds != 0 {
+		t.Fatalf("expired: got %d routes, %d holds; want 1, 0", routes, holds)
+	}
+	if got := tab.Table("ns", "api"); len(got.Routes) != 1 || got.Routes[0].ID != a.ID {
+		t.Fatalf("table after B's lease ran out: got %+v, want only A's route", got)
 	}
 	if w := tab.TakeExpired(); len(w) != 0 {
 		t.Fatalf("orphans while A holds the workload: got %v", w)
 	}
-	// B leaves after its lease already ran out: A still holds the workload.
-	if removed, remaining := tab.Remove(keyB, "ns", "api"); removed || remaining != 1 {
-		t.Fatalf("late leave: got removed=%v remaining=%d, want false, 1", removed, remaining)
+	// B leaves while held: the hold goes, A still holds the workload.
+	if removed, remaining := tab.Remove(keyB, "ns", "api"); !removed || remaining != 1 {
+		t.Fatalf("leave while held: got removed=%v remaining=%d, want true, 1", removed, remaining)
 	}
+	if removed, remaining := tab.Remove(keyB, "ns", "api"); removed || remaining != 1 {
+		t.Fatalf("second leave: got removed=%v remaining=%d, want false, 1", removed, remaining)
+	}
+	// A's lease runs out: its route goes, its hold stays for the default
+	// grace, and only then is the workload orphaned.
 	clk.add(10 * time.Second)
-	if n := tab.Expire(); n != 1 {
-		t.Fatalf("expired: got %d, want 1", n)
+	if routes, _ := tab.Expire(); routes != 1 {
+		t.Fatalf("expired routes: got %d, want 1", routes)
+	}
+	if w := tab.TakeExpired(); len(w) != 0 {
+		t.Fatalf("orphans while A's hold lasts: got %v", w)
+	}
+	clk.add(api.DefaultGrace)
+	if _, holds := tab.Expire(); holds != 1 {
+		t.Fatalf("expired holds: got %d, want 1", holds)
 	}
 	select {
 	case <-tab.Kick():
 	default:
-		t.Fatal("no kick after the last lease expired")
+		t.Fatal("no kick after the last hold ended")
 	}
 	if w := tab.TakeExpired(); len(w) != 1 || w[0] != apiW {
 		t.Fatalf("orphans: got %v, want [%v]", w, apiW)
+	}
+}
+
+// TestInterceptHold: an expired lease drops the route (sidecars pass
+// through, the target is refused, a renewal says unknown) but not the hold:
+// the workload is orphaned only when the intercept's grace has passed
+// since its last renewal. List shows the hold and its end.
+func TestInterceptHold(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1000, 0)}
+	tab := NewIntercepts(15*time.Second, clk.now)
+	r := req(keyA, "")
+	r.GraceSeconds = 600
+	a, err := tab.Add(r, ipA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.GraceSeconds != 600 {
+		t.Errorf("granted grace: got %ds, want 600", a.GraceSeconds)
+	}
+	clk.add(5 * time.Second)
+	tab.Renew(keyA, []string{a.ID}) // the last renewal: t=1005
+	v := tab.Table("ns", "api").Version
+	clk.add(16 * time.Second)
+	if routes, holds := tab.Expire(); routes != 1 || holds != 0 {
+		t.Fatalf("expire: got %d routes, %d holds; want 1, 0", routes, holds)
+	}
+	if got := tab.Table("ns", "api"); got.Version <= v || len(got.Routes) != 0 {
+		t.Fatalf("table after the lease: got %+v, want no routes and a new version", got)
+	}
+	if tab.TargetAllowed(a.Target) {
+		t.Error("TargetAllowed: a held intercept's target is still allowed")
+	}
+	if tab.Live(apiW) || !tab.Holds(apiW) {
+		t.Errorf("Live, Holds: got %v, %v; want false, true", tab.Live(apiW), tab.Holds(apiW))
+	}
+	if unknown := tab.Renew(keyA, []string{a.ID}); len(unknown) != 1 {
+		t.Errorf("renew of a held intercept: got unknown %v, want its id (add it again)", unknown)
+	}
+	wantUntil := time.Unix(1005, 0).Add(10 * time.Minute)
+	if l := tab.List("ns"); len(l) != 1 || !l[0].Held || !l[0].HeldUntil.Equal(wantUntil) {
+		t.Fatalf("list: got %+v, want one held until %v", l, wantUntil)
+	}
+	clk.t = wantUntil.Add(-time.Second)
+	if _, holds := tab.Expire(); holds != 0 || len(tab.TakeExpired()) != 0 {
+		t.Fatal("the hold ended before its grace")
+	}
+	clk.t = wantUntil
+	if _, holds := tab.Expire(); holds != 1 {
+		t.Fatalf("holds ended at the grace: got %d, want 1", holds)
+	}
+	if w := tab.TakeExpired(); len(w) != 1 || w[0] != apiW {
+		t.Fatalf("orphans: got %v, want [%v]", w, apiW)
+	}
+	if tab.Holds(apiW) || len(tab.List("")) != 0 {
+		t.Error("the intercept is still listed after its hold ended")
+	}
+}
+
+// TestInterceptReAddWithinGrace: adding a held intercept again brings its
+// route back and cancels the restore that its hold's end would have
+// caused.
+func TestInterceptReAddWithinGrace(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1000, 0)}
+	tab := NewIntercepts(15*time.Second, clk.now)
+	r := req(keyA, "")
+	r.GraceSeconds = 60
+	if _, err := tab.Add(r, ipA); err != nil {
+		t.Fatal(err)
+	}
+	clk.add(20 * time.Second)
+	tab.Expire()
+	v := tab.Table("ns", "api").Version
+	clk.add(30 * time.Second) // asleep, within the grace
+	if _, err := tab.Add(r, ipA); err != nil {
+		t.Fatal(err)
+	}
+	got := tab.Table("ns", "api")
+	if _, ok := got.Full(); !ok || got.Version <= v {
+		t.Fatalf("table after the re-add: got %+v, want the full route back at a new version", got)
+	}
+	clk.add(40 * time.Second) // past the first hold's end; the lease renewed
+	tab.Renew(keyA, []string{interceptID(keyA, "ns", "api")})
+	if routes, holds := tab.Expire(); routes != 0 || holds != 0 || len(tab.TakeExpired()) != 0 {
+		t.Fatalf("after the re-add: got %d routes, %d holds expired; want none and no orphan", routes, holds)
+	}
+}
+
+// TestInterceptGraceBounds: 0 is the default, a longer one is capped,
+// a negative one refused.
+func TestInterceptGraceBounds(t *testing.T) {
+	for _, tc := range []struct {
+		seconds, want int
+		wantErr       string
+	}{
+		{0, int(api.DefaultGrace / time.Second), ""},
+		{30, 30, ""},
+		{int(48 * time.Hour / time.Second), int(api.MaxGrace / time.Second), ""},
+		{-1, 0, "grace -1s"},
+	} {
+		r := req(keyA, "")
+		r.GraceSeconds = tc.seconds
+		it, err := NewIntercepts(0, nil).Add(r, ipA)
+		switch {
+		case tc.wantErr != "":
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("grace %d: got %v, want an error containing %q", tc.seconds, err, tc.wantErr)
+			}
+		case err != nil || it.GraceSeconds != tc.want:
+			t.Errorf("grace %d: got %d, %v; want %d", tc.seconds, it.GraceSeconds, err, tc.want)
+		}
+	}
+}
+
+// TestInterceptRemovePeerKeepsHold: a registration that expires (a sleep
+// past the registration TTL) drops the routes but not the holds.
+func TestInterceptRemovePeerKeepsHold(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1000, 0)}
+	tab := NewIntercepts(15*time.Second, clk.now)
+	if _, err := tab.Add(req(keyA, ""), ipA); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := tunnel.ParseKey(keyA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.add(10 * time.Minute)
+	tab.RemovePeer(pub)
+	if _, ok := tab.Table("ns", "api").Full(); ok {
+		t.Error("the route outlived its peer's registration")
+	}
+	if !tab.Holds(apiW) || len(tab.TakeExpired()) != 0 {
+		t.Error("the hold went with the registration; want it kept for the grace")
+	}
+	clk.add(api.DefaultGrace)
+	tab.Expire()
+	if w := tab.TakeExpired(); len(w) != 1 {
+		t.Errorf("after the grace: got orphans %v, want [%v]", w, apiW)
+	}
+}
+
+// TestInterceptConflictWithHeld: a held intercept still excludes others,
+// and the refusal says its holder is away and until when.
+func TestInterceptConflictWithHeld(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1000, 0)}
+	tab := NewIntercepts(15*time.Second, clk.now)
+	if _, err := tab.Add(req(keyA, ""), ipA); err != nil {
+		t.Fatal(err)
+	}
+	clk.add(20 * time.Second)
+	tab.Expire()
+	_, err := tab.Add(req(keyB, ""), ipB)
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "holder-A (away; held until 00:31:40 UTC") {
+		t.Fatalf("got %v, want a conflict naming the away holder and the hold's end", err)
 	}
 }
 
@@ -268,20 +437,25 @@ func (f *fakeRestorer) Restore(_ context.Context, w api.Workload) error {
 	return nil
 }
 
-// TestOrphanRestorer: an expired lease restores its workload at once; a
-// patch nobody holds is restored by the sweep after the grace; a held one
+// TestOrphanRestorer: a workload is restored at once when its last
+// intercept's lease and hold have both run out; a patch the table does not
+// hold is restored by the sweep after its recorded grace (or the default
+// one) since the later of its patch and the gateway's start; a live one
 // never.
 func TestOrphanRestorer(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(1000, 0)}
 	tab := NewIntercepts(time.Second, clk.now)
 	held := api.Workload{Namespace: "ns", Kind: "Deployment", Name: "held"}
 	stray := api.Workload{Namespace: "ns", Kind: "StatefulSet", Name: "stray"}
+	graced := api.Workload{Namespace: "ns", Kind: "Deployment", Name: "graced"}
 	hr := req(keyB, "")
 	hr.Service, hr.Workload = "held", held
 	if _, err := tab.Add(hr, ipB); err != nil {
 		t.Fatal(err)
 	}
-	fr := &fakeRestorer{restored: make(chan api.Workload, 10), patched: []PatchedWorkload{{Workload: held}, {Workload: stray}}}
+	fr := &fakeRestorer{restored: make(chan api.Workload, 10), patched: []PatchedWorkload{
+		{Workload: held}, {Workload: stray}, {Workload: graced, Grace: 3 * time.Hour},
+	}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -290,22 +464,34 @@ func TestOrphanRestorer(t *testing.T) {
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 
-	if _, err := tab.Add(req(keyA, ""), ipA); err != nil {
+	ar := req(keyA, "")
+	ar.GraceSeconds = 60
+	if _, err := tab.Add(ar, ipA); err != nil {
 		t.Fatal(err)
 	}
-	// Keep "held" alive; let A's lease run out.
+	// Keep "held" alive; let A's lease run out, then its hold.
+	keep := func() {
+		tab.mu.Lock()
+		tab.byID[interceptID(keyB, "ns", "held")].it.Expires = clk.now().Add(24 * time.Hour)
+		tab.mu.Unlock()
+	}
+	keep()
 	clk.add(2 * time.Second)
-	tab.Renew(keyB, []string{interceptID(keyB, "ns", "held")})
-	tab.mu.Lock()
-	tab.byID[interceptID(keyB, "ns", "held")].Expires = clk.now().Add(time.Hour)
-	tab.mu.Unlock()
+	if routes, _ := tab.Expire(); routes != 1 || !tab.Holds(apiW) {
+		t.Fatal("A's hold went with its lease")
+	}
+	clk.add(time.Minute)
 	tab.Expire()
 	if got := waitRestored(t, fr); got != apiW {
-		t.Fatalf("restored: got %v, want %v (lease expired)", got, apiW)
+		t.Fatalf("restored: got %v, want %v (lease and hold ran out)", got, apiW)
 	}
-	clk.add(2 * time.Hour) // past the grace: the sweep takes the stray patch
+	clk.add(2 * time.Hour) // past the default grace: the sweep takes the stray patch
 	if got := waitRestored(t, fr); got != stray {
-		t.Fatalf("restored: got %v, want %v (no live intercept)", got, stray)
+		t.Fatalf("restored: got %v, want %v (nothing holds it)", got, stray)
+	}
+	clk.add(time.Hour) // past the recorded 3 h
+	if got := waitRestored(t, fr); got != graced {
+		t.Fatalf("restored: got %v, want %v (its recorded grace ran out)", got, graced)
 	}
 }
 

@@ -14,6 +14,10 @@ import (
 type PatchedWorkload struct {
 	api.Workload
 	PatchedAt time.Time
+	// Grace is the hold the patching workstation asked for, recorded on the
+	// workload itself so it outlives a gateway restart; 0 = not recorded
+	// (OrphanConfig.Grace applies).
+	Grace time.Duration
 }
 
 // WorkloadRestorer lists and restores patched workloads; the agent binary
@@ -29,9 +33,10 @@ type WorkloadRestorer interface {
 type OrphanConfig struct {
 	Intercepts *Intercepts
 	Restorer   WorkloadRestorer
-	// Grace is how long a patched workload without a live intercept is left
-	// alone after the later of its patch and this gateway's start (a
-	// workstation re-adds its intercepts after a gateway restart). 0 = 30 s.
+	// Grace is how long a patched workload that records no grace of its own
+	// and that nothing in the table holds is left alone after the later of
+	// its patch and this gateway's start (a workstation re-adds its
+	// intercepts after a gateway restart). 0 = 30 s.
 	Grace time.Duration
 	Every time.Duration // 0 = 5 s: how often patched workloads are listed
 	Log   *slog.Logger  // nil discards
@@ -39,9 +44,14 @@ type OrphanConfig struct {
 }
 
 // RunOrphanRestorer restores workloads whose intercepts are gone: at once
-// when the last lease expires (a workstation killed, a lid closed), and by
-// a periodic sweep for patches nobody holds (the gateway restarted, a client
-// crashed between patch and register). It returns when ctx ends.
+// when the last intercept's lease and grace hold have both run out (a
+// workstation killed, a lid closed for longer than the grace), and by a
+// periodic sweep for patches the table does not hold (the gateway
+// restarted, a client crashed between patch and register). The sweep
+// leaves a workload alone for its recorded grace after the later of its
+// patch and this gateway's start: the table's holds died with the previous
+// gateway, and a workstation asleep then may still come back within its
+// grace. It returns when ctx ends.
 func RunOrphanRestorer(ctx context.Context, cfg OrphanConfig) {
 	if cfg.Grace == 0 {
 		cfg.Grace = 30 * time.Second
@@ -59,7 +69,7 @@ func RunOrphanRestorer(ctx context.Context, cfg OrphanConfig) {
 	log = obs.Component(log, "orphans")
 	start := cfg.Now()
 	restore := func(w api.Workload, why string) {
-		if cfg.Intercepts.Live(w) {
+		if cfg.Intercepts.Holds(w) {
 			return
 		}
 		if err := cfg.Restorer.Restore(ctx, w); err != nil {
@@ -76,7 +86,7 @@ func RunOrphanRestorer(ctx context.Context, cfg OrphanConfig) {
 			return
 		case <-cfg.Intercepts.Kick():
 			for _, w := range cfg.Intercepts.TakeExpired() {
-				restore(w, "intercept lease expired")
+				restore(w, "intercept lease and grace expired")
 			}
 		case <-t.C:
 			ws, err := cfg.Restorer.Patched(ctx)
@@ -89,8 +99,12 @@ func RunOrphanRestorer(ctx context.Context, cfg OrphanConfig) {
 				if start.After(since) {
 					since = start
 				}
-				if cfg.Now().Sub(since) >= cfg.Grace {
-					restore(w.Workload, "no live intercept")
+				grace := min(w.Grace, api.MaxGrace)
+				if grace <= 0 {
+					grace = cfg.Grace
+				}
+				if cfg.Now().Sub(since) >= grace {
+					restore(w.Workload, "no intercept holds it")
 				}
 			}
 		}

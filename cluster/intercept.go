@@ -28,6 +28,7 @@ const (
 	AnnotationOriginalTemplate = "bridgetun.io/original-template" // JSON of the original spec.template
 	AnnotationPatchedAt        = "bridgetun.io/patched-at"        // RFC 3339
 	AnnotationInterceptPort    = "bridgetun.io/intercept-port"    // the intercepted container port
+	AnnotationGrace            = "bridgetun.io/grace"             // Go duration: how long the gateway holds the patch for a silent workstation
 	LabelPatched               = "bridgetun.io/patched"           // "true"; PatchedWorkloads lists by it
 
 	InitContainerName    = "bridgetun-init"
@@ -67,7 +68,8 @@ func (t InterceptTarget) Ref() WorkloadRef {
 // WorkloadRef names a Deployment, StatefulSet or ReplicaSet.
 type WorkloadRef struct {
 	Namespace, Kind, Name string
-	PatchedAt             time.Time // from the patched-at annotation; zero if unknown
+	PatchedAt             time.Time     // from the patched-at annotation; zero if unknown
+	Grace                 time.Duration // from the grace annotation; zero if unknown
 }
 
 // String is "deployment/api", plus " in namespace NS" when the namespace

@@ -32,6 +32,10 @@ type SidecarSpec struct {
 	ProbePort   int32             // 0 = 15002
 	MetricsPort int32             // 0 = 15090
 	UID         int64             // 0 = 65532: the sidecar's UID, exempt from the redirect
+	// Grace is how long the gateway keeps the workload patched after its
+	// workstation went silent, recorded as AnnotationGrace so a restarted
+	// gateway honours it; 0 = not recorded.
+	Grace time.Duration
 }
 
 func (s SidecarSpec) withDefaults() SidecarSpec {
@@ -157,6 +161,11 @@ func patchWorkload(w *workload, t InterceptTarget, spec SidecarSpec, now time.Ti
 	w.meta.Annotations[AnnotationOriginalTemplate] = string(orig)
 	w.meta.Annotations[AnnotationPatchedAt] = now.UTC().Format(time.RFC3339)
 	w.meta.Annotations[AnnotationInterceptPort] = strconv.Itoa(int(t.ContainerPort))
+	if spec.Grace > 0 {
+		w.meta.Annotations[AnnotationGrace] = spec.Grace.String()
+	} else {
+		delete(w.meta.Annotations, AnnotationGrace)
+	}
 	w.meta.Labels[LabelPatched] = "true"
 	return true, nil
 }
@@ -352,7 +361,7 @@ func unpatchWorkload(w *workload) (bool, error) {
 		}
 		*w.template = orig
 	}
-	for _, k := range []string{AnnotationOriginalTemplate, AnnotationPatchedAt, AnnotationInterceptPort} {
+	for _, k := range []string{AnnotationOriginalTemplate, AnnotationPatchedAt, AnnotationInterceptPort, AnnotationGrace} {
 		delete(w.meta.Annotations, k)
 	}
 	delete(w.meta.Labels, LabelPatched)
@@ -370,6 +379,21 @@ func fixByHand(r WorkloadRef) string {
 	kn := strings.ToLower(r.Kind) + "/" + r.Name
 	return fmt.Sprintf("re-apply the workload's manifest, then `kubectl -n %s annotate %s %s- %s- %s-` and `kubectl -n %s label %s %s-`",
 		r.Namespace, kn, AnnotationOriginalTemplate, AnnotationPatchedAt, AnnotationInterceptPort, r.Namespace, kn, LabelPatched)
+}
+
+// WorkloadPatchedFor reports whether ref's pod template carries bridgetun's
+// sidecar for containerPort: an intercept that was away re-attaches without
+// a rollout when it does. A missing workload is (false, nil).
+func WorkloadPatchedFor(ctx context.Context, client kubernetes.Interface, ref WorkloadRef, containerPort int32) (bool, error) {
+	w, err := getWorkload(ctx, client, ref)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return hasContainer(w.template.Spec.Containers, SidecarContainerName) &&
+		w.meta.Annotations[AnnotationInterceptPort] == strconv.Itoa(int(containerPort)), nil
 }
 
 // PatchedWorkloads lists the workloads carrying bridgetun's patch label in
@@ -497,7 +521,8 @@ func replicaSetWorkload(client kubernetes.Interface, rs *appsv1.ReplicaSet) *wor
 
 func refOf(kind string, m *metav1.ObjectMeta) WorkloadRef {
 	at, _ := time.Parse(time.RFC3339, m.Annotations[AnnotationPatchedAt])
-	return WorkloadRef{Namespace: m.Namespace, Kind: kind, Name: m.Name, PatchedAt: at}
+	grace, _ := time.ParseDuration(m.Annotations[AnnotationGrace])
+	return WorkloadRef{Namespace: m.Namespace, Kind: kind, Name: m.Name, PatchedAt: at, Grace: max(grace, 0)}
 }
 
 // rollPods deletes w's live pods whose sidecar presence is not

@@ -33,6 +33,10 @@ type RegisterResponse struct {
 	Namespace        string `json:"namespace"`   // the gateway's namespace
 	Version          string `json:"version"`     // gateway version
 	TTLSeconds       int    `json:"ttl_seconds"` // register again within this
+	// Admitted: this call admitted the key anew (the gateway did not know
+	// it: it restarted, or the workstation was silent past the TTL), so no
+	// WireGuard session exists at the gateway: handshake again at once.
+	Admitted bool `json:"admitted,omitempty"`
 }
 
 // LeaveRequest drops a workstation's intercept of a Service.
@@ -55,11 +59,27 @@ type RenewRequest struct {
 	IDs       []string `json:"ids"`
 }
 
-// RenewResponse lists ids the gateway does not know (add them again).
+// RenewResponse lists ids the gateway does not route (it restarted, or
+// their lease ran out and only the grace hold is left): add them again.
 type RenewResponse struct {
 	Unknown    []string `json:"unknown,omitempty"`
 	TTLSeconds int      `json:"ttl_seconds"`
+	// UnknownPeer: the workstation's registration is gone (it was silent
+	// longer than the registration TTL, or the gateway restarted):
+	// register again before adding the unknown ids.
+	UnknownPeer bool `json:"unknown_peer,omitempty"`
 }
+
+// Grace bounds. An intercept has two lifetimes at the gateway: its route
+// lease (seconds, renewed by the workstation; when it runs out the sidecars
+// pass traffic through to the original container) and its grace hold (the
+// workload stays patched this long after the last renewal, so a workstation
+// back from sleep re-attaches without a rollout). The workload is restored
+// only when neither remains.
+const (
+	DefaultGrace = 15 * time.Minute // InterceptRequest.GraceSeconds 0
+	MaxGrace     = 24 * time.Hour   // the gateway caps longer ones
+)
 
 // Workload names a patched workload (Kubernetes-free: kind and name as strings).
 type Workload struct {
@@ -80,14 +100,22 @@ type InterceptRequest struct {
 	Port      int      `json:"port"`               // workstation port the gateway dials on the tunnel address
 	RouteAs   string   `json:"route_as,omitempty"` // "" = full intercept
 	Holder    string   `json:"holder"`             // e.g. user@host, shown to others
+	// GraceSeconds is how long the workload stays patched after the last
+	// renewal; 0 = DefaultGrace; the gateway caps it at MaxGrace. An
+	// Intercept the gateway returns carries the value it applies.
+	GraceSeconds int `json:"grace_seconds,omitempty"`
 }
 
-// Intercept is a live intercept as the gateway knows it.
+// Intercept is an intercept as the gateway knows it: routed (its lease is
+// live) or held (the lease ran out; the workload stays patched until
+// HeldUntil unless the workstation adds it again).
 type Intercept struct {
 	InterceptRequest
-	ID      string    `json:"id"`
-	Target  string    `json:"target"`
-	Expires time.Time `json:"expires"`
+	ID        string    `json:"id"`
+	Target    string    `json:"target"`
+	Expires   time.Time `json:"expires"`             // the route lease's end
+	Held      bool      `json:"held,omitempty"`      // no route: only the grace hold is left
+	HeldUntil time.Time `json:"held_until,omitzero"` // Held: when the workload is restored
 }
 
 // The gateway ↔ sidecar protocol. A sidecar reaches the gateway's relay

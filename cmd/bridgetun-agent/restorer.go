@@ -12,9 +12,12 @@ import (
 	"github.com/bridgetun/bridgetun/cluster"
 )
 
-// restorer lets the gateway put back workloads whose intercept lease ran
-// out, through the Kubernetes API with the gateway's own service account
-// (RBAC: its namespace only). The agent package stays client-go free; this
+// restorer lets the gateway put back workloads whose intercepts' leases and
+// grace holds ran out, through the Kubernetes API with the gateway's own
+// service account (RBAC: its namespace only). It reports each patch's
+// recorded grace (the bridgetun.io/grace annotation the workstation wrote
+// when patching), so a restarted gateway still holds a sleeping
+// workstation's workload. The agent package stays client-go free; this
 // wiring is where the two meet.
 type restorer struct {
 	client kubernetes.Interface
@@ -40,7 +43,7 @@ func (r *restorer) Patched(ctx context.Context) ([]agent.PatchedWorkload, error)
 	}
 	out := make([]agent.PatchedWorkload, 0, len(refs))
 	for _, w := range refs {
-		out = append(out, agent.PatchedWorkload{Workload: api.Workload{Namespace: w.Namespace, Kind: w.Kind, Name: w.Name}, PatchedAt: w.PatchedAt})
+		out = append(out, agent.PatchedWorkload{Workload: api.Workload{Namespace: w.Namespace, Kind: w.Kind, Name: w.Name}, PatchedAt: w.PatchedAt, Grace: w.Grace})
 	}
 	return out, nil
 }
