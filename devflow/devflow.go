@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -74,6 +75,49 @@ func (c Cluster) copyFromPod(ctx context.Context, conn *cluster.Conn, pod *corev
 	return c.CopyFromPod(ctx, conn.Config, conn.Client, pod, container, src, dst)
 }
 
+// Identity is whom a workflow acts for: the user who ran `sudo bridgetun
+// …` when this process is root on their behalf (*invoker.User), so that
+// the commands it starts and the files it writes are theirs. nil in a
+// config = this process's own identity.
+type Identity interface {
+	// Credential is what a started command runs as; nil = as this process.
+	Credential() *syscall.Credential
+	// Env is the environment a started command begins with, given this
+	// process's (HOME, USER and LOGNAME the user's).
+	Env(environ []string) []string
+	// Chown gives path (not a symlink's target) to the user; a no-op when
+	// acting for no one else.
+	Chown(path string) error
+}
+
+// selfIdentity is this process's own identity.
+type selfIdentity struct{}
+
+func (selfIdentity) Credential() *syscall.Credential { return nil }
+func (selfIdentity) Env(environ []string) []string   { return environ }
+func (selfIdentity) Chown(string) error              { return nil }
+
+func identityOrSelf(u Identity) Identity {
+	if u == nil {
+		return selfIdentity{}
+	}
+	return u
+}
+
+// checkScope refuses a context (and, for an intercept, a namespace) other
+// than the session's: the session's tunnel and gateway are in one cluster
+// and one namespace, and the intercept happens there. Empty = the
+// session's.
+func checkScope(what string, st session.Status, o cluster.Options, sameNamespace bool) error {
+	if o.Context != "" && st.Context != "" && o.Context != st.Context {
+		return fmt.Errorf("%s: the session is connected to context %q, not %q (to work in %q: `bridgetun down`, then `bridgetun up --context %s`)", what, st.Context, o.Context, o.Context, o.Context)
+	}
+	if sameNamespace && o.Namespace != "" && o.Namespace != st.Namespace {
+		return fmt.Errorf("%s: the session is connected to namespace %q, not %q, and intercepts only there (to intercept in %q: `bridgetun down`, then `bridgetun up -n %s`)", what, st.Namespace, o.Namespace, o.Namespace, o.Namespace)
+	}
+	return nil
+}
+
 // Stdio are the streams a workflow prints to and hands to its command.
 type Stdio struct {
 	In  io.Reader // the command's stdin; nil = the null device
@@ -97,11 +141,14 @@ type ExitError struct {
 
 func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
 
-// runCommand runs command with env and returns its exit code. When ctx ends
-// (Ctrl-C) the command gets os.Interrupt and is waited for.
-func runCommand(ctx context.Context, command, env []string, stdio Stdio) (int, error) {
+// runCommand runs command with env as user, in this process's group and
+// on its terminal, and returns its exit code. When ctx ends (Ctrl-C, which
+// the terminal also sends it), the command gets os.Interrupt and is waited
+// for.
+func runCommand(ctx context.Context, command, env []string, stdio Stdio, user Identity) (int, error) {
 	c := exec.Command(command[0], command[1:]...)
-	c.Env, c.Stdin, c.Stdout, c.Stderr = env, stdio.In, stdio.Out, stdio.Err
+	c.Env, c.Stdin, c.Stdout, c.Stderr = user.Env(env), stdio.In, stdio.Out, stdio.Err
+	c.SysProcAttr = commandProcAttr(user.Credential())
 	if err := c.Start(); err != nil {
 		return 0, fmt.Errorf("run %s: %w", command[0], err)
 	}

@@ -8,12 +8,15 @@ import (
 	"sync"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/bridgetun/bridgetun/cluster"
 	"github.com/bridgetun/bridgetun/session"
@@ -26,11 +29,13 @@ type fakeSession struct {
 	interceptErr error
 	leaveErr     error
 	onLeave      func() // runs as Leave starts; nil: nothing
+	onIntercept  func() // runs when Intercept succeeds, before it returns; nil: nothing
 
 	mu        sync.Mutex
 	statusErr error
 	held      []session.InterceptInfo
 	calls     []string
+	specs     []session.InterceptSpec
 }
 
 var _ Session = (*fakeSession)(nil)
@@ -44,12 +49,24 @@ func (f *fakeSession) Status(context.Context) (session.Status, error) {
 	return st, f.statusErr
 }
 
-func (f *fakeSession) Intercept(_ context.Context, spec session.InterceptSpec, _ func(session.InterceptEvent)) (session.InterceptInfo, error) {
+func (f *fakeSession) Intercept(_ context.Context, spec session.InterceptSpec, progress func(session.InterceptEvent)) (session.InterceptInfo, error) {
+	f.mu.Lock()
+	f.calls = append(f.calls, "intercept "+spec.Service)
+	f.specs = append(f.specs, spec)
+	err := f.interceptErr
+	f.mu.Unlock()
+	if err != nil {
+		return session.InterceptInfo{}, err
+	}
+	if f.onIntercept != nil {
+		f.onIntercept()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls = append(f.calls, "intercept "+spec.Service)
-	if f.interceptErr != nil {
-		return session.InterceptInfo{}, f.interceptErr
+	if progress != nil {
+		progress(session.InterceptEvent{Done: true, Text: "patched deployment/" + spec.Service})
+		progress(session.InterceptEvent{Text: "1 of 2 replicas ready"})
+		progress(session.InterceptEvent{Done: true, Text: "every pod of deployment/" + spec.Service + " runs the sidecar"})
 	}
 	info := session.InterceptInfo{
 		Service: spec.Service, Namespace: "ns", Workload: "Deployment/" + spec.Service, Container: "app",
@@ -74,6 +91,18 @@ func (f *fakeSession) Leave(_ context.Context, service string) (string, error) {
 	}
 	f.drop(service)
 	return "restored Deployment/" + service, nil
+}
+
+// lose marks the intercept lost, as the session does once the grace
+// period ran out.
+func (f *fakeSession) lose(service, reason string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := range f.held {
+		if f.held[i].Service == service {
+			f.held[i].State, f.held[i].StateReason = session.InterceptLost, reason
+		}
+	}
 }
 
 // endElsewhere ends the intercept as `bridgetun leave` from another
@@ -110,7 +139,8 @@ func (f *fakeSession) Calls() []string {
 // fakeCluster is a Cluster over a fake clientset holding objs; it records
 // the options Connect was given and the copies made.
 type fakeCluster struct {
-	objs []runtime.Object
+	objs   []runtime.Object
+	denied bool // access reviews say no
 
 	mu     sync.Mutex
 	opts   []cluster.Options
@@ -124,7 +154,11 @@ func (c *fakeCluster) Cluster(o cluster.Options) Cluster {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			c.opts = append(c.opts, o)
-			return &cluster.Conn{Client: fake.NewClientset(c.objs...), Namespace: o.Namespace, Context: o.Context}, nil
+			cs := fake.NewClientset(c.objs...)
+			cs.PrependReactor("create", "selfsubjectaccessreviews", func(k8stesting.Action) (bool, runtime.Object, error) {
+				return true, &authorizationv1.SelfSubjectAccessReview{Status: authorizationv1.SubjectAccessReviewStatus{Allowed: !c.denied}}, nil
+			})
+			return &cluster.Conn{Client: cs, Namespace: o.Namespace, Context: o.Context}, nil
 		},
 		CopyFromPod: func(_ context.Context, _ *rest.Config, _ kubernetes.Interface, pod *corev1.Pod, container, src, dst string) error {
 			c.mu.Lock()
@@ -135,13 +169,14 @@ func (c *fakeCluster) Cluster(o cluster.Options) Cluster {
 	}
 }
 
-// apiObjects is Service api in namespace ns with one running pod: container
-// app (A, B from $(A), a ConfigMap volume at /etc/api) and container
-// sidecar (A=2); service links are off so the environment is just theirs.
+// apiObjects is Service api in namespace ns with one running pod of
+// ReplicaSet api-7: container app (A, B from $(A), a ConfigMap volume at
+// /etc/api; it serves the Service's port) and container sidecar (A=2);
+// service links are off so the environment is just theirs.
 func apiObjects() []runtime.Object {
-	off := false
+	off, yes := false, true
 	labels := map[string]string{"app": "api"}
-	return []runtime.Object{
+	objs := []runtime.Object{
 		&corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "ns"},
 			Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
@@ -172,6 +207,15 @@ func apiObjects() []runtime.Object {
 			Data:       map[string]string{"level": "info"},
 		},
 	}
+	pod := objs[1].(*corev1.Pod)
+	pod.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 80}}
+	pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "api-7", UID: "rs-api", Controller: &yes}}
+	one := int32(1)
+	return append(objs, &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "api-7", Namespace: "ns", UID: "rs-api", Labels: labels},
+		Spec: appsv1.ReplicaSetSpec{Replicas: &one, Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: pod.Spec}},
+	})
 }
 
 // syncBuffer is a locked buffer that says when a text has been written.

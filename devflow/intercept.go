@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -21,41 +22,67 @@ import (
 type InterceptConfig struct {
 	Spec      session.InterceptSpec // what to intercept; required: Service, LocalPort; Holder "" = user@host
 	Replicate Replication           // what of the container is recreated here
-	// Command runs while the intercept lasts; the intercept ends when it
-	// exits, and its exit code becomes an *ExitError. Empty = the intercept
-	// lasts until ctx ends (Ctrl-C) or it ends elsewhere (leave, down).
+	// Command is the local server: it starts with the container's
+	// environment before the workload is patched, and the patch waits until
+	// it listens on LocalPort. The intercept ends when it exits, and its
+	// exit code becomes an *ExitError. Empty = the server must already
+	// listen, and the intercept lasts until ctx ends (Ctrl-C) or it ends
+	// elsewhere (leave, down).
 	Command []string
-	Detach  bool // return once intercepting and replicated, without leave; Command is not run and volumes are not kept current
-	// Cluster is where the pod is read; an empty Context or Namespace is
-	// the session's.
+	// Wait bounds how long Command has to listen on LocalPort; 0 = 60 s.
+	Wait time.Duration
+	// Listening says whether something accepts connections on
+	// 127.0.0.1:port; nil dials it.
+	Listening func(ctx context.Context, port int) bool
+	Detach    bool // return once intercepting and replicated, without leave; Command is not run and volumes are not kept current
+	// Cluster is where the pod is read: the session's context and
+	// namespace (empty = the session's; others are refused, since the
+	// session's gateway can intercept only in its own namespace).
 	Cluster Cluster
 	Session Session // required
+	User    Identity
 	Stdio   Stdio
 }
+
+// defaultWait is how long a server has to listen by default.
+const defaultWait = 60 * time.Second
 
 // Replication is what of the intercepted container is recreated here: its
 // environment, resolved as the kubelet does, and its volumes.
 type Replication struct {
 	Container string       // whose environment and volumes; "" = the one serving the port
-	EnvFile   string       // write the environment there as dotenv; "" = no file
-	Mount     string       // mirror the volumes under this directory; "" = $TMPDIR/bridgetun/volumes/NS/SERVICE
+	EnvFile   string       // write the environment there as dotenv (0600, never through a symlink); "" = no file
+	Mount     string       // mirror the volumes under this directory; "" = session.DefaultPaths().Volumes/NS/SERVICE
 	NoMount   bool         // mirror no volumes and copy none of Volumes
 	Env       []EnvVar     // added after the pod's, so they win (bridgetun.yaml env:)
 	Volumes   []VolumeCopy // directories copied once out of the pod (bridgetun.yaml volumes:)
 }
 
-// Intercept runs one intercept: it asks the session to intercept the
-// Service, writes the container's environment (Replicate.EnvFile) and
-// mirrors its volumes, then holds the intercept while Command runs, or until
-// ctx ends (Ctrl-C), or until it ends elsewhere, and leaves. A failed
-// intercept leaves nothing behind; a failure after it leaves. With Detach it
-// returns once set up and the intercept stays. ctx bounds everything but the
-// leave, which gets its own 3 minutes so that Ctrl-C still restores the
-// workload; Command gets os.Interrupt when ctx ends.
+// Intercept runs one intercept, printing its steps with their timings:
+// it resolves the container's environment (Replicate.EnvFile) and mirrors
+// its volumes, starts Command with them and waits until it listens on
+// LocalPort (without Command, something must listen already), asks the
+// session to intercept the Service, then holds the intercept while Command
+// runs, or until ctx ends (Ctrl-C), or until it ends elsewhere, and leaves.
+// A failure before the session patched the workload patches nothing, and
+// stops Command; a failure after it leaves. With Detach it returns once set
+// up and the intercept stays. ctx bounds everything but the leave, which
+// gets its own 3 minutes so that Ctrl-C still restores the workload;
+// Command's process group gets SIGINT when ctx ends.
 func Intercept(ctx context.Context, cfg InterceptConfig) error {
 	if cfg.Session == nil {
 		return errors.New("intercept: no session client (InterceptConfig.Session)")
 	}
+	if cfg.Detach {
+		cfg.Command = nil
+	}
+	if cfg.Listening == nil {
+		cfg.Listening = dialListening
+	}
+	if cfg.Wait <= 0 {
+		cfg.Wait = defaultWait
+	}
+	user := identityOrSelf(cfg.User)
 	out, service, spec := cfg.Stdio.out(), cfg.Spec.Service, cfg.Spec
 	if spec.Holder == "" {
 		spec.Holder = holder()
@@ -64,12 +91,46 @@ func Intercept(ctx context.Context, cfg InterceptConfig) error {
 	if err != nil {
 		return err
 	}
-	ictx, cancel := context.WithTimeout(ctx, opTimeout)
-	info, err := cfg.Session.Intercept(ictx, spec, nil)
-	cancel()
+	if err := checkScope("intercept", st, cfg.Cluster.Options, true); err != nil {
+		return err
+	}
+	if len(cfg.Command) == 0 && !cfg.Listening(ctx, spec.LocalPort) {
+		return fmt.Errorf("intercept: nothing listens on 127.0.0.1:%d: start your local server first, or give its command after -- (`bridgetun intercept %s --port %d -- CMD ARGS`)", spec.LocalPort, service, spec.LocalPort)
+	}
+	p := newProgress(out)
+	rep, err := replicate(ctx, cfg, st, p, user)
 	if err != nil {
 		return err
 	}
+	mctx, mcancel := context.WithCancel(ctx)
+	mdone := make(chan struct{})
+	go func() {
+		defer close(mdone)
+		if rep.mirror != nil && !cfg.Detach {
+			_ = rep.mirror.Run(mctx)
+		}
+	}()
+	defer func() { mcancel(); <-mdone }()
+
+	var srv *server
+	if len(cfg.Command) > 0 {
+		env := append(user.Env(rep.env), session.RunEnv(st)...)
+		if srv, err = startListening(ctx, cfg, env, p, user); err != nil || srv == nil {
+			return err
+		}
+	}
+	ictx, cancel := context.WithTimeout(ctx, opTimeout)
+	info, err := cfg.Session.Intercept(ictx, spec, p.event)
+	cancel()
+	if err != nil {
+		if srv != nil {
+			p.failed("intercept refused: stopping %s", srv.name)
+			srv.stop()
+		}
+		return err
+	}
+	p.finished("routed: %s of %s/%s → 127.0.0.1:%d", routeDesc(info.RouteAs), info.Namespace, service, spec.LocalPort)
+	printIntercepting(out, info)
 	leave := func() error {
 		lctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 		defer cancel()
@@ -80,65 +141,171 @@ func Intercept(ctx context.Context, cfg InterceptConfig) error {
 		fmt.Fprintf(out, "left %s: %s\n", service, msg)
 		return nil
 	}
-	printIntercepting(out, service, spec.LocalPort, info)
-
-	env, mirror, err := replicate(ctx, cfg, st, info, out)
-	if err != nil {
-		return errors.Join(err, leave())
-	}
 	if cfg.Detach {
 		fmt.Fprintf(out, "detached: `bridgetun leave %s` ends it (volumes were copied once, not kept current)\n", service)
 		return nil
 	}
-	mctx, mcancel := context.WithCancel(ctx)
-	mdone := make(chan struct{})
-	go func() {
-		defer close(mdone)
-		if mirror != nil {
-			_ = mirror.Run(mctx)
-		}
-	}()
-	defer func() { mcancel(); <-mdone }()
-
-	if len(cfg.Command) > 0 {
-		code, err := runCommand(ctx, cfg.Command, append(env, session.RunEnv(st)...), cfg.Stdio)
-		if lerr := leave(); lerr != nil {
-			return errors.Join(err, lerr)
-		}
-		if err != nil {
-			return err
-		}
-		if code != 0 {
-			return &ExitError{Code: code}
-		}
-		return nil
+	if srv != nil {
+		return holdWithServer(ctx, cfg, srv, leave)
 	}
 	fmt.Fprintln(out, "press Ctrl-C to end the intercept")
-	waitInterceptEnd(ctx, cfg.Session, service)
-	if ctx.Err() == nil {
+	end := waitInterceptEnd(ctx, cfg.Session, service)
+	switch {
+	case end.lost != "":
+		_, _ = cfg.Session.Leave(context.WithoutCancel(ctx), service) // forget it in the session too; it is gone already
+		return fmt.Errorf("intercept of %s lost: %s", service, end.lost)
+	case ctx.Err() == nil:
 		fmt.Fprintf(out, "the intercept of %s ended elsewhere (leave or down)\n", service)
 		return nil
 	}
 	return leave()
 }
 
-func printIntercepting(out io.Writer, service string, local int, info session.InterceptInfo) {
-	fmt.Fprintf(out, "intercepting %s/%s (%s, container %s port %d) → 127.0.0.1:%d\n",
-		info.Namespace, service, info.Workload, info.Container, info.ContainerPort, local)
+// startListening starts the server and waits until it listens on the local
+// port. When it does not, it has been stopped (or exited), what it last
+// printed is shown, and the error says why; nothing was patched. A nil
+// server with a nil error: interrupted while waiting, nothing to do.
+func startListening(ctx context.Context, cfg InterceptConfig, env []string, p *progress, user Identity) (*server, error) {
+	port := cfg.Spec.LocalPort
+	p.waiting("waiting for %s to listen on 127.0.0.1:%d (up to %s)", commandName(cfg.Command), port, cfg.Wait)
+	srv, err := startServer(cfg.Command, env, cfg.Stdio, user.Credential())
+	if err != nil {
+		return nil, err
+	}
+	err = srv.waitListening(ctx, port, cfg.Wait, cfg.Listening)
+	if err == nil {
+		p.done("%s listens on 127.0.0.1:%d", srv.name, port)
+		return srv, nil
+	}
+	if !errors.Is(err, errExited) {
+		srv.stop()
+	}
+	code, werr := srv.wait(context.Background())
+	tail := srv.tail.Lines()
+	errOut := writerOrDiscard(cfg.Stdio.Err)
+	switch {
+	case werr != nil:
+		return nil, werr
+	case errors.Is(err, errExited):
+		p.failed("%s exited with status %d before it listened on 127.0.0.1:%d; nothing patched", srv.name, code, port)
+		printTail(errOut, srv.name, tail)
+		msg := fmt.Sprintf("intercept: %s exited with status %d before it listened on 127.0.0.1:%d (nothing patched): is %d the port it serves on?", srv.name, code, port, port)
+		if code == 0 {
+			return nil, errors.New(msg)
+		}
+		fmt.Fprintln(errOut, "bridgetun: "+msg)
+		return nil, &ExitError{Code: code}
+	case errors.Is(err, errWaitedOut):
+		p.failed("%s did not listen on 127.0.0.1:%d within %s: stopped it; nothing patched", srv.name, port, cfg.Wait)
+		printTail(errOut, srv.name, tail)
+		return nil, fmt.Errorf("intercept: %s did not listen on 127.0.0.1:%d within %s (stopped it, nothing patched): check the port it serves on, or give it longer with --wait", srv.name, port, cfg.Wait)
+	}
+	// Ctrl-C while waiting: the server was interrupted; say what it did.
+	p.failed("interrupted while waiting for %s; nothing patched", srv.name)
+	if code != 0 {
+		return nil, &ExitError{Code: code}
+	}
+	return nil, nil
+}
+
+// printTail shows what a server printed last, for an error about it.
+func printTail(w io.Writer, name string, lines []string) {
+	if len(lines) == 0 {
+		fmt.Fprintf(w, "%s printed nothing\n", name)
+		return
+	}
+	fmt.Fprintf(w, "last lines of %s:\n", name)
+	for _, l := range lines {
+		fmt.Fprintf(w, "  | %s\n", l)
+	}
+}
+
+// holdWithServer holds the intercept while the server runs: its exit, or
+// Ctrl-C (which interrupts it), ends the intercept with a leave and its
+// exit code. An intercept the session loses meanwhile stops the server and
+// is an error; one that ends elsewhere (leave, down) is said once, and the
+// server runs on without it.
+func holdWithServer(ctx context.Context, cfg InterceptConfig, srv *server, leave func() error) error {
+	out, service := cfg.Stdio.out(), cfg.Spec.Service
+	wctx, wcancel := context.WithCancel(ctx)
+	ended := make(chan interceptEnd, 1)
+	go func() { ended <- waitInterceptEnd(wctx, cfg.Session, service) }()
+	watch := ended
+	var lost string
+	elsewhere := false
+	for running := true; running; {
+		select {
+		case <-srv.done:
+			running = false
+		case <-ctx.Done():
+			srv.stop()
+			running = false
+		case end := <-watch:
+			watch = nil
+			switch {
+			case end.lost != "":
+				lost = end.lost
+				srv.stop()
+				running = false
+			case ctx.Err() == nil:
+				elsewhere = true
+				fmt.Fprintf(out, "the intercept of %s ended elsewhere (leave or down); %s runs on without it\n", service, srv.name)
+			}
+		}
+	}
+	wcancel()
+	if watch != nil {
+		<-watch
+	}
+	code, err := srv.wait(ctx)
+	switch {
+	case lost != "":
+		_, _ = cfg.Session.Leave(context.WithoutCancel(ctx), service) // forget it in the session too; it is gone already
+		return fmt.Errorf("intercept of %s lost: %s", service, lost)
+	case !elsewhere:
+		if lerr := leave(); lerr != nil {
+			return errors.Join(err, lerr)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return &ExitError{Code: code}
+	}
+	return nil
+}
+
+func printIntercepting(out io.Writer, info session.InterceptInfo) {
 	if info.RouteAs != "" {
 		fmt.Fprintf(out, "isolated: only requests with header kubernetes-route-as: %s come here\n", info.RouteAs)
 		if info.LocalURL != "" {
 			fmt.Fprintf(out, "local URL (adds the header): %s\n", info.LocalURL)
 		}
-	} else {
-		fmt.Fprintln(out, "all traffic to the Service comes here")
 	}
 }
 
-// replicate writes the environment file and mirrors the volumes; it returns
-// the environment for Command and the mirror to keep running (nil with
-// NoMount).
-func replicate(ctx context.Context, cfg InterceptConfig, st session.Status, info session.InterceptInfo, out io.Writer) ([]string, *cluster.Mirror, error) {
+// routeDesc is what of a Service comes here.
+func routeDesc(routeAs string) string {
+	if routeAs == "" {
+		return "all traffic"
+	}
+	return "requests with kubernetes-route-as: " + routeAs
+}
+
+// replication is what replicate made: the environment for Command (this
+// process's, then the container's) and the mirror to keep running (nil
+// with NoMount).
+type replication struct {
+	env    []string
+	mirror *cluster.Mirror
+}
+
+// replicate resolves the container that serves the intercepted port and
+// its environment, writes the environment file and mirrors the volumes.
+// It checks the caller's rights for the intercept first, so that a refusal
+// comes before anything is written.
+func replicate(ctx context.Context, cfg InterceptConfig, st session.Status, p *progress, user Identity) (replication, error) {
 	r, service := cfg.Replicate, cfg.Spec.Service
 	opts := cfg.Cluster.Options
 	if opts.Context == "" {
@@ -149,64 +316,80 @@ func replicate(ctx context.Context, cfg InterceptConfig, st session.Status, info
 	}
 	conn, err := cfg.Cluster.connect(ctx, opts)
 	if err != nil {
-		return nil, nil, err
+		return replication{}, err
+	}
+	if err := cluster.CheckAccess(ctx, conn.Client, conn.Namespace, cluster.InterceptAccessChecks()); err != nil {
+		return replication{}, fmt.Errorf("intercept %s: %w", service, err)
+	}
+	t, err := cluster.ResolveInterceptTarget(ctx, conn.Client, conn.Namespace, service, cfg.Spec.Port)
+	if err != nil {
+		return replication{}, err
 	}
 	pod, err := cluster.PodForService(ctx, conn.Client, conn.Namespace, service)
 	if err != nil {
-		return nil, nil, err
+		return replication{}, err
 	}
 	container := r.Container
 	if container == "" {
-		container = info.Container
+		container = t.Container
 	}
 	vars, err := cluster.ContainerEnv(ctx, conn.Client, pod, container)
 	if err != nil {
-		return nil, nil, err
+		return replication{}, err
 	}
 	var kv []EnvVar
 	for _, v := range vars {
 		kv = append(kv, EnvVar{v.Name, v.Value})
 	}
 	kv = append(kv, r.Env...)
-	var mirror *cluster.Mirror
+	var rep replication
+	var dir string
 	if !r.NoMount {
-		dir := r.Mount
+		dir = r.Mount
 		if dir == "" {
 			dir = filepath.Join(session.DefaultPaths().Volumes, conn.Namespace, service)
 		}
 		if dir, err = filepath.Abs(dir); err != nil {
-			return nil, nil, err
-		}
-		if mirror, err = mirrorVolumes(ctx, cfg.Cluster, conn, pod, container, dir, r.Volumes, out); err != nil {
-			return nil, nil, err
+			return replication{}, err
 		}
 		kv = append(kv, EnvVar{"BRIDGETUN_VOLUME_ROOT", dir})
 	}
 	if r.EnvFile != "" {
-		if err := os.WriteFile(r.EnvFile, dotenv(kv), 0o600); err != nil {
-			return nil, nil, fmt.Errorf("--env-file %s: %w", r.EnvFile, err)
+		if err := writePrivateFile(r.EnvFile, dotenv(kv)); err != nil {
+			return replication{}, fmt.Errorf("--env-file %s: %w", r.EnvFile, err)
 		}
-		fmt.Fprintf(out, "environment of %s/%s (%d variables) written to %s\n", pod.Name, container, len(kv), r.EnvFile)
+		if err := user.Chown(r.EnvFile); err != nil {
+			return replication{}, fmt.Errorf("--env-file %s: %w", r.EnvFile, err)
+		}
+		p.done("environment of %s/%s resolved (%d variables), written to %s", pod.Name, container, len(kv), r.EnvFile)
+	} else {
+		p.done("environment of %s/%s resolved (%d variables)", pod.Name, container, len(kv))
 	}
-	env := os.Environ()
+	if !r.NoMount {
+		if rep.mirror, err = mirrorVolumes(ctx, cfg.Cluster, conn, pod, container, dir, r.Volumes, p, user); err != nil {
+			return replication{}, err
+		}
+	}
+	rep.env = os.Environ()
 	for _, v := range kv {
-		env = append(env, v.Name+"="+v.Value)
+		rep.env = append(rep.env, v.Name+"="+v.Value)
 	}
-	return env, mirror, nil
+	return rep, nil
 }
 
 // mirrorVolumes mirrors container's volumes under dir (absolute) and copies
-// the extra directories out of the pod.
-func mirrorVolumes(ctx context.Context, c Cluster, conn *cluster.Conn, pod *corev1.Pod, container, dir string, copies []VolumeCopy, out io.Writer) (*cluster.Mirror, error) {
+// the extra directories out of the pod; what it wrote goes to user.
+func mirrorVolumes(ctx context.Context, c Cluster, conn *cluster.Conn, pod *corev1.Pod, container, dir string, copies []VolumeCopy, p *progress, user Identity) (*cluster.Mirror, error) {
 	mirror, err := cluster.NewMirror(ctx, cluster.MirrorConfig{Client: conn.Client, Pod: pod, Container: container, Dir: dir, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return nil, fmt.Errorf("mirror volumes of %s: %w", pod.Name, err)
 	}
+	var lines []string
 	for _, m := range mirror.Mounted() {
-		fmt.Fprintf(out, "volume %s (%s) → %s\n", m.Name, m.Kind, m.LocalPath)
+		lines = append(lines, fmt.Sprintf("volume %s (%s) → %s", m.Name, m.Kind, m.LocalPath))
 	}
 	for _, m := range mirror.Skipped() {
-		fmt.Fprintf(out, "volume %s (%s) at %s not mirrored (name it under volumes: in bridgetun.yaml to copy it)\n", m.Name, m.Kind, m.MountPath)
+		lines = append(lines, fmt.Sprintf("volume %s (%s) at %s not mirrored (name it under volumes: in bridgetun.yaml to copy it)", m.Name, m.Kind, m.MountPath))
 	}
 	for _, v := range copies {
 		local := v.Local
@@ -216,36 +399,81 @@ func mirrorVolumes(ctx context.Context, c Cluster, conn *cluster.Conn, pod *core
 		if err := c.copyFromPod(ctx, conn, pod, container, v.Path, local); err != nil {
 			return nil, fmt.Errorf("copy %s from pod %s: %w", v.Path, pod.Name, err)
 		}
-		fmt.Fprintf(out, "copied %s → %s\n", v.Path, local)
+		if err := chownTree(user, local); err != nil {
+			return nil, err
+		}
+		lines = append(lines, fmt.Sprintf("copied %s → %s", v.Path, local))
+	}
+	if err := chownTree(user, dir); err != nil {
+		return nil, err
+	}
+	if len(lines) > 0 {
+		p.done("volumes of %s/%s mirrored under %s", pod.Name, container, dir)
+		for _, l := range lines {
+			p.info("%s", l)
+		}
 	}
 	return mirror, nil
+}
+
+// chownTree gives root and everything under it to user (symlinks
+// themselves, not their targets); a missing root is nothing to do.
+func chownTree(user Identity, root string) error {
+	if _, ok := user.(selfIdentity); ok {
+		return nil
+	}
+	err := filepath.WalkDir(root, func(path string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return user.Chown(path)
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
 }
 
 // pollInterval is how often waitInterceptEnd asks whether the session still
 // holds the intercept.
 const pollInterval = 2 * time.Second
 
-// waitInterceptEnd returns when ctx ends or the session no longer holds the
-// intercept (left elsewhere, session down).
-func waitInterceptEnd(ctx context.Context, s StatusSource, service string) {
+// interceptEnd is why waitInterceptEnd returned: lost (the session gave the
+// intercept up: its StateReason), else ctx ended or the session no longer
+// holds it.
+type interceptEnd struct{ lost string }
+
+// waitInterceptEnd returns when ctx ends, the session no longer holds the
+// intercept (left elsewhere, session down), or holds it as lost.
+func waitInterceptEnd(ctx context.Context, s StatusSource, service string) interceptEnd {
 	t := time.NewTicker(pollInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return interceptEnd{}
 		case <-t.C:
 		}
 		st, err := s.Status(ctx)
 		if ctx.Err() != nil || err != nil {
-			return
+			return interceptEnd{}
 		}
 		held := false
 		for _, it := range st.Intercepts {
-			held = held || it.Service == service
+			if it.Service != service {
+				continue
+			}
+			if it.State == session.InterceptLost {
+				reason := it.StateReason
+				if reason == "" {
+					reason = "the session gave it up"
+				}
+				return interceptEnd{lost: reason}
+			}
+			held = true
 		}
 		if !held {
-			return
+			return interceptEnd{}
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -32,6 +34,8 @@ const ProjectConfigFile = "bridgetun.yaml"
 //	  routeAs: alice
 //	  envFile: .env
 //	  mount: ./.bridgetun/volumes
+//	  wait: 2m            # how long `-- CMD` has to listen
+//	  grace: 30m          # how long the patch outlives a silent workstation
 //	env:                  # added to (or overriding) the pod's environment
 //	  - {name: LOG_LEVEL, value: debug}
 //	volumes:              # extra directories copied out of the pod (needs tar in the container)
@@ -46,12 +50,38 @@ type ProjectConfig struct {
 // ProjectIntercept is bridgetun.yaml's intercept: the defaults for the
 // flags of the same names.
 type ProjectIntercept struct {
-	Service string `json:"service"`
-	Port    string `json:"port"`
-	Isolate bool   `json:"isolate"`
-	RouteAs string `json:"routeAs"`
-	EnvFile string `json:"envFile"`
-	Mount   string `json:"mount"`
+	Service string   `json:"service"`
+	Port    string   `json:"port"`
+	Isolate bool     `json:"isolate"`
+	RouteAs string   `json:"routeAs"`
+	EnvFile string   `json:"envFile"`
+	Mount   string   `json:"mount"`
+	Wait    Duration `json:"wait"`
+	Grace   Duration `json:"grace"`
+}
+
+// Duration is a time.Duration written as Go writes one: "90s", "15m".
+type Duration time.Duration
+
+// UnmarshalJSON reads "15m" (or a number of seconds).
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	switch v := v.(type) {
+	case string:
+		p, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("duration %q: want e.g. 90s or 15m", v)
+		}
+		*d = Duration(p)
+	case float64:
+		*d = Duration(time.Duration(v * float64(time.Second)))
+	default:
+		return fmt.Errorf("duration %s: want e.g. 90s or 15m", b)
+	}
+	return nil
 }
 
 // EnvVar is one variable added to the container's environment.
@@ -99,15 +129,17 @@ func LoadProjectConfig(path string) (ProjectConfig, error) {
 // pointer is a flag not given, which bridgetun.yaml may fill; a flag given
 // with its zero value (--isolate=false, --env-file "") still beats the file.
 type InterceptFlags struct {
-	Service   string  // the SERVICE argument; "" = not given
-	Port      *string // --port LOCAL[:REMOTE]
-	Isolate   *bool   // --isolate
-	RouteAs   *string // --route-as
-	EnvFile   *string // --env-file
-	Mount     *string // --mount
-	Container string  // --container; "" = the one serving the port
-	URLAddr   string  // --url-addr; "" = 127.0.0.1, a free port
-	NoMount   bool    // --no-mount
+	Service   string         // the SERVICE argument; "" = not given
+	Port      *string        // --port LOCAL[:REMOTE]
+	Isolate   *bool          // --isolate
+	RouteAs   *string        // --route-as
+	EnvFile   *string        // --env-file
+	Mount     *string        // --mount
+	Wait      *time.Duration // --wait
+	Grace     *time.Duration // --grace
+	Container string         // --container; "" = the one serving the port
+	URLAddr   string         // --url-addr; "" = 127.0.0.1, a free port
+	NoMount   bool           // --no-mount
 }
 
 // MergeIntercept merges the command line over the project file and checks
@@ -146,8 +178,17 @@ func MergeIntercept(pc ProjectConfig, f InterceptFlags) (InterceptConfig, error)
 	if routeAs != "" && !routeAsRE.MatchString(routeAs) {
 		return InterceptConfig{}, fmt.Errorf("--route-as %q: use letters, digits, '.', '_' and '-' (it travels in an HTTP header)", routeAs)
 	}
+	wait := orFile(f.Wait, time.Duration(fi.Wait))
+	if wait < 0 {
+		return InterceptConfig{}, fmt.Errorf("--wait %s: want a positive duration such as 60s", wait)
+	}
+	grace := orFile(f.Grace, time.Duration(fi.Grace))
+	if grace < 0 || (grace > 0 && grace < time.Second) || grace > MaxGrace {
+		return InterceptConfig{}, fmt.Errorf("--grace %s: want 1s to %s, e.g. 15m (how long the workload stays patched while this machine is away)", grace, MaxGrace)
+	}
 	return InterceptConfig{
-		Spec: session.InterceptSpec{Service: service, Port: remote, LocalPort: local, RouteAs: routeAs, URLAddr: f.URLAddr},
+		Spec: session.InterceptSpec{Service: service, Port: remote, LocalPort: local, RouteAs: routeAs, URLAddr: f.URLAddr, Grace: grace},
+		Wait: wait,
 		Replicate: Replication{
 			Container: f.Container,
 			EnvFile:   orFile(f.EnvFile, fi.EnvFile),
@@ -158,6 +199,9 @@ func MergeIntercept(pc ProjectConfig, f InterceptFlags) (InterceptConfig, error)
 		},
 	}, nil
 }
+
+// MaxGrace is the longest grace period the gateway applies.
+const MaxGrace = 24 * time.Hour
 
 // orFile is the flag's value if it was given, else the file's.
 func orFile[T any](flag *T, file T) T {

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -27,6 +28,9 @@ volumes: [{path: /var/lib/data, local: ./data}]
 			Env:       []EnvVar{{Name: "LOG_LEVEL", Value: "debug"}},
 			Volumes:   []VolumeCopy{{Path: "/var/lib/data", Local: "./data"}},
 		}},
+		{name: "durations", yaml: "intercept: {wait: 90s, grace: 15m}\n",
+			want: ProjectConfig{Intercept: ProjectIntercept{Wait: Duration(90 * time.Second), Grace: Duration(15 * time.Minute)}}},
+		{name: "bad duration", yaml: "intercept: {grace: soon}\n", wantErr: `duration "soon": want e.g. 90s or 15m`},
 		{name: "unknown field", yaml: "intercept: {servce: api}\n", wantErr: `unknown field "servce"`},
 		{name: "bad version", yaml: "version: 2\n", wantErr: "version 2"},
 		{name: "relative volume path", yaml: "volumes: [{path: data}]\n", wantErr: "want an absolute path"},
@@ -69,6 +73,7 @@ func TestMergeIntercept(t *testing.T) {
 		flags    InterceptFlags
 		wantSpec session.InterceptSpec
 		wantRepl Replication
+		wantWait time.Duration
 		wantErr  string
 	}{
 		{
@@ -122,6 +127,22 @@ func TestMergeIntercept(t *testing.T) {
 			flags:    InterceptFlags{Service: "api", Port: new("8080:80")},
 			wantSpec: session.InterceptSpec{Service: "api", Port: "80", LocalPort: 8080},
 		},
+		{
+			name:     "the file's grace and wait",
+			file:     ProjectConfig{Intercept: ProjectIntercept{Service: "api", Port: "8080", Grace: Duration(15 * time.Minute), Wait: Duration(2 * time.Minute)}},
+			wantSpec: session.InterceptSpec{Service: "api", LocalPort: 8080, Grace: 15 * time.Minute},
+			wantWait: 2 * time.Minute,
+		},
+		{
+			name:     "--grace and --wait beat the file",
+			file:     ProjectConfig{Intercept: ProjectIntercept{Service: "api", Port: "8080", Grace: Duration(15 * time.Minute), Wait: Duration(2 * time.Minute)}},
+			flags:    InterceptFlags{Grace: new(time.Hour), Wait: new(10 * time.Second)},
+			wantSpec: session.InterceptSpec{Service: "api", LocalPort: 8080, Grace: time.Hour},
+			wantWait: 10 * time.Second,
+		},
+		{name: "negative grace", flags: InterceptFlags{Service: "api", Port: new("8080"), Grace: new(-time.Minute)}, wantErr: "--grace -1m0s: want 1s to 24h0m0s"},
+		{name: "grace past the gateway's cap", flags: InterceptFlags{Service: "api", Port: new("8080"), Grace: new(48 * time.Hour)}, wantErr: "--grace 48h0m0s: want 1s to 24h0m0s"},
+		{name: "negative wait", flags: InterceptFlags{Service: "api", Port: new("8080"), Wait: new(-time.Second)}, wantErr: "--wait -1s: want a positive duration"},
 		{name: "no service", flags: InterceptFlags{Port: new("8080")}, wantErr: "name the Service to intercept"},
 		{name: "no port", flags: InterceptFlags{Service: "api"}, wantErr: "--port LOCAL[:REMOTE] is required"},
 		{name: "--port '' beats the file's", file: file, flags: InterceptFlags{Port: new("")}, wantErr: "--port LOCAL[:REMOTE] is required"},
@@ -144,6 +165,9 @@ func TestMergeIntercept(t *testing.T) {
 			}
 			if d := cmp.Diff(tc.wantRepl, got.Replicate); d != "" {
 				t.Errorf("replication (-want +got):\n%s", d)
+			}
+			if got.Wait != tc.wantWait {
+				t.Errorf("wait: got %v, want %v", got.Wait, tc.wantWait)
 			}
 		})
 	}

@@ -15,11 +15,12 @@ type RunConfig struct {
 	Command   []string // CMD ARGS...; required
 	Service   string   // take the environment of the container behind this Service; "" = none
 	Container string   // with Service: the container; "" = the pod's first
-	// Cluster is where the pod is read (with Service only); an empty
-	// Namespace is the session's, an empty Context the kubeconfig's current
-	// one (not the session's).
+	// Cluster is where the pod is read (with Service only): Namespace is
+	// where Service is looked up ("" = the session's; the network is the
+	// session's either way); Context must be the session's ("" = it).
 	Cluster Cluster
 	Session StatusSource // required
+	User    Identity     // whom the command runs as; nil = this process's user
 	Stdio   Stdio
 }
 
@@ -38,11 +39,17 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	if len(cfg.Command) == 0 {
 		return errors.New("run: name the command to run after --")
 	}
+	if cfg.Service == "" && cfg.Cluster.Options.Namespace != "" {
+		return errors.New("run: --namespace says where --service is looked up: add --service SVC (the network is the session's either way)")
+	}
+	if cfg.Service == "" && cfg.Container != "" {
+		return errors.New("run: --container names a container of --service's pod: add --service SVC")
+	}
 	env, err := runEnv(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	code, err := runCommand(ctx, cfg.Command, env, cfg.Stdio)
+	code, err := runCommand(ctx, cfg.Command, env, cfg.Stdio, identityOrSelf(cfg.User))
 	if err != nil {
 		return err
 	}
@@ -61,11 +68,17 @@ func runEnv(ctx context.Context, cfg RunConfig) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkScope("run", st, cfg.Cluster.Options, false); err != nil {
+		return nil, err
+	}
 	env := os.Environ()
 	if cfg.Service != "" {
 		opts := cfg.Cluster.Options
 		if opts.Namespace == "" {
 			opts.Namespace = st.Namespace
+		}
+		if opts.Context == "" {
+			opts.Context = st.Context
 		}
 		conn, err := cfg.Cluster.connect(ctx, opts)
 		if err != nil {

@@ -1,0 +1,26 @@
+//go:build !linux
+
+package devflow
+
+import (
+	"errors"
+	"os"
+	"syscall"
+)
+
+// serverProcAttr: no process groups here; the server is signalled alone.
+func serverProcAttr(cred *syscall.Credential) *syscall.SysProcAttr { return nil }
+
+func commandProcAttr(cred *syscall.Credential) *syscall.SysProcAttr { return nil }
+
+func signalGroup(p *os.Process, sig syscall.Signal) {
+	if sig == syscall.SIGKILL {
+		_ = p.Kill()
+		return
+	}
+	_ = p.Signal(os.Interrupt)
+}
+
+func openNoFollow(name string, perm os.FileMode) (*os.File, error) {
+	return nil, errors.ErrUnsupported
+}
