@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/bridgetun/bridgetun/internal/invoker"
 )
 
 // Status is what `bridgetun status` shows.
@@ -59,27 +61,50 @@ type apiHandlers struct {
 // apiServer is the session's owner-only Unix socket: status, down,
 // intercept and leave as small HTTP/JSON calls.
 type apiServer struct {
-	path string
-	ln   net.Listener
-	srv  *http.Server
+	path   string
+	marker string // root-held session's owner record; "" = none
+	owner  *invoker.User
+	ln     net.Listener
+	srv    *http.Server
 }
 
 // listenAPI binds the socket (a stale one is replaced: a live session was
-// ruled out before) with mode 0600.
-func listenAPI(path string, h apiHandlers) (*apiServer, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("socket dir %s: %w", filepath.Dir(path), err)
+// ruled out before) with mode 0600. Socket and directory are made as the
+// paths' owner (under sudo the invoking user, whose later commands need no
+// sudo); connections are accepted from that user and root only. A root-held
+// session also leaves its marker (see writeMarker).
+func listenAPI(p Paths, h apiHandlers) (*apiServer, error) {
+	path, u := p.Socket, p.owner()
+	if err := u.PrivateDir(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("socket dir: %w", err)
 	}
-	_ = os.Remove(path)
-	ln, err := net.Listen("unix", path)
+	var ln *net.UnixListener
+	err := u.Do(func() error {
+		_ = os.Remove(path)
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", path, err)
+		}
+		l.SetUnlinkOnClose(false) // Close removes it, as the owner
+		if err := os.Chmod(path, 0o600); err != nil {
+			l.Close()
+			_ = os.Remove(path)
+			return fmt.Errorf("chmod %s: %w", path, err)
+		}
+		ln = l
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", path, err)
+		return nil, err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	a := &apiServer{path: path, owner: u, ln: &peerListener{Listener: ln, owner: u.UID, ownerName: u.Name},
+		srv: &http.Server{Handler: peerCheck(apiMux(h)), ConnContext: peerContext, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}}
+	if err := writeMarker(p); err != nil {
+		a.Close()
+		return nil, err
 	}
-	return &apiServer{path: path, ln: ln, srv: &http.Server{Handler: apiMux(h), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}}, nil
+	a.marker = p.Marker
+	return a, nil
 }
 
 // Run serves until ctx ends, then closes the server and removes the socket;
@@ -98,7 +123,11 @@ func (a *apiServer) Run(ctx context.Context) error {
 // Close stops serving and removes the socket (idempotent).
 func (a *apiServer) Close() error {
 	err := a.srv.Close()
-	if rerr := os.Remove(a.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+	if a.ln != nil {
+		_ = a.ln.Close() // Serve may not have started
+	}
+	removeMarker(a.marker)
+	if rerr := a.owner.Do(func() error { return os.Remove(a.path) }); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 		err = errors.Join(err, rerr)
 	}
 	return err

@@ -14,7 +14,7 @@ import (
 func testAPI(t *testing.T, h apiHandlers) (*Client, string, func()) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "run", "bridgetun.sock")
-	a, err := listenAPI(path, h)
+	a, err := listenAPI(Paths{Socket: path}, h)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,11 +18,15 @@ import (
 var ErrNotRunning = errors.New("not up (start it with `bridgetun up`)")
 
 // Client talks to a running session.
-type Client struct{ http *http.Client }
+type Client struct {
+	http   *http.Client
+	marker string // a root-held session's owner record (apiclient_owner.go)
+	uid    int    // the caller, for the refusal naming another owner
+}
 
 // NewClient returns a client for the session socket at path.
 func NewClient(path string) *Client {
-	return &Client{http: &http.Client{
+	return &Client{marker: markerPath(), uid: os.Getuid(), http: &http.Client{
 		Timeout: 10 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -37,9 +41,12 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://bridgetun/status", nil)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return st, notRunning(err)
+		return st, c.notRunning(err)
 	}
 	defer resp.Body.Close()
+	if err := refused(resp); err != nil {
+		return st, err
+	}
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		return st, fmt.Errorf("status: %w", err)
 	}
@@ -81,7 +88,7 @@ func (c *Client) Intercept(ctx context.Context, spec InterceptSpec, progress fun
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://bridgetun/intercept", strings.NewReader(string(body)))
 	resp, err := c.long().Do(req)
 	if err != nil {
-		return info, notRunning(err)
+		return info, c.notRunning(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -102,7 +109,7 @@ func (c *Client) Leave(ctx context.Context, service string) (string, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://bridgetun/leave?service="+url.QueryEscape(service), nil)
 	resp, err := c.long().Do(req)
 	if err != nil {
-		return "", notRunning(err)
+		return "", c.notRunning(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))

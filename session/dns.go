@@ -201,7 +201,7 @@ func (d *dnsService) mode() string {
 
 // RepairDNS restores a resolv.conf that a crashed session left rewritten.
 func RepairDNS(paths Paths) (bool, error) {
-	return dnsproxy.RepairResolvConf(dnsproxy.Detect{StateDir: paths.StateDir})
+	return dnsproxy.RepairResolvConf(dnsproxy.Detect{StateDir: paths.systemDir()})
 }
 
 // Repair undoes what a crashed session left (device, socket, resolv.conf)

@@ -19,24 +19,33 @@ type leftovers struct {
 	Context string `json:"context"`
 }
 
+// writeLeftovers records l in the state dir, written as the paths' owner
+// (under sudo the invoking user's file in their config dir).
 func (p Paths) writeLeftovers(l leftovers) error {
-	if err := os.MkdirAll(p.StateDir, 0o700); err != nil {
+	u := p.owner()
+	if err := u.MkdirAll(p.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir %s: %w", p.StateDir, err)
 	}
 	b, _ := json.Marshal(l)
-	tmp := p.leftoversFile() + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	if err := u.WriteFile(p.leftoversFile(), b, 0o600); err != nil {
 		return fmt.Errorf("record session state: %w", err)
 	}
-	return os.Rename(tmp, p.leftoversFile())
+	return nil
 }
 
-func (p Paths) clearLeftovers() { _ = os.Remove(p.leftoversFile()) }
+func (p Paths) clearLeftovers() {
+	_ = p.owner().Do(func() error { return os.Remove(p.leftoversFile()) })
+}
 
 // repairLeftovers undoes what a dead session left behind and says what it
 // did; a live session is reported as errAlreadyUp.
 func (p Paths) repairLeftovers(deleteLink func(name string) error) (repaired []string, err error) {
-	b, err := os.ReadFile(p.leftoversFile())
+	var b []byte
+	err = p.owner().Do(func() error {
+		var rerr error
+		b, rerr = os.ReadFile(p.leftoversFile())
+		return rerr
+	})
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -60,8 +69,11 @@ func (p Paths) repairLeftovers(deleteLink func(name string) error) (repaired []s
 			return repaired, fmt.Errorf("remove leftover TUN %s: %w (remove it with `ip link del %s`)", l.TUN, err, l.TUN)
 		}
 	}
-	if l.Socket != "" {
-		if err := os.Remove(l.Socket); err == nil {
+	// The record is the user's file: the socket is removed with their
+	// rights, and only if it is this session's socket path or a socket, so
+	// a record they edited cannot make root remove anything else.
+	if l.Socket != "" && (l.Socket == p.Socket || isSocket(l.Socket)) {
+		if err := p.owner().Do(func() error { return os.Remove(l.Socket) }); err == nil {
 			repaired = append(repaired, "removed stale socket "+filepath.Base(l.Socket))
 		}
 	}

@@ -18,5 +18,10 @@ func deleteLink(name string) error {
 		}
 		return fmt.Errorf("look up %s: %w", name, err)
 	}
+	// The name comes from the leftovers record, the user's file under
+	// sudo: only a TUN device is ours to remove.
+	if l.Type() != "tuntap" {
+		return fmt.Errorf("%s is a %s device, not a TUN: not removing it", name, l.Type())
+	}
 	return netlink.LinkDel(l)
 }

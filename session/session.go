@@ -123,7 +123,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	ctx, down := context.WithCancel(ctx)
 	defer down()
-	api, err := listenAPI(cfg.Paths.Socket, apiHandlers{status: s.Status, down: down, intercept: s.ic.Intercept, leave: s.ic.Leave})
+	api, err := listenAPI(cfg.Paths, apiHandlers{status: s.Status, down: down, intercept: s.ic.Intercept, leave: s.ic.Leave})
 	if err != nil {
 		return err
 	}
@@ -193,7 +193,7 @@ func (s *Session) join(ctx context.Context, conn *cluster.Conn) (tunnel.Key, err
 	if err != nil {
 		return tunnel.Key{}, err
 	}
-	key, err := tunnel.LoadOrCreateKey(s.cfg.Paths.keyFile())
+	key, err := s.cfg.Paths.loadOrCreateKey()
 	if err != nil {
 		return tunnel.Key{}, err
 	}

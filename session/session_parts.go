@@ -50,7 +50,7 @@ func (s *Session) startServices(ctx context.Context, conn *cluster.Conn, closers
 	reg := s.link.Registration()
 	d := dnsConfig{Client: conn.Client, Namespace: conn.Namespace, ClusterDomain: reg.ClusterDomain,
 		GatewayDNS: net.JoinHostPort(reg.GatewayAddress, "53"), Listen: "127.0.0.1:0", Link: s.tunName(),
-		StateDir: s.cfg.Paths.StateDir, Log: s.cfg.Log, Registerer: s.cfg.Registerer}
+		StateDir: s.cfg.Paths.systemDir(), Log: s.cfg.Log, Registerer: s.cfg.Registerer}
 	stack := s.tun.Netstack()
 	if stack != nil {
 		d.ClusterDial = stack.DialContext

@@ -39,7 +39,7 @@ func TestRunConnectErrorLeavesNothing(t *testing.T) {
 // a second one stops before touching the cluster, naming the first.
 func TestRunRefusesBesideALiveSession(t *testing.T) {
 	paths := testPaths(t)
-	a, err := listenAPI(paths.Socket, apiHandlers{status: func() Status { return Status{PID: os.Getpid()} }})
+	a, err := listenAPI(paths, apiHandlers{status: func() Status { return Status{PID: os.Getpid()} }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,19 @@ type User struct {
 // Current is the user this process acts for, from its own environment.
 func Current() (*User, error) { return FromEnv(os.Getenv, os.Geteuid()) }
 
+// Self is this process's own user, whatever sudo says (never acting).
+func Self() *User { return self(os.Getenv, os.Geteuid()) }
+
+// ActingFor is root acting for a user known by other means than sudo's
+// variables (tests; later a privileged helper told whom it serves): uid,
+// gid, name and home as given, getenv their environment (nil = none).
+func ActingFor(uid, gid int, name, home string, getenv func(string) string) *User {
+	if getenv == nil {
+		getenv = func(string) string { return "" }
+	}
+	return &User{UID: uid, GID: gid, Groups: []int{gid}, Name: name, Home: home, acting: true, getenv: getenv}
+}
+
 // FromEnv is Current for a given environment and effective uid (tests
 // simulate sudo with it). A set but malformed SUDO_UID, SUDO_GID or
 // PKEXEC_UID is an error, and so is a sudo user missing from the user
