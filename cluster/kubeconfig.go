@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -17,7 +18,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/bridgetun/bridgetun/internal/invoker"
 	"github.com/bridgetun/bridgetun/internal/version"
 )
 
@@ -27,6 +30,11 @@ type Options struct {
 	Kubeconfig string // "" = $KUBECONFIG, else ~/.kube/config (in-cluster config when neither exists)
 	Context    string // "" = the kubeconfig's current context
 	Namespace  string // "" = the context's namespace, else "default"
+	// ReadAs is whose kubeconfig it is. When root acts for a user (sudo),
+	// their files are read with their rights and "" above means their
+	// $KUBECONFIG if sudo kept it, else their ~/.kube/config (not root's).
+	// nil = this process's own.
+	ReadAs *invoker.User
 
 	ProbeTimeout time.Duration // bound on the reachability probe; 0 = 10s
 }
@@ -47,19 +55,23 @@ const DefaultProbeTimeout = 10 * time.Second
 // API server (GET /version) so that an unreachable cluster or rejected
 // credentials fail here, with a one-line error that says what to do.
 func Connect(ctx context.Context, o Options) (*Conn, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules, u := loadingRules(o.ReadAs)
 	if o.Kubeconfig != "" {
-		if _, err := os.Stat(o.Kubeconfig); err != nil {
+		if err := u.Do(func() error { _, err := os.Stat(o.Kubeconfig); return err }); err != nil {
 			return nil, fmt.Errorf("kubeconfig %s: %v: pass an existing file with --kubeconfig", o.Kubeconfig, errors.Unwrap(err))
 		}
 		rules.ExplicitPath = o.Kubeconfig
+	}
+	if err := readable(u, rules); err != nil {
+		return nil, err
 	}
 	overrides := &clientcmd.ConfigOverrides{CurrentContext: o.Context}
 	overrides.Context.Namespace = o.Namespace
 	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides)
 
-	raw, err := cc.RawConfig()
-	if err != nil {
+	// Every load reads the files: each is done with the user's rights.
+	var raw clientcmdapi.Config
+	if err := u.Do(func() (err error) { raw, err = cc.RawConfig(); return err }); err != nil {
 		return nil, fmt.Errorf("load kubeconfig: %s: fix the file or pass another with --kubeconfig", oneLine(err))
 	}
 	contextName := raw.CurrentContext
@@ -73,14 +85,19 @@ func Connect(ctx context.Context, o Options) (*Conn, error) {
 		}
 	}
 
-	cfg, err := cc.ClientConfig()
+	var cfg *rest.Config
+	err := u.Do(func() (err error) { cfg, err = cc.ClientConfig(); return err })
 	if err != nil {
 		if clientcmd.IsEmptyConfig(err) {
+			if u.Acting() {
+				return nil, fmt.Errorf("no kubeconfig for %s (looked for %s): sudo drops KUBECONFIG, keep it with `sudo --preserve-env=KUBECONFIG`, or pass --kubeconfig", u.Name, kubeconfigSource(rules))
+			}
 			return nil, errors.New("no kubeconfig: set KUBECONFIG or pass --kubeconfig")
 		}
 		return nil, fmt.Errorf("context %q: %s: fix the kubeconfig or pass another --context", contextName, oneLine(err))
 	}
-	ns, _, err := cc.Namespace()
+	var ns string
+	err = u.Do(func() (err error) { ns, _, err = cc.Namespace(); return err })
 	if err != nil {
 		return nil, fmt.Errorf("context %q: namespace: %s", contextName, oneLine(err))
 	}
@@ -190,6 +207,51 @@ func (c *Conn) APIServerAddrs(ctx context.Context) ([]netip.Addr, error) {
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return out, nil
+}
+
+// loadingRules are kubectl's, and under sudo the invoking user's: their
+// $KUBECONFIG when sudo kept it, else their ~/.kube/config — never root's,
+// and nothing migrated or written.
+func loadingRules(readAs *invoker.User) (*clientcmd.ClientConfigLoadingRules, *invoker.User) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if readAs == nil || !readAs.Acting() {
+		return rules, invoker.Self()
+	}
+	rules.MigrationRules = nil
+	if os.Getenv(clientcmd.RecommendedConfigPathEnvVar) == "" {
+		rules.Precedence = nil
+		if readAs.Home != "" {
+			rules.Precedence = []string{filepath.Join(readAs.Home, clientcmd.RecommendedHomeDir, clientcmd.RecommendedFileName)}
+		}
+	}
+	return rules, readAs
+}
+
+// readable checks, with the user's rights, that every kubeconfig file
+// that exists can be read, so that an unreadable one is named in one line
+// (clientcmd would skip or bury it).
+func readable(u *invoker.User, rules *clientcmd.ClientConfigLoadingRules) error {
+	files := rules.Precedence
+	if rules.ExplicitPath != "" {
+		files = []string{rules.ExplicitPath}
+	}
+	for _, f := range files {
+		err := u.Do(func() error {
+			fh, err := os.Open(f)
+			if err == nil {
+				fh.Close()
+			}
+			return err
+		})
+		switch {
+		case err == nil, errors.Is(err, os.ErrNotExist):
+		case errors.Is(err, os.ErrPermission) && u.Acting():
+			return fmt.Errorf("kubeconfig %s: permission denied (read as %s, for whom sudo runs bridgetun): let %s read it, or pass another with --kubeconfig", f, u, u.Name)
+		default:
+			return fmt.Errorf("kubeconfig %s: %v: fix its permissions or pass another with --kubeconfig", f, errors.Unwrap(err))
+		}
+	}
+	return nil
 }
 
 func kubeconfigSource(r *clientcmd.ClientConfigLoadingRules) string {

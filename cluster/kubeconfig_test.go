@@ -11,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bridgetun/bridgetun/internal/invoker"
+	"github.com/bridgetun/bridgetun/internal/testkit"
 )
 
 // writeKubeconfig writes a kubeconfig with one cluster per context name,
@@ -166,5 +169,71 @@ func TestAPIServerAddrs(t *testing.T) {
 		if fmt.Sprint(got) != fmt.Sprint(tt.want) {
 			t.Errorf("%s: got %v, want %v", tt.host, got, tt.want)
 		}
+	}
+}
+
+// Under sudo the kubeconfig is the invoking user's: their ~/.kube/config
+// although $HOME is root's and KUBECONFIG was dropped, read with their
+// rights, so a file they cannot read (root's, or theirs made unreadable)
+// fails in one line naming it and them.
+func TestConnectSudo(t *testing.T) {
+	testkit.RequireRoot(t)
+	isolate(t)
+	const nobody = 65534
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	home := filepath.Join(dir, "home")
+	kube := filepath.Join(home, ".kube")
+	if err := os.MkdirAll(kube, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	theirs := filepath.Join(kube, "config")
+	b, err := os.ReadFile(writeKubeconfig(t, fakeAPIServer(t, false), "dev", map[string]string{"dev": "team-a"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(theirs, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rootOnly := filepath.Join(dir, "admin.kubeconfig")
+	if err := os.WriteFile(rootOnly, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	u := invoker.ActingFor(nobody, nobody, "nobody", home, nil)
+	denied := func(f string) string {
+		return "kubeconfig " + f + ": permission denied (read as nobody (uid 65534), for whom sudo runs bridgetun): let nobody read it, or pass another with --kubeconfig"
+	}
+
+	if _, err := Connect(t.Context(), Options{ReadAs: u}); err == nil || err.Error() != denied(theirs) {
+		t.Errorf("their file unreadable (root's 0600): got %v, want %q", err, denied(theirs))
+	}
+	if err := os.Chown(theirs, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Connect(t.Context(), Options{ReadAs: u})
+	if err != nil {
+		t.Fatalf("their own ~/.kube/config: %v", err)
+	}
+	if c.Context != "dev" || c.Namespace != "team-a" {
+		t.Errorf("got context %q namespace %q, want dev team-a", c.Context, c.Namespace)
+	}
+	t.Setenv("KUBECONFIG", rootOnly) // sudo -E, pointing at root's admin file
+	if _, err := Connect(t.Context(), Options{ReadAs: u}); err == nil || err.Error() != denied(rootOnly) {
+		t.Errorf("KUBECONFIG kept by sudo, root's file: got %v, want %q", err, denied(rootOnly))
+	}
+	if _, err := Connect(t.Context(), Options{ReadAs: u, Kubeconfig: rootOnly}); err == nil || err.Error() != denied(rootOnly) {
+		t.Errorf("--kubeconfig root's file: got %v, want %q", err, denied(rootOnly))
+	}
+	t.Setenv("KUBECONFIG", "")
+	if err := os.Remove(theirs); err != nil {
+		t.Fatal(err)
+	}
+	want := "no kubeconfig for nobody (looked for " + theirs + "): sudo drops KUBECONFIG"
+	if _, err := Connect(t.Context(), Options{ReadAs: u}); err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("none in their home: got %v, want %q…", err, want)
 	}
 }
