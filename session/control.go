@@ -24,6 +24,13 @@ type ControlError struct {
 
 func (e *ControlError) Error() string { return e.Msg }
 
+// isUnknownPeer reports the gateway's 412: it does not know this
+// workstation's key (register again, then retry).
+func isUnknownPeer(err error) bool {
+	var ce *ControlError
+	return errors.As(err, &ce) && ce.Status == http.StatusPreconditionFailed
+}
+
 // isConflict reports a 409 from the gateway.
 func isConflict(err error) bool {
 	var ce *ControlError

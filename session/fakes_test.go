@@ -38,6 +38,10 @@ type fakeGateway struct {
 	// addStatus, when set, answers AddIntercept with that status.
 	addStatus int
 	live      []api.Intercept
+	// unknownPeer: renewals say the gateway forgot this workstation.
+	unknownPeer bool
+	// dials counts dialPod calls per pod, refused ones too.
+	dials map[string]int
 }
 
 func newFakeGateway(t *testing.T) *fakeGateway {
@@ -46,7 +50,7 @@ func newFakeGateway(t *testing.T) *fakeGateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &fakeGateway{t: t, ln: ln, down: map[string]bool{}, reg: api.RegisterResponse{
+	g := &fakeGateway{t: t, ln: ln, down: map[string]bool{}, dials: map[string]int{}, reg: api.RegisterResponse{
 		Address: "198.19.0.7/32", GatewayPublicKey: "k", GatewayAddress: "198.19.0.1",
 		ClusterDomain: "cluster.local", Version: "test", TTLSeconds: 60,
 	}}
@@ -96,6 +100,7 @@ func (l *podListener) Accept() (net.Conn, error) {
 func (g *fakeGateway) dialPod(ctx context.Context, pod string, port int) (net.Conn, error) {
 	g.mu.Lock()
 	down := g.down[pod]
+	g.dials[pod]++
 	g.mu.Unlock()
 	if down {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errPodGone}
@@ -129,7 +134,7 @@ func (g *fakeGateway) recorded() []string {
 func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 	g.mu.Lock()
 	g.calls = append(g.calls, r.Context().Value(podKey{}).(string)+" "+r.Method+" "+r.URL.Path)
-	reg, unknown, addStatus, live := g.reg, g.renewUnknown, g.addStatus, g.live
+	reg, unknown, addStatus, live, unknownPeer := g.reg, g.renewUnknown, g.addStatus, g.live, g.unknownPeer
 	g.mu.Unlock()
 	switch r.Method + " " + r.URL.Path {
 	case "POST /v1/register":
@@ -143,7 +148,7 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewDecoder(r.Body).Decode(&req)
 		_ = json.NewEncoder(w).Encode(api.Intercept{InterceptRequest: req, ID: "id-" + req.Service, Target: "198.19.0.7:8080"})
 	case "POST /v1/intercepts/renew":
-		_ = json.NewEncoder(w).Encode(api.RenewResponse{Unknown: unknown, TTLSeconds: 15})
+		_ = json.NewEncoder(w).Encode(api.RenewResponse{Unknown: unknown, TTLSeconds: 15, UnknownPeer: unknownPeer})
 	case "DELETE /v1/intercepts":
 		_ = json.NewEncoder(w).Encode(api.LeaveResponse{Removed: true})
 	case "GET /v1/intercepts":

@@ -31,7 +31,7 @@ func testLink(t *testing.T, g *fakeGateway, cfg linkConfig) *gatewayLink {
 // detector fails this test on such code.
 func TestLinkRegistrationRace(t *testing.T) {
 	g := newFakeGateway(t)
-	l := testLink(t, g, linkConfig{Heartbeat: time.Millisecond})
+	l := testLink(t, g, linkConfig{Heartbeat: time.Millisecond, Check: time.Millisecond})
 	if err := l.Register(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -178,4 +178,90 @@ func TestLinkRunStops(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after cancel")
 	}
+}
+
+// registersAt counts the registrations the fake gateway saw at pod.
+func registersAt(g *fakeGateway, pod string) int {
+	n := 0
+	for _, c := range g.recorded() {
+		if c == pod+" POST /v1/register" {
+			n++
+		}
+	}
+	return n
+}
+
+// runLink runs l until the test ends.
+func runLink(t *testing.T, l *gatewayLink) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- l.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+}
+
+// TestLinkRunFollowsReplacedPod: with the UDP transport nothing dials the
+// stream, so only the pod watch notices a replaced gateway pod: Run
+// registers with the new pod and re-keys the tunnel within seconds, not at
+// the next heartbeat (an hour here; ~200 s in real life).
+func TestLinkRunFollowsReplacedPod(t *testing.T) {
+	g := newFakeGateway(t)
+	cs := gatewayCluster("app", "gw-1")
+	l := testLink(t, g, linkConfig{Client: cs, Heartbeat: time.Hour})
+	if err := l.Register(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	rekeys := 0
+	l.OnReplaced(func() { mu.Lock(); rekeys++; mu.Unlock() })
+	runLink(t, l)
+	// The watch looks once when it starts: then it is established.
+	testkit.WaitFor(t, 10*time.Second, "the pod watch's first look", func() bool { return registersAt(g, "gw-1") >= 2 })
+	g.setDown("gw-1", true)
+	deleteGatewayPod(cs, "app", "gw-1")
+	addGatewayPod(cs, "app", "gw-2")
+	testkit.WaitFor(t, 10*time.Second, "a registration at gw-2", func() bool { return registersAt(g, "gw-2") >= 1 })
+	testkit.WaitFor(t, 10*time.Second, "a rehandshake", func() bool { mu.Lock(); defer mu.Unlock(); return rekeys >= 1 })
+	if got := l.Pod(); got != "gw-2" {
+		t.Errorf("pod: got %q, want gw-2", got)
+	}
+}
+
+// TestLinkWakeRegistersAgain: when the wall clock jumps (a suspend or a
+// SIGSTOP), Run registers at once instead of at the next heartbeat; a
+// failed attempt is retried every Check; a gateway that had forgotten this
+// workstation (admitted anew) gets a rehandshake.
+func TestLinkWakeRegistersAgain(t *testing.T) {
+	g := newFakeGateway(t)
+	clk := &wallClock{t: time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC)}
+	idle := func(ctx context.Context, _ func()) { <-ctx.Done() } // no pod watch: the heartbeat alone
+	l := testLink(t, g, linkConfig{Heartbeat: time.Hour, Check: 10 * time.Millisecond, Now: clk.now,
+		RetryFor: 50 * time.Millisecond, WatchPods: idle})
+	if err := l.Register(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	rekeys := 0
+	l.OnReplaced(func() { mu.Lock(); rekeys++; mu.Unlock() })
+	runLink(t, l)
+	// Asleep for a minute (again and again, until Run's heartbeat has
+	// seen one), and the gateway unreachable when we wake.
+	g.setDown("gw-1", true)
+	dials := func() int { g.mu.Lock(); defer g.mu.Unlock(); return g.dials["gw-1"] }
+	before := dials()
+	testkit.WaitFor(t, 10*time.Second, "a registration attempt after a wake", func() bool {
+		clk.add(time.Minute)
+		return dials() > before
+	})
+	g.mu.Lock()
+	g.reg.Admitted = true // the gateway forgot us meanwhile
+	g.mu.Unlock()
+	g.setDown("gw-1", false)
+	testkit.WaitFor(t, 10*time.Second, "a registration after the wake", func() bool { return registersAt(g, "gw-1") >= 2 })
+	testkit.WaitFor(t, 10*time.Second, "a rehandshake", func() bool { mu.Lock(); defer mu.Unlock(); return rekeys >= 1 })
 }

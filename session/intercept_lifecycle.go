@@ -3,6 +3,7 @@ package session
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/bridgetun/bridgetun/agent/api"
@@ -11,6 +12,8 @@ import (
 
 // Leave ends the intercept of service: the gateway forgets it and, when no
 // one else intercepts the workload, its original pod template comes back.
+// Leaving a lost intercept only takes it off the list: it was released
+// when it was lost.
 func (ic *interceptor) Leave(service string) (string, error) {
 	ic.op.Lock()
 	defer ic.op.Unlock()
@@ -27,9 +30,15 @@ func (ic *interceptor) leaveLocked(service string) string {
 	ic.mu.Lock()
 	st, ok := ic.byService[service]
 	delete(ic.byService, service)
+	delete(ic.pending, st)
+	lost := ok && st.info.State == InterceptLost
 	ic.mu.Unlock()
 	if !ok {
 		return ""
+	}
+	if lost {
+		ic.cfg.Progress("left %s (it had been lost; nothing to undo)", service)
+		return "it had been lost: nothing left to undo"
 	}
 	// Routes first: the sidecars send new connections to the original at
 	// once; the ones in flight here get a moment to finish before the
@@ -42,9 +51,10 @@ func (ic *interceptor) leaveLocked(service string) string {
 	switch {
 	case err != nil:
 		// Unknown whether others hold it: the gateway restores the
-		// workload itself once no lease remains.
-		ic.cfg.Progress("left %s; the gateway did not answer (%v): it restores %s when no intercept remains", st.req.Service, err, st.ref)
-		return "gateway unreachable: it restores the workload when no intercept remains"
+		// workload itself once this intercept's grace ends and no other
+		// holds it.
+		ic.cfg.Progress("left %s; the gateway did not answer (%v): it restores %s when its grace (%s) ends, unless another intercept holds it", st.req.Service, err, st.ref, roundDuration(st.grace))
+		return fmt.Sprintf("gateway unreachable: it restores the workload when the grace (%s) ends, unless another intercept holds it", roundDuration(st.grace))
 	case lr.Remaining > 0:
 		ic.cfg.Progress("left %s; %d other intercept(s) keep %s patched", st.req.Service, lr.Remaining, st.ref)
 		return fmt.Sprintf("%d other intercept(s) keep %s patched", lr.Remaining, st.ref)
@@ -92,15 +102,21 @@ func (ic *interceptor) leaveAll() {
 	}
 }
 
-// Run keeps the leases alive until ctx ends; intercepts the gateway no
-// longer knows (it restarted) are added again. Then it ends every
-// intercept, so the workloads are restored while the tunnel still stands.
+// Run keeps the leases alive until ctx ends: renewals every RenewEvery,
+// and a worker that re-attaches intercepts after a sleep or a gateway
+// restart (intercept_reattach.go). Then it ends every intercept, so the
+// workloads are restored while the tunnel still stands, and returns after
+// the worker exited.
 func (ic *interceptor) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); ic.reattachLoop(ctx) }()
 	t := time.NewTicker(ic.cfg.RenewEvery)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			wg.Wait()
 			ic.leaveAll()
 			return nil
 		case <-t.C:
@@ -109,44 +125,13 @@ func (ic *interceptor) Run(ctx context.Context) error {
 	}
 }
 
-// renew extends the leases of every intercept once.
-func (ic *interceptor) renew(ctx context.Context) {
-	ic.mu.Lock()
-	byID := map[string]*interceptState{}
-	for _, st := range ic.byService {
-		byID[st.info.ID] = st
-	}
-	ic.mu.Unlock()
-	if len(byID) == 0 {
-		return
-	}
-	ids := make([]string, 0, len(byID))
-	for id := range byID {
-		ids = append(ids, id)
-	}
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	rr, err := ic.cfg.Control.RenewIntercepts(rctx, api.RenewRequest{PublicKey: ic.cfg.PublicKey, IDs: ids})
-	if err != nil {
-		cancel()
-		ic.cfg.Log.Warn("renew intercept leases", "err", err)
-		return
-	}
-	for _, id := range rr.Unknown {
-		st, ok := byID[id]
-		if !ok {
-			continue // not one of ours
-		}
-		if _, err := ic.cfg.Control.AddIntercept(rctx, st.req); err != nil {
-			ic.cfg.Log.Warn("re-add intercept after a gateway restart", "service", st.req.Service, "err", err)
-		} else {
-			ic.cfg.Log.Info("intercept re-added (the gateway had forgotten it)", "service", st.req.Service)
-		}
-	}
-	cancel()
-}
-
-// Repair restores workloads a crashed session left patched:
-// patched, in our namespace, and held by no live intercept at the gateway.
+// Repair restores workloads a crashed session of this machine left
+// patched: patched, in our namespace, and held at the gateway by no one
+// but this workstation's key (this session holds nothing yet, so such
+// entries are a previous session's; they are dropped first). A patch that
+// nothing at the gateway holds but that records a grace is left to the
+// gateway: after a gateway restart it may be another workstation's, asleep
+// within its grace, and the gateway restores it when the grace ends.
 func (ic *interceptor) Repair(ctx context.Context) {
 	refs, err := cluster.PatchedWorkloads(ctx, ic.cfg.Client, ic.cfg.GatewayNamespace)
 	if err != nil {
@@ -162,12 +147,23 @@ func (ic *interceptor) Repair(ctx context.Context) {
 		return
 	}
 	held := map[api.Workload]bool{}
+	ours := map[api.Workload][]api.Intercept{}
 	for _, it := range live {
+		if it.PublicKey == ic.cfg.PublicKey {
+			ours[it.Workload] = append(ours[it.Workload], it)
+			continue
+		}
 		held[it.Workload] = true
 	}
 	for _, ref := range refs {
-		if held[api.Workload{Namespace: ref.Namespace, Kind: ref.Kind, Name: ref.Name}] {
+		w := api.Workload{Namespace: ref.Namespace, Kind: ref.Kind, Name: ref.Name}
+		if held[w] || (len(ours[w]) == 0 && ref.Grace > 0) {
 			continue
+		}
+		for _, it := range ours[w] {
+			if _, err := ic.cfg.Control.LeaveIntercept(ctx, api.LeaveRequest{PublicKey: it.PublicKey, Namespace: it.Namespace, Service: it.Service}); err != nil {
+				ic.cfg.Log.Warn("repair: drop a previous session's intercept", "service", it.Service, "err", err)
+			}
 		}
 		if _, err := cluster.RestoreWorkload(ctx, ic.cfg.Client, ref); err != nil {
 			ic.cfg.Log.Warn("repair: restore", "workload", ref.String(), "err", err)

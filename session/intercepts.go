@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,20 +62,31 @@ type InterceptInfo struct {
 }
 
 type interceptState struct {
-	info    InterceptInfo
+	info    InterceptInfo // State, StateSince, StateReason and Target change under interceptor.mu
 	req     api.InterceptRequest
 	ref     cluster.WorkloadRef
-	closers []func() error
+	spec    InterceptSpec       // what was asked: a re-patch resolves the target again from it
+	sidecar cluster.SidecarSpec // what was patched in: a re-patch puts the same back
+	grace   time.Duration       // the gateway's hold for this intercept
+	// lastOK is the wall-clock time (no monotonic reading: it stands still
+	// during suspend) of the last renewal the gateway accepted; guarded by
+	// interceptor.mu.
+	lastOK    time.Time
+	closers   []func() error
+	closeOnce sync.Once
 	// quiesce waits, up to a bound, for the relayed connections in flight
 	// to end (nil: nothing to wait for).
 	quiesce func(max time.Duration)
 }
 
+// close releases the listeners once; a second call waits for the first.
 func (st *interceptState) close() {
-	for i := len(st.closers) - 1; i >= 0; i-- {
-		_ = st.closers[i]()
-	}
-	st.closers = nil
+	st.closeOnce.Do(func() {
+		for i := len(st.closers) - 1; i >= 0; i-- {
+			_ = st.closers[i]()
+		}
+		st.closers = nil
+	})
 }
 
 // rolloutTimeout bounds waiting for patched (or restored) pods.
@@ -116,16 +129,30 @@ type interceptConfig struct {
 	Connections    prometheus.Counter               // inbound connections delivered; nil = not counted
 	RenewEvery     time.Duration                    // 0 = 5 s
 	RolloutTimeout time.Duration                    // 0 = 2 min
+	// Reregister registers this workstation with the gateway again when a
+	// renewal says it forgot the key; nil = never.
+	Reregister func(ctx context.Context) error
+	// Now is the wall clock; nil = time.Now. Readings are taken without
+	// their monotonic part, which stands still while the machine sleeps.
+	Now func() time.Time
 }
 
 // interceptor holds this session's intercepts: it patches workloads, accepts
-// their traffic from the tunnel, renews their leases, and restores the
+// their traffic from the tunnel, renews their leases, re-attaches them after
+// a sleep or a gateway restart (intercept_reattach.go), and restores the
 // workloads when they end — at the latest when Run returns.
 type interceptor struct {
 	cfg       interceptConfig
-	op        sync.Mutex // serialises intercept and leave (slow: rollouts)
-	mu        sync.Mutex // guards byService only (the renewal needs it briefly)
+	op        sync.Mutex // serialises intercept, leave and re-attach (slow: rollouts)
+	mu        sync.Mutex // guards byService, the states' changing fields and pending (the renewal needs it briefly)
 	byService map[string]*interceptState
+	// pending are intercepts for the re-attach worker (true: add to the
+	// gateway again first); kick wakes it.
+	pending map[*interceptState]bool
+	kick    chan struct{}
+	// Used by the renewal loop only.
+	lastAttempt  time.Time // wall clock of the previous renewal attempt
+	renewFailing bool      // the previous renewal failed (log a streak once)
 }
 
 func newInterceptor(cfg interceptConfig) *interceptor {
@@ -151,7 +178,11 @@ func newInterceptor(cfg interceptConfig) *interceptor {
 	if cfg.RolloutTimeout == 0 {
 		cfg.RolloutTimeout = rolloutTimeout
 	}
-	return &interceptor{cfg: cfg, byService: map[string]*interceptState{}}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &interceptor{cfg: cfg, byService: map[string]*interceptState{},
+		pending: map[*interceptState]bool{}, kick: make(chan struct{}, 1)}
 }
 
 // Intercept routes a Service's inbound traffic (all of it, or the requests
@@ -175,8 +206,16 @@ func (ic *interceptor) Intercept(ctx context.Context, spec InterceptSpec, report
 	}
 	ic.op.Lock()
 	defer ic.op.Unlock()
+	if spec.Grace < 0 {
+		return InterceptInfo{}, fmt.Errorf("intercept: grace %s: want 0 (the default, %s) or more", spec.Grace, api.DefaultGrace)
+	}
 	ic.mu.Lock()
 	have, ok := ic.byService[spec.Service]
+	if ok && have.info.State == InterceptLost {
+		// A new intercept replaces a lost one (already released).
+		delete(ic.byService, spec.Service)
+		ok = false
+	}
 	ic.mu.Unlock()
 	if ok {
 		return InterceptInfo{}, fmt.Errorf("intercept: %s is already intercepted by this session (to local port %d): run `bridgetun leave %s` first", spec.Service, have.info.LocalPort, spec.Service)
@@ -197,7 +236,9 @@ func (ic *interceptor) Intercept(ctx context.Context, spec InterceptSpec, report
 			PublicKey: ic.cfg.PublicKey, Namespace: ns, Service: spec.Service,
 			Workload: api.Workload{Namespace: ns, Kind: t.Kind, Name: t.Name},
 			Port:     spec.LocalPort, RouteAs: spec.RouteAs, Holder: spec.Holder,
+			GraceSeconds: graceSeconds(spec.Grace),
 		},
+		spec: spec,
 	}
 	var registered, changed bool
 	defer func() {
@@ -223,14 +264,17 @@ func (ic *interceptor) Intercept(ctx context.Context, spec InterceptSpec, report
 		return InterceptInfo{}, fmt.Errorf("intercept %s: register with the gateway: %w", spec.Service, err)
 	}
 	registered = true
+	st.lastOK = ic.now()
 	relay, err := ic.relayAddr(ctx)
 	if err != nil {
 		return InterceptInfo{}, err
 	}
-	changed, err = cluster.PatchWorkload(ctx, ic.cfg.Client, t, cluster.SidecarSpec{
+	st.grace = grantedGrace(it, spec.Grace)
+	st.sidecar = cluster.SidecarSpec{
 		Image: ic.cfg.Image, PullPolicy: ic.cfg.PullPolicy, Relay: relay,
-		TokenSecret: cluster.GatewayName, TokenKey: cluster.SecretKeyToken,
-	})
+		TokenSecret: cluster.GatewayName, TokenKey: cluster.SecretKeyToken, Grace: st.grace,
+	}
+	changed, err = cluster.PatchWorkload(ctx, ic.cfg.Client, t, st.sidecar)
 	if err != nil {
 		return InterceptInfo{}, fmt.Errorf("intercept %s: %w", spec.Service, err)
 	}
@@ -251,13 +295,21 @@ func (ic *interceptor) Intercept(ctx context.Context, spec InterceptSpec, report
 		ID: it.ID, Service: spec.Service, Namespace: ns, Workload: t.Kind + "/" + t.Name,
 		Container: t.Container, ContainerPort: int(t.ContainerPort), ServicePort: int(t.ServicePort.Port),
 		LocalPort: spec.LocalPort, RouteAs: spec.RouteAs, Holder: spec.Holder, Target: it.Target, Since: time.Now(),
+		Grace: st.grace, State: InterceptActive, StateSince: ic.now(),
 	}
 	if spec.RouteAs != "" {
 		if st.info.LocalURL, err = ic.serveLocalURL(ctx, st, spec, t); err != nil {
 			return InterceptInfo{}, err
 		}
 	}
+	// The lease was not renewed during the rollout: refresh it now (a
+	// route dropped meanwhile comes back); a failure is the renewal's to
+	// handle from here on.
+	refreshed, rerr := ic.cfg.Control.AddIntercept(ctx, st.req)
 	ic.mu.Lock()
+	if rerr == nil {
+		st.info.Target, st.lastOK = refreshed.Target, ic.now()
+	}
 	ic.byService[spec.Service] = st
 	ic.mu.Unlock()
 	ic.cfg.Progress("intercepting %s (%s): %s → 127.0.0.1:%d", spec.Service, routeDesc(spec.RouteAs), st.ref, spec.LocalPort)
@@ -271,7 +323,8 @@ func routeDesc(routeAs string) string {
 	return "requests with " + api.RouteAsHeader + ": " + routeAs
 }
 
-// Infos lists the live intercepts for status.
+// Infos lists this session's intercepts for status, each in its real
+// state (active, reconnecting, lost), sorted by Service.
 func (ic *interceptor) Infos() []InterceptInfo {
 	ic.mu.Lock()
 	defer ic.mu.Unlock()
@@ -279,5 +332,6 @@ func (ic *interceptor) Infos() []InterceptInfo {
 	for _, st := range ic.byService {
 		out = append(out, st.info)
 	}
+	slices.SortFunc(out, func(a, b InterceptInfo) int { return strings.Compare(a.Service, b.Service) })
 	return out
 }

@@ -176,20 +176,36 @@ func TestInterceptRolloutFailsLeavesNothing(t *testing.T) {
 }
 
 // TestInterceptRenewReAddsForgotten: ids the gateway forgot (it restarted)
-// are added again with the original request.
+// are added again with the original request, by the re-attach worker.
 func TestInterceptRenewReAddsForgotten(t *testing.T) {
 	cs, g := apiWorld(), newFakeGateway(t)
 	ic := testInterceptor(t, cs, g, interceptConfig{})
-	ic.byService["api"] = &interceptState{info: InterceptInfo{ID: "id-api", Service: "api"},
-		req: api.InterceptRequest{Service: "api", Namespace: "app", Port: 8080}}
-	ic.byService["web"] = &interceptState{info: InterceptInfo{ID: "id-web", Service: "web"},
-		req: api.InterceptRequest{Service: "web", Namespace: "app", Port: 8081}}
+	tgt, err := cluster.ResolveInterceptTarget(t.Context(), cs, "app", "api", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.PatchWorkload(t.Context(), cs, tgt, cluster.SidecarSpec{Image: "agent:test", Relay: "10.96.0.99:8083", TokenSecret: "s", TokenKey: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	add := func(svc, id string, port int) {
+		ic.byService[svc] = &interceptState{info: InterceptInfo{ID: id, Service: svc, ContainerPort: 8080, State: InterceptActive},
+			req: api.InterceptRequest{Service: svc, Namespace: "app", Port: port}, ref: tgt.Ref(),
+			grace: api.DefaultGrace, lastOK: ic.now()}
+	}
+	add("api", "id-api", 8080)
+	add("web", "id-web", 8081)
 	g.renewUnknown = []string{"id-web", "id-stranger"}
 	ic.renew(t.Context())
+	ic.reattachPending(t.Context())
 	calls := g.recorded()
 	want := []string{"gw-1 POST /v1/intercepts/renew", "gw-1 POST /v1/intercepts"}
 	if !slices.Equal(calls, want) {
 		t.Errorf("calls: got %q, want %q (one renew, one re-add, nothing for an id that is not ours)", calls, want)
+	}
+	for _, it := range ic.Infos() {
+		if it.State != InterceptActive {
+			t.Errorf("%s: got %q (%s), want active", it.Service, it.State, it.StateReason)
+		}
 	}
 }
 

@@ -38,6 +38,9 @@ func (s *Session) startTunnel(ctx context.Context, conn *cluster.Conn, key tunne
 		}
 	})
 	s.ic.cfg.Listen = s.inboundListener
+	// A renewal that finds this workstation forgotten (a sleep past the
+	// registration TTL) registers again; the link re-keys the tunnel.
+	s.ic.cfg.Reregister = s.link.Register
 	if st := c.Netstack(); st != nil {
 		s.ic.cfg.Dial = st.DialContext
 	}
@@ -173,8 +176,16 @@ func (s *Session) registerMetrics() {
 	_ = reg.Register(s.ic.cfg.Connections)
 	_ = reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "bridgetun_intercept_active",
-		Help: "Intercepts this workstation holds.",
-	}, func() float64 { return float64(len(s.ic.Infos())) }))
+		Help: "Intercepts this workstation holds that are active (routed here), not reconnecting or lost.",
+	}, func() float64 {
+		n := 0
+		for _, it := range s.ic.Infos() {
+			if it.State == InterceptActive {
+				n++
+			}
+		}
+		return float64(n)
+	}))
 }
 
 func (s *Session) progress(format string, args ...any) {

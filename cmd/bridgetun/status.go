@@ -56,14 +56,7 @@ func newStatusCmd() *cobra.Command {
 				fmt.Fprintf(w, "forward:    %s\n", f)
 			}
 			for _, it := range st.Intercepts {
-				route := "all traffic"
-				if it.RouteAs != "" {
-					route = "kubernetes-route-as: " + it.RouteAs
-				}
-				fmt.Fprintf(w, "intercept:  %s (%s, port %d) → 127.0.0.1:%d, %s, since %s\n", it.Service, it.Workload, it.ContainerPort, it.LocalPort, route, it.Since.Format("15:04:05"))
-				if it.LocalURL != "" {
-					fmt.Fprintf(w, "            local URL %s\n", it.LocalURL)
-				}
+				printIntercept(w, it)
 			}
 			if diagnostics {
 				printDiagnostics(ctx, w, st)
@@ -74,6 +67,54 @@ func newStatusCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().BoolVar(&diagnostics, "diagnostics", false, "also show DNS upstreams and routing, the environment `run` gives, and sample resolutions")
 	return cmd
+}
+
+// printIntercept prints one intercept and its real state: active,
+// reconnecting since when and why, or lost and why.
+func printIntercept(w io.Writer, it session.InterceptInfo) {
+	route := "all traffic"
+	if it.RouteAs != "" {
+		route = "kubernetes-route-as: " + it.RouteAs
+	}
+	grace := ""
+	if it.Grace > 0 {
+		grace = ", grace " + shortDuration(it.Grace)
+	}
+	fmt.Fprintf(w, "intercept:  %s (%s, port %d) → 127.0.0.1:%d, %s, since %s%s\n", it.Service, it.Workload, it.ContainerPort, it.LocalPort, route, it.Since.Format(time.TimeOnly), grace)
+	fmt.Fprintf(w, "            %s\n", interceptState(it))
+	if it.LocalURL != "" && it.State != session.InterceptLost {
+		fmt.Fprintf(w, "            local URL %s\n", it.LocalURL)
+	}
+}
+
+// interceptState is "active", "reconnecting since 15:04:05 (why)" or
+// "lost: why".
+func interceptState(it session.InterceptInfo) string {
+	switch it.State {
+	case session.InterceptReconnecting:
+		s := "reconnecting since " + it.StateSince.Local().Format(time.TimeOnly)
+		if it.StateReason != "" {
+			s += " (" + it.StateReason + ")"
+		}
+		return s
+	case session.InterceptLost:
+		return "lost: " + it.StateReason
+	case "", session.InterceptActive: // "": a session from before intercept states
+		return session.InterceptActive
+	}
+	return it.State
+}
+
+// shortDuration prints 15m, 1h30m, 45s.
+func shortDuration(d time.Duration) string {
+	if d < time.Minute {
+		return d.Round(time.Second).String()
+	}
+	s := strings.TrimSuffix(d.Round(time.Minute).String(), "0s")
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 func newDownCmd() *cobra.Command {
