@@ -85,6 +85,9 @@ type Identity interface {
 	// Env is the environment a started command begins with, given this
 	// process's (HOME, USER and LOGNAME the user's).
 	Env(environ []string) []string
+	// Do runs f with the user's file-system rights, so what f creates is
+	// theirs; it just calls f when acting for no one else.
+	Do(f func() error) error
 	// Chown gives path (not a symlink's target) to the user; a no-op when
 	// acting for no one else.
 	Chown(path string) error
@@ -95,6 +98,7 @@ type selfIdentity struct{}
 
 func (selfIdentity) Credential() *syscall.Credential { return nil }
 func (selfIdentity) Env(environ []string) []string   { return environ }
+func (selfIdentity) Do(f func() error) error         { return f() }
 func (selfIdentity) Chown(string) error              { return nil }
 
 func identityOrSelf(u Identity) Identity {

@@ -355,10 +355,7 @@ func replicate(ctx context.Context, cfg InterceptConfig, st session.Status, p *p
 		kv = append(kv, EnvVar{"BRIDGETUN_VOLUME_ROOT", dir})
 	}
 	if r.EnvFile != "" {
-		if err := writePrivateFile(r.EnvFile, dotenv(kv)); err != nil {
-			return replication{}, fmt.Errorf("--env-file %s: %w", r.EnvFile, err)
-		}
-		if err := user.Chown(r.EnvFile); err != nil {
+		if err := user.Do(func() error { return writePrivateFile(r.EnvFile, dotenv(kv)) }); err != nil {
 			return replication{}, fmt.Errorf("--env-file %s: %w", r.EnvFile, err)
 		}
 		p.done("environment of %s/%s resolved (%d variables), written to %s", pod.Name, container, len(kv), r.EnvFile)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -11,26 +12,30 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bridgetun/bridgetun/devflow"
+	"github.com/bridgetun/bridgetun/internal/invoker"
 	"github.com/bridgetun/bridgetun/session"
 )
 
 func newInterceptCmd() *cobra.Command {
 	var (
-		cf                          clusterFlags
+		cf                          connFlags
 		port, routeAs, envFile, dir string
 		urlAddr, container          string
 		isolate, detach, noMount    bool
+		wait, grace                 time.Duration
 		projectFile                 string
 	)
 	cmd := &cobra.Command{
 		Use:   "intercept SERVICE --port LOCAL[:REMOTE] [--isolate [--route-as VALUE]] [--env-file F] [--mount DIR] [-- CMD ARGS...]",
 		Short: "Send a Service's inbound traffic to a process on this machine",
-		Long: `Intercept a Service of the connected namespace (` + "`bridgetun up`" + ` must be running):
+		Long: `Intercept a Service of the session's namespace (` + "`bridgetun up`" + ` must be running):
 its workload (Deployment, StatefulSet or ReplicaSet) gets a sidecar whose
 iptables rules catch inbound TCP for the Service's port, and the connections
 come through the tunnel to 127.0.0.1:LOCAL here. Every replica routes here.
-If this machine goes away, the sidecars pass traffic to the original container
-within 2 s, and the gateway restores the workload when the lease runs out.
+If this machine goes away (asleep, offline), the sidecars pass traffic to the
+original container within 2 s; the workload stays patched for --grace, so an
+intercept whose machine comes back carries on; after that the gateway
+restores the workload and the intercept is lost.
 
 --port LOCAL[:REMOTE]  LOCAL is where your server listens; REMOTE the Service
                        port's name or number (default: its only port).
@@ -40,24 +45,35 @@ within 2 s, and the gateway restores the workload when the lease runs out.
                        value is derived from your user name. A local URL that
                        adds the header is printed for your browser.
 
-The container's environment (resolved as the kubelet does) is written with
---env-file as dotenv, or handed to CMD; its ConfigMap, Secret, downwardAPI and
-projected volumes are mirrored under --mount (kubelet layout, kept current)
-and $BRIDGETUN_VOLUME_ROOT points there.
+First the container's environment is resolved (as the kubelet does) and
+written with --env-file as dotenv (0600; a symlink there is refused), and its
+ConfigMap, Secret, downwardAPI and projected volumes are mirrored under --mount
+(kubelet layout, kept current; $BRIDGETUN_VOLUME_ROOT points there).
 
-The intercept lasts until Ctrl-C, until CMD exits, or — with --detach — until
+With -- CMD, CMD is your server: it starts with that environment (and the
+session's, see ` + "`bridgetun run`" + `), and the workload is patched once something
+listens on 127.0.0.1:LOCAL (at most --wait). If CMD exits before, its exit
+code and last lines are shown and nothing is patched. Under sudo, CMD runs as
+the user who ran sudo. Without CMD, your server must listen already.
+
+Each step is printed with its time: environment, volumes, CMD listening,
+workload patched, pods ready, routed. The intercept lasts until Ctrl-C, until
+CMD exits (its exit code becomes bridgetun's), or — with --detach — until
 ` + "`bridgetun leave SERVICE`" + ` or ` + "`bridgetun down`" + `; then the workload's original pod
 template comes back.
 
 A bridgetun.yaml in the working directory may set defaults:
   version: 1
   intercept: {service: api, port: "8080:http", isolate: true, routeAs: alice,
-              envFile: .env, mount: ./.bridgetun/volumes}
+              envFile: .env, mount: ./.bridgetun/volumes, wait: 2m, grace: 30m}
   env: [{name: LOG_LEVEL, value: debug}]          # added to / overriding the pod's
   volumes: [{path: /var/lib/data, local: ./data}] # copied out of the pod (needs tar there)`,
-		Example: `  bridgetun intercept api --port 8080
-  bridgetun intercept api --port 8080:http --isolate --env-file .env
-  bridgetun intercept api --port 8080 -- go run ./cmd/api`,
+		Example: `  # your server runs already on 8080
+  bridgetun intercept api --port 8080
+  # bridgetun starts it with the pod's environment, then intercepts
+  bridgetun intercept api --port 8080 -- go run ./cmd/api
+  # only your requests (header kubernetes-route-as: alice), env in .env
+  bridgetun intercept api --port 8080:http --isolate --route-as alice --env-file .env`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pc, err := devflow.LoadProjectConfig(projectFile)
 			if err != nil {
@@ -71,12 +87,20 @@ A bridgetun.yaml in the working directory may set defaults:
 			if len(args) > 1 {
 				return fmt.Errorf("intercept: one SERVICE, got %q (put a command after --)", args)
 			}
+			if detach && len(command) > 0 {
+				return errors.New("intercept: --detach returns at once, so it cannot run a command after --: drop one of them")
+			}
+			if cmd.Flags().Changed("wait") && len(command) == 0 {
+				return errors.New("intercept: --wait is how long the command after -- has to listen: give the command, or drop --wait")
+			}
 			fl := devflow.InterceptFlags{
 				Port:      ifChanged(cmd, "port", &port),
 				Isolate:   ifChanged(cmd, "isolate", &isolate),
 				RouteAs:   ifChanged(cmd, "route-as", &routeAs),
 				EnvFile:   ifChanged(cmd, "env-file", &envFile),
 				Mount:     ifChanged(cmd, "mount", &dir),
+				Wait:      ifChanged(cmd, "wait", &wait),
+				Grace:     ifChanged(cmd, "grace", &grace),
 				Container: container,
 				URLAddr:   urlAddr,
 				NoMount:   noMount,
@@ -88,7 +112,11 @@ A bridgetun.yaml in the working directory may set defaults:
 			if err != nil {
 				return err
 			}
-			cfg.Command, cfg.Detach = command, detach
+			user, err := invoker.Current()
+			if err != nil {
+				return fmt.Errorf("intercept: %w", err)
+			}
+			cfg.Command, cfg.Detach, cfg.User = command, detach, user
 			cfg.Cluster = devflow.Cluster{Options: cf.options()}
 			cfg.Session = session.NewClient(session.DefaultPaths().Socket)
 			cfg.Stdio = devflow.Stdio{In: cmd.InOrStdin(), Out: cmd.OutOrStdout(), Err: cmd.ErrOrStderr()}
@@ -97,17 +125,21 @@ A bridgetun.yaml in the working directory may set defaults:
 			return devflow.Intercept(ctx, cfg)
 		},
 	}
-	cf.add(cmd)
+	cf.add(cmd,
+		"must be the session's context (default: it); to work in another, `bridgetun down`, then `bridgetun up --context CTX`",
+		"must be the session's namespace (default: it): intercepts happen where its gateway runs; for another, `bridgetun down`, then `bridgetun up -n NS`")
 	f := cmd.Flags()
 	f.StringVar(&port, "port", "", "LOCAL[:REMOTE]: local port of your server, and the Service port's name or number")
 	f.BoolVar(&isolate, "isolate", false, "route only requests carrying kubernetes-route-as: VALUE here")
 	f.StringVar(&routeAs, "route-as", "", "the header value for --isolate (default: derived from your user name)")
-	f.StringVar(&envFile, "env-file", "", "write the container's environment to this file (dotenv)")
-	f.StringVar(&dir, "mount", "", "mirror the container's volumes under this directory (default: $TMPDIR/bridgetun/volumes/NS/SERVICE)")
+	f.StringVar(&envFile, "env-file", "", "write the container's environment to this file (dotenv, mode 0600; a symlink there is refused)")
+	f.StringVar(&dir, "mount", "", "mirror the container's volumes under this directory (default: the session's volumes dir, NS/SERVICE)")
 	f.BoolVar(&noMount, "no-mount", false, "do not mirror volumes")
 	f.StringVar(&container, "container", "", "the container whose environment and volumes to replicate (default: the one serving the port)")
 	f.StringVar(&urlAddr, "url-addr", "", "isolated: listen address of the local URL (default 127.0.0.1, a free port)")
-	f.BoolVar(&detach, "detach", false, "return once intercepting; the intercept lasts until `bridgetun leave` or `down`")
+	f.BoolVar(&detach, "detach", false, "return once intercepting; the intercept lasts until `bridgetun leave` or `down` (no -- CMD)")
+	f.DurationVar(&wait, "wait", 60*time.Second, "with -- CMD: how long CMD has to listen on LOCAL before it is stopped and nothing is patched")
+	f.DurationVar(&grace, "grace", 15*time.Minute, "how long the workload stays patched while this machine is away (asleep, offline) before it is restored")
 	f.StringVar(&projectFile, "config", devflow.ProjectConfigFile, "project defaults file (ignored if missing)")
 	return cmd
 }

@@ -24,22 +24,35 @@ import (
 	"github.com/bridgetun/bridgetun/session"
 )
 
-// clusterFlags are the kubectl-style connection flags shared by commands.
-type clusterFlags struct {
+// connFlags are the kubectl-style flags that name a cluster connection:
+// what commands that talk to a running session (intercept, run) accept.
+type connFlags struct {
 	kubeconfig, context, namespace string
+}
+
+// add registers the flags; contextHelp and namespaceHelp say what they
+// mean for cmd.
+func (f *connFlags) add(cmd *cobra.Command, contextHelp, namespaceHelp string) {
+	cmd.Flags().StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
+	cmd.Flags().StringVar(&f.context, "context", "", contextHelp)
+	cmd.Flags().StringVarP(&f.namespace, "namespace", "n", "", namespaceHelp)
+}
+
+func (f *connFlags) options() cluster.Options {
+	return cluster.Options{Kubeconfig: f.kubeconfig, Context: f.context, Namespace: f.namespace}
+}
+
+// clusterFlags are connFlags plus the gateway's: for the commands that
+// install or reach the gateway themselves (up, install, uninstall).
+type clusterFlags struct {
+	connFlags
 	gatewayNamespace, gatewayImage string
 }
 
 func (f *clusterFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
-	cmd.Flags().StringVar(&f.context, "context", "", "kubeconfig context (default: the current context)")
-	cmd.Flags().StringVarP(&f.namespace, "namespace", "n", "", "namespace to connect to (default: the context's namespace)")
+	f.connFlags.add(cmd, "kubeconfig context (default: the current context)", "namespace to connect to (default: the context's namespace)")
 	cmd.Flags().StringVar(&f.gatewayNamespace, "gateway-namespace", "", "namespace of the in-cluster gateway (default: the connection namespace)")
 	cmd.Flags().StringVar(&f.gatewayImage, "gateway-image", defaultGatewayImage(), "gateway image (env BRIDGETUN_GATEWAY_IMAGE)")
-}
-
-func (f *clusterFlags) options() cluster.Options {
-	return cluster.Options{Kubeconfig: f.kubeconfig, Context: f.context, Namespace: f.namespace}
 }
 
 func defaultGatewayImage() string {
