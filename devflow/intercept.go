@@ -222,9 +222,9 @@ func printTail(w io.Writer, name string, lines []string) {
 
 // holdWithServer holds the intercept while the server runs: its exit, or
 // Ctrl-C (which interrupts it), ends the intercept with a leave and its
-// exit code. An intercept the session loses meanwhile stops the server and
-// is an error; one that ends elsewhere (leave, down) is said once, and the
-// server runs on without it.
+// exit code. An intercept that ends elsewhere (leave, down) stops the
+// server, which has nothing to serve any more; one the session loses
+// stops it too and is an error.
 func holdWithServer(ctx context.Context, cfg InterceptConfig, srv *server, leave func() error) error {
 	out, service := cfg.Stdio.out(), cfg.Spec.Service
 	wctx, wcancel := context.WithCancel(ctx)
@@ -249,7 +249,9 @@ func holdWithServer(ctx context.Context, cfg InterceptConfig, srv *server, leave
 				running = false
 			case ctx.Err() == nil:
 				elsewhere = true
-				fmt.Fprintf(out, "the intercept of %s ended elsewhere (leave or down); %s runs on without it\n", service, srv.name)
+				fmt.Fprintf(out, "the intercept of %s ended elsewhere (leave or down): stopping %s\n", service, srv.name)
+				srv.stop()
+				running = false
 			}
 		}
 	}
@@ -262,10 +264,11 @@ func holdWithServer(ctx context.Context, cfg InterceptConfig, srv *server, leave
 	case lost != "":
 		_, _ = cfg.Session.Leave(context.WithoutCancel(ctx), service) // forget it in the session too; it is gone already
 		return fmt.Errorf("intercept of %s lost: %s", service, lost)
-	case !elsewhere:
-		if lerr := leave(); lerr != nil {
-			return errors.Join(err, lerr)
-		}
+	case elsewhere:
+		return err // the server was stopped on purpose: its exit code says nothing
+	}
+	if lerr := leave(); lerr != nil {
+		return errors.Join(err, lerr)
 	}
 	if err != nil {
 		return err

@@ -535,3 +535,30 @@ func TestExitError(t *testing.T) {
 		t.Errorf("got %q, want %q", got, want)
 	}
 }
+
+// TestInterceptEndedElsewhereStopsServer: leave from another terminal (or
+// down) ends the intercept; the server has nothing to serve and is stopped.
+func TestInterceptEndedElsewhereStopsServer(t *testing.T) {
+	fs := &fakeSession{status: session.Status{Namespace: "ns"}}
+	out := newSyncBuffer("routed: ")
+	cfg := interceptConfig(t, fs, &fakeCluster{}, out)
+	cfg.Replicate.NoMount = true
+	cfg.Command = []string{"sh", "-c", `trap 'echo stopped; exit 3' INT; touch "$LISTEN"; while :; do sleep 0.05; done`}
+	done := make(chan error, 1)
+	go func() { done <- Intercept(t.Context(), cfg) }()
+	select {
+	case <-out.seen:
+	case err := <-done:
+		t.Fatalf("Intercept returned %v before it was routed; output:\n%s", err, out)
+	}
+	fs.endElsewhere("api")
+	if err := <-done; err != nil {
+		t.Fatalf("got %v, want nil (the server was stopped on purpose)", err)
+	}
+	if !strings.Contains(out.String(), "the intercept of api ended elsewhere (leave or down): stopping `sh -c") || !strings.Contains(out.String(), "stopped\n") {
+		t.Errorf("output: got\n%s\nwant the end said and the server stopped", out)
+	}
+	if calls := strings.Join(fs.Calls(), ","); strings.Contains(calls, "leave") {
+		t.Errorf("session calls: got %s, want no leave of its own", calls)
+	}
+}
