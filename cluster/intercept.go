@@ -29,6 +29,7 @@ const (
 	AnnotationPatchedAt        = "bridgetun.io/patched-at"        // RFC 3339
 	AnnotationInterceptPort    = "bridgetun.io/intercept-port"    // the intercepted container port
 	AnnotationGrace            = "bridgetun.io/grace"             // Go duration: how long the gateway holds the patch for a silent workstation
+	AnnotationPatchedBy        = "bridgetun.io/patched-by"        // the patching workstation's public key: its next session repairs what a crash left
 	LabelPatched               = "bridgetun.io/patched"           // "true"; PatchedWorkloads lists by it
 
 	InitContainerName    = "bridgetun-init"
@@ -70,6 +71,7 @@ type WorkloadRef struct {
 	Namespace, Kind, Name string
 	PatchedAt             time.Time     // from the patched-at annotation; zero if unknown
 	Grace                 time.Duration // from the grace annotation; zero if unknown
+	PatchedBy             string        // from the patched-by annotation; "" if unknown
 }
 
 // String is "deployment/api", plus " in namespace NS" when the namespace

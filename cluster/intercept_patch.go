@@ -36,6 +36,9 @@ type SidecarSpec struct {
 	// workstation went silent, recorded as AnnotationGrace so a restarted
 	// gateway honours it; 0 = not recorded.
 	Grace time.Duration
+	// PatchedBy is the patching workstation's public key, recorded as
+	// AnnotationPatchedBy; "" = not recorded.
+	PatchedBy string
 }
 
 func (s SidecarSpec) withDefaults() SidecarSpec {
@@ -165,6 +168,11 @@ func patchWorkload(w *workload, t InterceptTarget, spec SidecarSpec, now time.Ti
 		w.meta.Annotations[AnnotationGrace] = spec.Grace.String()
 	} else {
 		delete(w.meta.Annotations, AnnotationGrace)
+	}
+	if spec.PatchedBy != "" {
+		w.meta.Annotations[AnnotationPatchedBy] = spec.PatchedBy
+	} else {
+		delete(w.meta.Annotations, AnnotationPatchedBy)
 	}
 	w.meta.Labels[LabelPatched] = "true"
 	return true, nil
@@ -361,7 +369,7 @@ func unpatchWorkload(w *workload) (bool, error) {
 		}
 		*w.template = orig
 	}
-	for _, k := range []string{AnnotationOriginalTemplate, AnnotationPatchedAt, AnnotationInterceptPort, AnnotationGrace} {
+	for _, k := range []string{AnnotationOriginalTemplate, AnnotationPatchedAt, AnnotationInterceptPort, AnnotationGrace, AnnotationPatchedBy} {
 		delete(w.meta.Annotations, k)
 	}
 	delete(w.meta.Labels, LabelPatched)
@@ -522,7 +530,7 @@ func replicaSetWorkload(client kubernetes.Interface, rs *appsv1.ReplicaSet) *wor
 func refOf(kind string, m *metav1.ObjectMeta) WorkloadRef {
 	at, _ := time.Parse(time.RFC3339, m.Annotations[AnnotationPatchedAt])
 	grace, _ := time.ParseDuration(m.Annotations[AnnotationGrace])
-	return WorkloadRef{Namespace: m.Namespace, Kind: kind, Name: m.Name, PatchedAt: at, Grace: max(grace, 0)}
+	return WorkloadRef{Namespace: m.Namespace, Kind: kind, Name: m.Name, PatchedAt: at, Grace: max(grace, 0), PatchedBy: m.Annotations[AnnotationPatchedBy]}
 }
 
 // rollPods deletes w's live pods whose sidecar presence is not

@@ -741,12 +741,14 @@ func TestIntercept(t *testing.T) {
 		}
 	})
 
-	t.Run("kill -9: pass-through, then the lease restores", func(t *testing.T) {
+	t.Run("kill -9: pass-through, then the grace ends and the gateway restores", func(t *testing.T) {
 		phase("kill -9: start")
 		if _, err := ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream"); err != nil {
 			t.Fatal(err)
 		}
-		out, err := ws.run(ctx, "intercept", "api", "--port", "18090", "--detach", "--no-mount")
+		// A short grace: the gateway holds the patch this long after the
+		// lease ran out (15 min by default, for a laptop's sleep).
+		out, err := ws.run(ctx, "intercept", "api", "--port", "18090", "--detach", "--no-mount", "--grace", "30s")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -776,7 +778,7 @@ func TestIntercept(t *testing.T) {
 		}); err != nil {
 			t.Errorf("service after kill -9: %v", err)
 		}
-		// ...and the gateway restores the template when the lease runs out.
+		// ...and the gateway restores the template when the grace runs out.
 		var restoredAfter time.Duration
 		if err := Eventually(ctx, 3*time.Minute, func(ctx context.Context) error {
 			got, ann := apiTemplate(t, ctx, c)

@@ -129,9 +129,10 @@ func (ic *interceptor) Run(ctx context.Context) error {
 // patched: patched, in our namespace, and held at the gateway by no one
 // but this workstation's key (this session holds nothing yet, so such
 // entries are a previous session's; they are dropped first). A patch that
-// nothing at the gateway holds but that records a grace is left to the
-// gateway: after a gateway restart it may be another workstation's, asleep
-// within its grace, and the gateway restores it when the grace ends.
+// nothing at the gateway holds but that records a grace and another
+// workstation's key is left to the gateway: after a gateway restart it may
+// be that workstation's, asleep within its grace, and the gateway restores
+// it when the grace ends.
 func (ic *interceptor) Repair(ctx context.Context) {
 	refs, err := cluster.PatchedWorkloads(ctx, ic.cfg.Client, ic.cfg.GatewayNamespace)
 	if err != nil {
@@ -157,7 +158,7 @@ func (ic *interceptor) Repair(ctx context.Context) {
 	}
 	for _, ref := range refs {
 		w := api.Workload{Namespace: ref.Namespace, Kind: ref.Kind, Name: ref.Name}
-		if held[w] || (len(ours[w]) == 0 && ref.Grace > 0) {
+		if held[w] || (len(ours[w]) == 0 && ref.Grace > 0 && ref.PatchedBy != ic.cfg.PublicKey) {
 			continue
 		}
 		for _, it := range ours[w] {

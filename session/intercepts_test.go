@@ -233,26 +233,50 @@ func TestInterceptRunLeavesAllOnCancel(t *testing.T) {
 }
 
 // TestRepairRestoresOnlyUnheld: a crashed session's patched workload comes
-// back unless a live intercept at the gateway still holds it.
+// back unless another workstation's intercept at the gateway (routed or
+// held) still holds it; this workstation's own entries there are a
+// previous session's and are dropped. A patch nothing at the gateway holds
+// that records a grace and another workstation's key (a restarted gateway:
+// maybe a sleeping colleague's) is left to the gateway.
 func TestRepairRestoresOnlyUnheld(t *testing.T) {
-	for _, held := range []bool{false, true} {
-		cs, g := apiWorld(), newFakeGateway(t)
-		ic := testInterceptor(t, cs, g, interceptConfig{})
-		before := deploymentTemplate(t, cs)
-		tgt, err := cluster.ResolveInterceptTarget(t.Context(), cs, "app", "api", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := cluster.PatchWorkload(t.Context(), cs, tgt, cluster.SidecarSpec{Image: "agent:test", Relay: "10.96.0.99:8083", TokenSecret: "s", TokenKey: "k"}); err != nil {
-			t.Fatal(err)
-		}
-		if held {
-			g.live = []api.Intercept{{InterceptRequest: api.InterceptRequest{Workload: api.Workload{Namespace: "app", Kind: "Deployment", Name: "api"}}}}
-		}
-		ic.Repair(t.Context())
-		if restored := equalTemplates(before, deploymentTemplate(t, cs)); restored == held {
-			t.Errorf("held=%v: got restored=%v, want %v", held, restored, !held)
-		}
+	apiW := api.Workload{Namespace: "app", Kind: "Deployment", Name: "api"}
+	for _, tc := range []struct {
+		name      string
+		live      []api.Intercept
+		spec      cluster.SidecarSpec
+		restored  bool
+		wantLeave bool
+	}{
+		{name: "nothing holds it", restored: true},
+		{name: "another's live intercept", live: []api.Intercept{{InterceptRequest: api.InterceptRequest{PublicKey: "other", Workload: apiW}}}},
+		{name: "another's hold", live: []api.Intercept{{InterceptRequest: api.InterceptRequest{PublicKey: "other", Workload: apiW}, Held: true}}},
+		{name: "our previous session's hold", restored: true, wantLeave: true,
+			live: []api.Intercept{{InterceptRequest: api.InterceptRequest{PublicKey: "pub", Namespace: "app", Service: "api", Workload: apiW}, Held: true}}},
+		{name: "another's grace after a gateway restart", spec: cluster.SidecarSpec{Grace: 15 * time.Minute, PatchedBy: "other"}},
+		{name: "our grace after a gateway restart", spec: cluster.SidecarSpec{Grace: 15 * time.Minute, PatchedBy: "pub"}, restored: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cs, g := apiWorld(), newFakeGateway(t)
+			ic := testInterceptor(t, cs, g, interceptConfig{})
+			before := deploymentTemplate(t, cs)
+			tgt, err := cluster.ResolveInterceptTarget(t.Context(), cs, "app", "api", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec := tc.spec
+			spec.Image, spec.Relay, spec.TokenSecret, spec.TokenKey = "agent:test", "10.96.0.99:8083", "s", "k"
+			if _, err := cluster.PatchWorkload(t.Context(), cs, tgt, spec); err != nil {
+				t.Fatal(err)
+			}
+			g.live = tc.live
+			ic.Repair(t.Context())
+			if restored := equalTemplates(before, deploymentTemplate(t, cs)); restored != tc.restored {
+				t.Errorf("got restored=%v, want %v", restored, tc.restored)
+			}
+			if left := slices.Contains(g.recorded(), "gw-1 DELETE /v1/intercepts"); left != tc.wantLeave {
+				t.Errorf("gateway told to drop an entry: got %v, want %v (calls %q)", left, tc.wantLeave, g.recorded())
+			}
+		})
 	}
 }
 
