@@ -277,6 +277,7 @@ func (l *gatewayLink) heartbeat(ctx context.Context) {
 			l.cfg.Log.Info("this machine was away; registering with the gateway again", "away", now.Sub(last).Round(time.Second))
 		}
 		err := l.Register(ctx)
+		prev = l.cfg.Now().Round(0) // a slow attempt is no sleep
 		if ctx.Err() != nil {
 			return
 		}

@@ -63,10 +63,11 @@ func (ic *interceptor) renew(ctx context.Context) {
 	}
 	ic.mu.Unlock()
 	now := ic.now()
-	// A renewal loop that did not run for a while (beyond its interval and
-	// some slack) means this machine was asleep or stopped.
+	// A renewal loop that did not run for a while (from the end of one
+	// attempt to the start of the next: beyond its interval and some slack)
+	// means this machine was asleep or stopped.
 	away := !ic.lastAttempt.IsZero() && now.Sub(ic.lastAttempt) > ic.cfg.RenewEvery+wakeSlack
-	ic.lastAttempt = now
+	defer func() { ic.lastAttempt = ic.now() }()
 	if len(byID) == 0 {
 		return
 	}
