@@ -60,6 +60,9 @@ func (p Paths) repairLeftovers(deleteLink func(name string) error) (repaired []s
 	if l.PID > 0 && processAlive(l.PID) {
 		return nil, &AlreadyUpError{PID: l.PID, Socket: l.Socket}
 	}
+	if l.TUN != "" && geteuid() != 0 {
+		return nil, fmt.Errorf("a crashed session left TUN device %s, its routes and DNS settings, which only root can remove: run `sudo bridgetun down`", l.TUN)
+	}
 	if l.TUN != "" {
 		switch err := deleteLink(l.TUN); {
 		case err == nil:
@@ -80,6 +83,9 @@ func (p Paths) repairLeftovers(deleteLink func(name string) error) (repaired []s
 	p.clearLeftovers()
 	return repaired, nil
 }
+
+// geteuid is os.Geteuid, pulled out for testing.
+var geteuid = os.Geteuid
 
 // AlreadyUpError says another session is running.
 type AlreadyUpError struct {

@@ -117,3 +117,35 @@ func TestUserPathsMarker(t *testing.T) {
 		t.Errorf("owner's socket: got %s, want the marker's %s", got, sock)
 	}
 }
+
+// Without root, what a crashed TUN session left is refused with the
+// remedy, and nothing is touched (record and socket stay for sudo).
+func TestRepairLeftoversNeedsRoot(t *testing.T) {
+	paths := testPaths(t)
+	if err := os.MkdirAll(filepath.Dir(paths.Socket), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(paths.Socket, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := paths.writeLeftovers(leftovers{PID: deadPID(t), TUN: "bt0", Socket: paths.Socket}); err != nil {
+		t.Fatal(err)
+	}
+	old := geteuid
+	geteuid = func() int { return 1001 }
+	t.Cleanup(func() { geteuid = old })
+	deleted := false
+	_, err := paths.repairLeftovers(func(string) error { deleted = true; return nil })
+	want := "a crashed session left TUN device bt0, its routes and DNS settings, which only root can remove: run `sudo bridgetun down`"
+	if err == nil || err.Error() != want {
+		t.Fatalf("got %v, want %q", err, want)
+	}
+	if deleted {
+		t.Error("tried to delete the TUN without root")
+	}
+	for _, f := range []string{paths.leftoversFile(), paths.Socket} {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("%s: got %v, want it kept for `sudo bridgetun down`", f, err)
+		}
+	}
+}

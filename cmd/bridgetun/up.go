@@ -1,24 +1,21 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/bridgetun/bridgetun/client"
 	"github.com/bridgetun/bridgetun/client/gvisorstack"
 	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/internal/invoker"
 	"github.com/bridgetun/bridgetun/internal/obs"
 	"github.com/bridgetun/bridgetun/internal/version"
 	"github.com/bridgetun/bridgetun/session"
@@ -84,20 +81,38 @@ TUN mode (default) needs root and routes the cluster's service and pod CIDRs
 through a TUN device, for every program on the machine. --netstack needs no
 root: the tunnel ends in a userspace network stack.
 
-The session runs in the foreground until Ctrl-C (or --background returns once
-it is connected); then routes and device are removed. ` + "`bridgetun status`" + ` shows it,
-` + "`bridgetun down`" + ` ends it. A session that crashed is repaired by the next up.`,
+The session runs in the foreground until Ctrl-C (or --background shows its
+steps and returns once it is connected); then routes and device are removed.
+` + "`bridgetun status`" + ` shows it, ` + "`bridgetun down`" + ` ends it. A session that crashed is
+repaired by the next up.
+
+Under sudo only the TUN device, routes and DNS settings are root's; the rest
+is yours: your kubeconfig ($KUBECONFIG if sudo kept it, else ~/.kube/config),
+key and session record in ~/.config/bridgetun, the socket in your runtime
+dir, so status, intercept, leave, down and run need no sudo, and commands
+they start run as you. Logs (bridgetun.log, up.out) and volume mirrors go to
+$XDG_STATE_HOME/bridgetun (default ~/.local/state/bridgetun; without a home,
+$TMPDIR/bridgetun-UID).`,
 		Example: `  sudo bridgetun up -n my-app
   sudo bridgetun up --background --transport udp --expose nodeport
   bridgetun up --netstack
   bridgetun up --netstack --forward-all --forward db=15432`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			paths := session.DefaultPaths()
-			if background && os.Getenv(backgroundChildEnv) == "" {
-				return startBackground(cmd, paths)
+			if !netstackMode && os.Geteuid() != 0 {
+				return errors.New("TUN mode needs root: run with sudo, or use --netstack")
 			}
-			log, closeLog, err := openLog(paths, logLevel)
+			// Under sudo, root keeps only TUN, routes and DNS: the
+			// kubeconfig, key, socket, logs and mirrors are the user's.
+			u, err := invoker.Current()
+			if err != nil {
+				return err
+			}
+			paths := session.UserPaths(u)
+			if background && os.Getenv(backgroundChildEnv) == "" {
+				return startBackground(cmd, u, paths)
+			}
+			log, closeLog, err := openLog(u, paths, logLevel)
 			if err != nil {
 				return err
 			}
@@ -109,6 +124,7 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 				Paths: paths, Log: log, Progress: cmd.OutOrStdout(), Forwards: forwards, ForwardAll: forwardAll, DNS: dnsMode,
 				SOCKSAddr: socksAddr, HTTPProxyAddr: httpProxyAddr,
 			}
+			cfg.Cluster.ReadAs = u
 			if dnsMode != session.DNSAuto && dnsMode != session.DNSNone {
 				return fmt.Errorf("--dns %q: want auto or none", dnsMode)
 			}
@@ -125,8 +141,6 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 				return errors.New("--forward needs --netstack (in TUN mode, programs reach cluster addresses directly)")
 			} else if forwardAll {
 				return errors.New("--forward-all needs --netstack (in TUN mode, programs reach Service addresses directly)")
-			} else if os.Geteuid() != 0 {
-				return errors.New("TUN mode needs root: run with sudo, or use --netstack")
 			}
 			for _, s := range alsoProxy {
 				p, err := netip.ParsePrefix(s)
@@ -160,22 +174,24 @@ it is connected); then routes and device are removed. ` + "`bridgetun status`" +
 	cmd.Flags().IntVar(&mtu, "mtu", 0, "inner MTU (default 1420)")
 	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "netstack mode: SVC[:PORT][=LOCALPORT] forwards a Service's TCP and UDP ports on its own 127.0.0.x; [udp:]LOCAL=REMOTE forwards an address, e.g. 127.0.0.1:8080=10.96.0.20:80 (repeatable)")
 	cmd.Flags().BoolVar(&forwardAll, "forward-all", false, "netstack mode: forward every Service of the namespace, each on its own 127.0.0.x, kept current as Services come and go (ports below 1024 on 10000+port)")
-	cmd.Flags().BoolVar(&background, "background", false, "return once connected, leaving the session running (logs in $TMPDIR/bridgetun/)")
+	cmd.Flags().BoolVar(&background, "background", false, "show the session's steps until it is connected, then return and leave it running (logs in ~/.local/state/bridgetun/)")
 	cmd.Flags().StringVar(&socksAddr, "socks", "127.0.0.1:1080", "netstack mode: SOCKS5 proxy address (CONNECT, UDP ASSOCIATE, names resolved in the cluster); empty = off")
 	cmd.Flags().StringVar(&httpProxyAddr, "http-proxy", "127.0.0.1:3128", "netstack mode: HTTP proxy address (CONNECT and plain requests); empty = off")
 	cmd.Flags().StringVar(&dnsMode, "dns", session.DNSAuto, "auto: cluster names resolve on this machine (split DNS via systemd-resolved or /etc/resolv.conf, restored on exit); none: leave the OS resolver alone")
 	cmd.Flags().BoolVar(&upgrade, "upgrade", false, "upgrade the gateway when its version differs from this client's")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address, e.g. 127.0.0.1:9091")
-	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error (log file in $TMPDIR/bridgetun/)")
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error (log file ~/.local/state/bridgetun/bridgetun.log; see above)")
 	return cmd
 }
 
-// openLog writes the session's log to $TMPDIR/bridgetun/bridgetun.log.
-func openLog(paths session.Paths, level string) (*slog.Logger, func(), error) {
-	if err := os.MkdirAll(paths.LogDir, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("log dir %s: %w", paths.LogDir, err)
+// openLog writes the session's log to bridgetun.log in the user's log
+// dir, as the user: the directory theirs and private, the file theirs and
+// never opened through a symlink.
+func openLog(u *invoker.User, paths session.Paths, level string) (*slog.Logger, func(), error) {
+	if err := u.PrivateDir(paths.LogDir); err != nil {
+		return nil, nil, fmt.Errorf("log dir: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(paths.LogDir, "bridgetun.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	f, err := u.OpenFile(filepath.Join(paths.LogDir, "bridgetun.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open log: %w", err)
 	}
@@ -185,61 +201,4 @@ func openLog(paths session.Paths, level string) (*slog.Logger, func(), error) {
 		return nil, nil, err
 	}
 	return log, func() { f.Close() }, nil
-}
-
-const backgroundChildEnv = "BRIDGETUN_BACKGROUND_CHILD"
-
-// startBackground re-runs this command detached and returns once the session
-// answers on its socket as connected, or fails with the child's output.
-func startBackground(cmd *cobra.Command, paths session.Paths) error {
-	if err := os.MkdirAll(paths.LogDir, 0o700); err != nil {
-		return fmt.Errorf("log dir %s: %w", paths.LogDir, err)
-	}
-	outPath := filepath.Join(paths.LogDir, "up.out")
-	out, err := os.Create(outPath)
-	if err != nil {
-		return fmt.Errorf("background output: %w", err)
-	}
-	defer out.Close()
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	child := exec.Command(self, os.Args[1:]...)
-	child.Env = append(os.Environ(), backgroundChildEnv+"=1")
-	child.Stdout, child.Stderr, child.Stdin = out, out, nil
-	child.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := child.Start(); err != nil {
-		return fmt.Errorf("start background session: %w", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- child.Wait() }()
-	sc := session.NewClient(paths.Socket)
-	deadline := time.After(3 * time.Minute)
-	for {
-		select {
-		case err := <-exited:
-			b, _ := os.ReadFile(outPath)
-			return fmt.Errorf("background session exited (%v):\n%s", err, tail(string(b), 20))
-		case <-deadline:
-			_ = child.Process.Signal(syscall.SIGTERM)
-			return fmt.Errorf("background session not connected after 3m; see %s", outPath)
-		case <-time.After(100 * time.Millisecond): // polling the new session's socket
-		}
-		st, err := sc.Status(context.Background())
-		if err == nil && st.State == "connected" && st.PID == child.Process.Pid {
-			b, _ := os.ReadFile(outPath)
-			_, _ = cmd.OutOrStdout().Write(b)
-			fmt.Fprintf(cmd.OutOrStdout(), "running in the background (pid %d); `bridgetun status`, `bridgetun down`\n", st.PID)
-			return nil
-		}
-	}
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
