@@ -30,6 +30,7 @@ type fakeSession struct {
 	leaveErr     error
 	onLeave      func() // runs as Leave starts; nil: nothing
 	onIntercept  func() // runs when Intercept succeeds, before it returns; nil: nothing
+	slow         bool   // Intercept waits for its ctx to end, as a long rollout would
 
 	mu        sync.Mutex
 	statusErr error
@@ -49,7 +50,14 @@ func (f *fakeSession) Status(context.Context) (session.Status, error) {
 	return st, f.statusErr
 }
 
-func (f *fakeSession) Intercept(_ context.Context, spec session.InterceptSpec, progress func(session.InterceptEvent)) (session.InterceptInfo, error) {
+func (f *fakeSession) Intercept(ctx context.Context, spec session.InterceptSpec, progress func(session.InterceptEvent)) (session.InterceptInfo, error) {
+	if f.slow {
+		f.mu.Lock()
+		f.calls = append(f.calls, "intercept "+spec.Service)
+		f.mu.Unlock()
+		<-ctx.Done()
+		return session.InterceptInfo{}, ctx.Err()
+	}
 	f.mu.Lock()
 	f.calls = append(f.calls, "intercept "+spec.Service)
 	f.specs = append(f.specs, spec)

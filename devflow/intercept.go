@@ -123,10 +123,16 @@ func Intercept(ctx context.Context, cfg InterceptConfig) error {
 	info, err := cfg.Session.Intercept(ictx, spec, p.event)
 	cancel()
 	if err != nil {
-		if srv != nil {
-			p.failed("intercept refused: stopping %s", srv.name)
-			srv.stop()
+		if srv == nil {
+			return err
 		}
+		if ctx.Err() != nil { // Ctrl-C during the rollout: the session undoes its part
+			p.failed("interrupted: the session undoes the intercept; stopping %s", srv.name)
+			srv.stop()
+			return exitOutcome(srv.wait(context.Background()))
+		}
+		p.failed("not intercepted: stopping %s", srv.name)
+		srv.stop()
 		return err
 	}
 	p.finished("routed: %s of %s/%s → 127.0.0.1:%d", routeDesc(info.RouteAs), info.Namespace, service, spec.LocalPort)
@@ -202,10 +208,19 @@ func startListening(ctx context.Context, cfg InterceptConfig, env []string, p *p
 	}
 	// Ctrl-C while waiting: the server was interrupted; say what it did.
 	p.failed("interrupted while waiting for %s; nothing patched", srv.name)
-	if code != 0 {
-		return nil, &ExitError{Code: code}
+	return nil, exitOutcome(code, nil)
+}
+
+// exitOutcome is a command's result as Intercept returns it: an error, an
+// *ExitError for a non-zero code, or nil.
+func exitOutcome(code int, err error) error {
+	switch {
+	case err != nil:
+		return err
+	case code != 0:
+		return &ExitError{Code: code}
 	}
-	return nil, nil
+	return nil
 }
 
 // printTail shows what a server printed last, for an error about it.

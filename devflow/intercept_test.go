@@ -562,3 +562,32 @@ func TestInterceptEndedElsewhereStopsServer(t *testing.T) {
 		t.Errorf("session calls: got %s, want no leave of its own", calls)
 	}
 }
+
+// TestInterceptCtrlCDuringRollout: Ctrl-C while the session rolls out
+// stops the server; the session undoes its part (its request ended).
+func TestInterceptCtrlCDuringRollout(t *testing.T) {
+	fs := &fakeSession{status: session.Status{Namespace: "ns"}, slow: true}
+	out := newSyncBuffer("listens on 127.0.0.1:18080")
+	cfg := interceptConfig(t, fs, &fakeCluster{}, out)
+	cfg.Replicate.NoMount = true
+	cfg.Command = []string{"sh", "-c", `trap 'echo stopped; exit 0' INT; touch "$LISTEN"; while :; do sleep 0.05; done`}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Intercept(ctx, cfg) }()
+	select {
+	case <-out.seen:
+	case err := <-done:
+		t.Fatalf("Intercept returned %v before the server listened; output:\n%s", err, out)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("got %v, want nil (the server's exit code 0)", err)
+	}
+	if !strings.Contains(out.String(), "interrupted: the session undoes the intercept; stopping `sh -c") || !strings.Contains(out.String(), "stopped\n") {
+		t.Errorf("output: got\n%s\nwant the server stopped", out)
+	}
+	if d := cmp.Diff([]string{"status", "intercept api"}, fs.Calls()); d != "" {
+		t.Errorf("session calls (-want +got):\n%s", d)
+	}
+}
