@@ -7,7 +7,6 @@ package session
 import (
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
 
 	"github.com/bridgetun/bridgetun/internal/invoker"
@@ -22,7 +21,8 @@ type Paths struct {
 	Volumes  string // default root of intercepts' volume mirrors (NS/SERVICE below it)
 	// SystemDir holds root's own state (the resolv.conf backup): never a
 	// directory the invoking user can write, or they could make root
-	// restore any file over /etc/resolv.conf. "" = StateDir.
+	// restore any file over /etc/resolv.conf. /var/lib/bridgetun for a
+	// root session; "" = StateDir.
 	SystemDir string
 	// Marker is where a root-held session records, readable by everyone,
 	// whose it is (so another user's commands can say so); "" = none.
@@ -72,8 +72,8 @@ func UserPaths(u *invoker.User) Paths {
 		p.LogDir = filepath.Join(d, "bridgetun")
 	}
 	p.Volumes = filepath.Join(p.LogDir, "volumes")
-	if u.Acting() {
-		p.SystemDir = rootStateDir()
+	if os.Geteuid() == 0 {
+		p.SystemDir = systemStateDir
 	}
 	candidates := socketCandidates(u)
 	p.Socket = candidates[0]
@@ -111,15 +111,10 @@ func socketCandidates(u *invoker.User) []string {
 	return out
 }
 
-// rootStateDir is root's own state dir, from the user database: under
-// `sudo -E` $HOME is the user's.
-func rootStateDir() string {
-	home := "/root"
-	if r, err := user.LookupId("0"); err == nil && r.HomeDir != "" {
-		home = r.HomeDir
-	}
-	return filepath.Join(home, ".config", "bridgetun")
-}
+// systemStateDir holds a root session's own state (the resolv.conf
+// backup), whoever it acts for: a system file's backup belongs with the
+// system's state, not in a home (under `sudo -E` $HOME is the user's).
+const systemStateDir = "/var/lib/bridgetun"
 
 func isSocket(path string) bool {
 	fi, err := os.Lstat(path)
