@@ -91,6 +91,7 @@ func TestDeveloper(t *testing.T) {
 		if err == nil {
 			t.Fatalf("%s succeeded without root, want the hint to use sudo or --netstack:\n%s", d.Show(false, argv...), indent(out))
 		}
+		t.Logf("%s printed:\n%s", d.Show(false, argv...), indent(out))
 		lines := nonEmptyLines(out)
 		if len(lines) != 1 || !strings.Contains(out, "sudo") || !strings.Contains(out, "--netstack") {
 			t.Errorf("%s printed\n%s\nwant one line naming sudo and --netstack", d.Show(false, argv...), indent(out))
@@ -225,9 +226,15 @@ func TestDeveloper(t *testing.T) {
 			if err == nil && (len(st.Intercepts) != 1 || st.Intercepts[0].Service != "api" || st.Intercepts[0].State != session.InterceptActive) {
 				err = fmt.Errorf("intercepts %+v", st.Intercepts)
 			}
+			if err == nil && st.Intercepts[0].Grace <= freezeFor {
+				err = fmt.Errorf("grace %s: the patch would not outlive the %s sleep", st.Intercepts[0].Grace, freezeFor)
+			}
 			return err
 		}); err != nil {
-			t.Errorf("status while CMD serves the callers: %v, want api %s", err, session.InterceptActive)
+			t.Errorf("status while CMD serves the callers: %v, want api %s with a grace longer than %s", err, session.InterceptActive, freezeFor)
+		}
+		if out := sess.icpt.out.String(); strings.Contains(out, "\x1b[") {
+			t.Errorf("intercept without a terminal printed terminal escapes (want plain lines):\n%q", out)
 		}
 	})
 
@@ -355,7 +362,7 @@ func TestDeveloper(t *testing.T) {
 				foreign = append(foreign, f.String())
 			case f.area == areaUser && f.mode&fs.ModeSocket != 0:
 				sockets = append(sockets, f.String())
-			case f.area != areaUser && changed && f.mtime.After(started):
+			case f.area != areaUser && changed && f.mtime.After(started) && !f.mode.IsDir():
 				shared = append(shared, f.String())
 			case f.area == areaUser && !existed:
 				mine = append(mine, f.path)
