@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -109,6 +110,17 @@ func (f *fakeSession) lose(service, reason string) {
 	for i := range f.held {
 		if f.held[i].Service == service {
 			f.held[i].State, f.held[i].StateReason = session.InterceptLost, reason
+		}
+	}
+}
+
+// setState sets the held intercept's state, as the session's status shows it.
+func (f *fakeSession) setState(service, state, reason string, since time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := range f.held {
+		if f.held[i].Service == service {
+			f.held[i].State, f.held[i].StateReason, f.held[i].StateSince = state, reason, since
 		}
 	}
 }

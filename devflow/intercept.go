@@ -152,10 +152,10 @@ func Intercept(ctx context.Context, cfg InterceptConfig) error {
 		return nil
 	}
 	if srv != nil {
-		return holdWithServer(ctx, cfg, srv, leave)
+		return holdWithServer(ctx, cfg, srv, p, leave)
 	}
 	fmt.Fprintln(out, "press Ctrl-C to end the intercept")
-	end := waitInterceptEnd(ctx, cfg.Session, service)
+	end := waitInterceptEnd(ctx, cfg.Session, service, p.interceptState)
 	switch {
 	case end.lost != "":
 		_, _ = cfg.Session.Leave(context.WithoutCancel(ctx), service) // forget it in the session too; it is gone already
@@ -240,11 +240,11 @@ func printTail(w io.Writer, name string, lines []string) {
 // exit code. An intercept that ends elsewhere (leave, down) stops the
 // server, which has nothing to serve any more; one the session loses
 // stops it too and is an error.
-func holdWithServer(ctx context.Context, cfg InterceptConfig, srv *server, leave func() error) error {
+func holdWithServer(ctx context.Context, cfg InterceptConfig, srv *server, p *progress, leave func() error) error {
 	out, service := cfg.Stdio.out(), cfg.Spec.Service
 	wctx, wcancel := context.WithCancel(ctx)
 	ended := make(chan interceptEnd, 1)
-	go func() { ended <- waitInterceptEnd(wctx, cfg.Session, service) }()
+	go func() { ended <- waitInterceptEnd(wctx, cfg.Session, service, p.interceptState) }()
 	watch := ended
 	var lost string
 	elsewhere := false
@@ -459,10 +459,13 @@ const pollInterval = 2 * time.Second
 type interceptEnd struct{ lost string }
 
 // waitInterceptEnd returns when ctx ends, the session no longer holds the
-// intercept (left elsewhere, session down), or holds it as lost.
-func waitInterceptEnd(ctx context.Context, s StatusSource, service string) interceptEnd {
+// intercept (left elsewhere, session down), or holds it as lost. Each
+// change of its state while held (reconnecting, active again) goes to
+// changed.
+func waitInterceptEnd(ctx context.Context, s StatusSource, service string, changed func(session.InterceptInfo)) interceptEnd {
 	t := time.NewTicker(pollInterval)
 	defer t.Stop()
+	last := session.InterceptActive
 	for {
 		select {
 		case <-ctx.Done():
@@ -486,6 +489,10 @@ func waitInterceptEnd(ctx context.Context, s StatusSource, service string) inter
 				return interceptEnd{lost: reason}
 			}
 			held = true
+			if it.State != "" && it.State != last {
+				last = it.State
+				changed(it)
+			}
 		}
 		if !held {
 			return interceptEnd{}

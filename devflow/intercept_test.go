@@ -591,3 +591,36 @@ func TestInterceptCtrlCDuringRollout(t *testing.T) {
 		t.Errorf("session calls (-want +got):\n%s", d)
 	}
 }
+
+// TestInterceptShowsState: while held, a reconnecting intercept and its
+// return are said on the user's terminal.
+func TestInterceptShowsState(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fs := &fakeSession{status: session.Status{Namespace: "ns"}}
+		out := newSyncBuffer("")
+		cfg := interceptConfig(t, fs, &fakeCluster{}, out)
+		listenNow(t, cfg)
+		cfg.Replicate.NoMount = true
+		done := make(chan error, 1)
+		go func() { done <- Intercept(t.Context(), cfg) }()
+		synctest.Wait()
+		since := time.Date(2026, 12, 3, 7, 1, 2, 0, time.Local)
+		fs.setState("api", session.InterceptReconnecting, "renewals failing: gateway unreachable", since)
+		time.Sleep(pollInterval)
+		synctest.Wait()
+		fs.setState("api", session.InterceptActive, "", since)
+		time.Sleep(pollInterval)
+		synctest.Wait()
+		fs.endElsewhere("api")
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		want := "press Ctrl-C to end the intercept\n" +
+			"intercept of api reconnecting since 07:01:02: renewals failing: gateway unreachable\n" +
+			"intercept of api active again\n" +
+			"the intercept of api ended elsewhere (leave or down)\n"
+		if got := out.String(); !strings.HasSuffix(got, want) {
+			t.Errorf("output: got\n%s\nwant it to end with\n%s", got, want)
+		}
+	})
+}

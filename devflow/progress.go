@@ -88,6 +88,23 @@ func (p *progress) event(e session.InterceptEvent) {
 	}
 }
 
+// interceptState prints a held intercept's new state: reconnecting (and
+// why), or active again.
+func (p *progress) interceptState(it session.InterceptInfo) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch it.State {
+	case session.InterceptActive:
+		p.line(ansiGreen, "✓", fmt.Sprintf("intercept of %s active again", it.Service), "")
+	case session.InterceptReconnecting:
+		text := fmt.Sprintf("intercept of %s reconnecting since %s", it.Service, it.StateSince.Format("15:04:05"))
+		if it.StateReason != "" {
+			text += ": " + it.StateReason
+		}
+		p.line(ansiYellow, "…", text, "")
+	}
+}
+
 // finished prints the last step with the time since the workflow started:
 // "✓ routed: … (total 9.8s)".
 func (p *progress) finished(format string, args ...any) {
