@@ -171,9 +171,11 @@ func (l *gatewayLink) register(ctx context.Context, switched bool) error {
 	for {
 		admitted, err := l.registerOnce(rctx)
 		if err == nil {
-			// A stream connection re-keys when it reaches a new pod
-			// (StreamDial); UDP has no such moment.
-			if admitted || (switched && !l.streaming()) {
+			// A stream connection re-keys when it reaches the new pod
+			// (StreamDial): its current one may still go to the old pod.
+			// UDP has no such moment, and a gateway that forgot us (a
+			// restarted container, same pod) has no session either.
+			if (admitted || switched) && !(switched && l.streaming()) {
 				l.rekey()
 			}
 			return nil
