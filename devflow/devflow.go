@@ -145,13 +145,14 @@ type ExitError struct {
 
 func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
 
-// runCommand runs command with env as user, in this process's group and
-// on its terminal, and returns its exit code. When ctx ends (Ctrl-C, which
+// runCommand runs command with env (which starts with user.Env's) as
+// user, in this process's group and on its terminal, and returns its exit
+// code. When ctx ends (Ctrl-C, which
 // the terminal also sends it), the command gets os.Interrupt and is waited
 // for.
 func runCommand(ctx context.Context, command, env []string, stdio Stdio, user Identity) (int, error) {
 	c := exec.Command(command[0], command[1:]...)
-	c.Env, c.Stdin, c.Stdout, c.Stderr = user.Env(env), stdio.In, stdio.Out, stdio.Err
+	c.Env, c.Stdin, c.Stdout, c.Stderr = env, stdio.In, stdio.Out, stdio.Err
 	c.SysProcAttr = commandProcAttr(user.Credential())
 	if err := c.Start(); err != nil {
 		return 0, fmt.Errorf("run %s: %w", command[0], err)

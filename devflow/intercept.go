@@ -114,7 +114,7 @@ func Intercept(ctx context.Context, cfg InterceptConfig) error {
 
 	var srv *server
 	if len(cfg.Command) > 0 {
-		env := append(user.Env(rep.env), session.RunEnv(st)...)
+		env := append(rep.env, session.RunEnv(st)...)
 		if srv, err = startListening(ctx, cfg, env, p, user); err != nil || srv == nil {
 			return err
 		}
@@ -137,6 +137,14 @@ func Intercept(ctx context.Context, cfg InterceptConfig) error {
 	}
 	p.finished("routed: %s of %s/%s → 127.0.0.1:%d", routeDesc(info.RouteAs), info.Namespace, service, spec.LocalPort)
 	printIntercepting(out, info)
+	return hold(ctx, cfg, srv, p)
+}
+
+// hold holds a routed intercept: with Detach not at all; with a server
+// while it runs (holdWithServer); else until ctx ends (Ctrl-C, then it
+// leaves) or the intercept ends elsewhere or is lost.
+func hold(ctx context.Context, cfg InterceptConfig, srv *server, p *progress) error {
+	out, service := cfg.Stdio.out(), cfg.Spec.Service
 	leave := func() error {
 		lctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 		defer cancel()
@@ -158,7 +166,7 @@ func Intercept(ctx context.Context, cfg InterceptConfig) error {
 	end := waitInterceptEnd(ctx, cfg.Session, service, p.interceptState)
 	switch {
 	case end.lost != "":
-		_, _ = cfg.Session.Leave(context.WithoutCancel(ctx), service) // forget it in the session too; it is gone already
+		forgetLost(cfg.Session, service)
 		return fmt.Errorf("intercept of %s lost: %s", service, end.lost)
 	case ctx.Err() == nil:
 		fmt.Fprintf(out, "the intercept of %s ended elsewhere (leave or down)\n", service)
@@ -277,7 +285,7 @@ func holdWithServer(ctx context.Context, cfg InterceptConfig, srv *server, p *pr
 	code, err := srv.wait(ctx)
 	switch {
 	case lost != "":
-		_, _ = cfg.Session.Leave(context.WithoutCancel(ctx), service) // forget it in the session too; it is gone already
+		forgetLost(cfg.Session, service)
 		return fmt.Errorf("intercept of %s lost: %s", service, lost)
 	case elsewhere:
 		return err // the server was stopped on purpose: its exit code says nothing
@@ -292,6 +300,14 @@ func holdWithServer(ctx context.Context, cfg InterceptConfig, srv *server, p *pr
 		return &ExitError{Code: code}
 	}
 	return nil
+}
+
+// forgetLost drops a lost intercept from the session too (it keeps it in
+// status until then); there is nothing left to undo, so errors are moot.
+func forgetLost(s Session, service string) {
+	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
+	defer cancel()
+	_, _ = s.Leave(ctx, service)
 }
 
 func printIntercepting(out io.Writer, info session.InterceptInfo) {
@@ -385,7 +401,7 @@ func replicate(ctx context.Context, cfg InterceptConfig, st session.Status, p *p
 			return replication{}, err
 		}
 	}
-	rep.env = os.Environ()
+	rep.env = user.Env(os.Environ())
 	for _, v := range kv {
 		rep.env = append(rep.env, v.Name+"="+v.Value)
 	}

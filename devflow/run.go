@@ -45,11 +45,12 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	if cfg.Service == "" && cfg.Container != "" {
 		return errors.New("run: --container names a container of --service's pod: add --service SVC")
 	}
-	env, err := runEnv(ctx, cfg)
+	user := identityOrSelf(cfg.User)
+	env, err := runEnv(ctx, cfg, user)
 	if err != nil {
 		return err
 	}
-	code, err := runCommand(ctx, cfg.Command, env, cfg.Stdio, identityOrSelf(cfg.User))
+	code, err := runCommand(ctx, cfg.Command, env, cfg.Stdio, user)
 	if err != nil {
 		return err
 	}
@@ -59,9 +60,9 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	return nil
 }
 
-// runEnv is this process's environment, then the container's (with
-// Service), then the session's.
-func runEnv(ctx context.Context, cfg RunConfig) ([]string, error) {
+// runEnv is this process's environment (as user has it), then the
+// container's (with Service), then the session's.
+func runEnv(ctx context.Context, cfg RunConfig, user Identity) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
 	st, err := cfg.Session.Status(ctx)
@@ -71,7 +72,7 @@ func runEnv(ctx context.Context, cfg RunConfig) ([]string, error) {
 	if err := checkScope("run", st, cfg.Cluster.Options, false); err != nil {
 		return nil, err
 	}
-	env := os.Environ()
+	env := user.Env(os.Environ())
 	if cfg.Service != "" {
 		opts := cfg.Cluster.Options
 		if opts.Namespace == "" {
