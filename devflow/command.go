@@ -45,6 +45,7 @@ func startServer(command, env []string, stdio Stdio, cred *syscall.Credential) (
 	c.Stdout = io.MultiWriter(writerOrDiscard(stdio.Out), s.tail)
 	c.Stderr = io.MultiWriter(writerOrDiscard(stdio.Err), s.tail)
 	c.SysProcAttr = serverProcAttr(cred)
+	c.WaitDelay = time.Second // something it left behind may hold its output open: do not wait for that
 	if err := c.Start(); err != nil {
 		return nil, fmt.Errorf("run %s: %w", command[0], err)
 	}
