@@ -57,6 +57,8 @@ func startServer(command, env []string, stdio Stdio, cred *syscall.Credential) (
 		switch {
 		case errors.As(err, &ee):
 			s.code = ee.ExitCode()
+		case errors.Is(err, exec.ErrWaitDelay): // it exited; its output was cut
+			s.code = c.ProcessState.ExitCode()
 		case err != nil:
 			s.err = fmt.Errorf("run %s: %w", command[0], err)
 		}

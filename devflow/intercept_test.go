@@ -624,3 +624,16 @@ func TestInterceptShowsState(t *testing.T) {
 		}
 	})
 }
+
+// TestServerLeftoverHoldsOutput: a server that exits while something it
+// started keeps its output open still counts as exited, with its code.
+func TestServerLeftoverHoldsOutput(t *testing.T) {
+	out := newSyncBuffer("")
+	srv, err := startServer([]string{"sh", "-c", `setsid sleep 3 & exit 5`}, nil, Stdio{Out: out, Err: out}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, err := srv.wait(t.Context()); code != 5 || err != nil {
+		t.Errorf("got %d, %v; want 5, nil", code, err)
+	}
+}
