@@ -94,6 +94,10 @@ func Connect(ctx context.Context, o Options) (*Conn, error) {
 			}
 			return nil, errors.New("no kubeconfig: set KUBECONFIG or pass --kubeconfig")
 		}
+		if u.Acting() && errors.Is(err, os.ErrPermission) {
+			// A file it names (client key, CA) the user cannot read.
+			return nil, fmt.Errorf("context %q: %s (read as %s, for whom sudo runs bridgetun): let %s read it, or pass another --kubeconfig", contextName, oneLine(err), u, u.Name)
+		}
 		return nil, fmt.Errorf("context %q: %s: fix the kubeconfig or pass another --context", contextName, oneLine(err))
 	}
 	var ns string

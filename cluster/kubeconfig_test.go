@@ -221,6 +221,22 @@ func TestConnectSudo(t *testing.T) {
 	if c.Context != "dev" || c.Namespace != "team-a" {
 		t.Errorf("got context %q namespace %q, want dev team-a", c.Context, c.Namespace)
 	}
+	// A file the kubeconfig names (here its client key) that only root reads.
+	key := filepath.Join(dir, "admin.key")
+	if err := os.WriteFile(key, []byte("key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	withKey := filepath.Join(home, "with-key.kubeconfig")
+	if err := os.WriteFile(withKey, []byte(strings.Replace(string(b), "token: secret-token", "client-certificate-data: eA==\n    client-key: "+key, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(withKey, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	wantKey := "(read as nobody (uid 65534), for whom sudo runs bridgetun): let nobody read it, or pass another --kubeconfig"
+	if _, err := Connect(t.Context(), Options{ReadAs: u, Kubeconfig: withKey}); err == nil || !strings.Contains(err.Error(), key) || !strings.HasSuffix(err.Error(), wantKey) {
+		t.Errorf("client key only root reads: got %v, want it named and %q", err, wantKey)
+	}
 	t.Setenv("KUBECONFIG", rootOnly) // sudo -E, pointing at root's admin file
 	if _, err := Connect(t.Context(), Options{ReadAs: u}); err == nil || err.Error() != denied(rootOnly) {
 		t.Errorf("KUBECONFIG kept by sudo, root's file: got %v, want %q", err, denied(rootOnly))
