@@ -52,6 +52,8 @@ Config file (JSON):
 				cfg.Mode, cfg.NewStack = client.ModeNetstack, gvisorstack.New
 			} else if len(forwards) > 0 {
 				return errors.New("--forward needs --netstack (in TUN mode, dial the destination directly)")
+			} else if os.Geteuid() != 0 {
+				return errors.New("TUN mode needs root: run with sudo, or use --netstack")
 			}
 			if cfg.Transport == client.TransportStream {
 				endpoint := cfg.GatewayEndpoint
