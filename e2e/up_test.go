@@ -384,6 +384,28 @@ func TestUp(t *testing.T) {
 			t.Fatalf("status: transport %q, %v; want udp", st.Transport, err)
 		}
 		expectHTTP(t, ctx, c, "http://"+frontendIP+"/", `"service":"frontend"`)
+		// A replaced gateway pod is found within seconds (the pod watch),
+		// not at the next registration heartbeat (~200 s): nothing dials a
+		// stream on UDP, so nothing else would notice.
+		zero := int64(0)
+		if err := c.Client.CoreV1().Pods(SampleNamespace).Delete(ctx, st.GatewayPod, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if err := Eventually(ctx, 60*time.Second, func(ctx context.Context) error {
+			now, err := ws.status(ctx)
+			if err == nil && now.GatewayPod == st.GatewayPod {
+				err = fmt.Errorf("session still on pod %s", now.GatewayPod)
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		expectHTTPEventually(t, ctx, c, "http://"+frontendIP+"/", `"service":"frontend"`, 30*time.Second)
+		t.Logf("udp: session moved to the new gateway pod and carries traffic %s after the delete", time.Since(start).Round(100*time.Millisecond))
+		if el := time.Since(start); el > 60*time.Second {
+			t.Errorf("udp: back after %s, want well under the 200 s heartbeat", el.Round(time.Second))
+		}
 		if _, err := ws.run(ctx, "down"); err != nil {
 			t.Fatal(err)
 		}
