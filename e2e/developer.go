@@ -32,6 +32,9 @@ type Developer struct {
 	UID, GID int
 	Home     string
 	Bin      string // the bridgetun they run: a root-owned 0755 copy of bin/bridgetun, the sudoers rule's command
+	// RuntimeDir is the XDG_RUNTIME_DIR of their login session (systemd-logind's /run/user/UID); "" = none, as
+	// for a system user or an SSH login without libpam-systemd.
+	RuntimeDir string
 }
 
 // NewDeveloper sets up User as a developer (see Developer). Its cleanup removes the sudoers rule and the
@@ -106,13 +109,17 @@ func NewDeveloper(t testing.TB, c *Cluster) *Developer {
 	return d
 }
 
-// Env is the developer's login environment: no KUBECONFIG, no XDG_RUNTIME_DIR (a system user without a
-// logind session), bridgetun and testapp on PATH.
+// Env is the developer's login environment: no KUBECONFIG, XDG_RUNTIME_DIR only with RuntimeDir, bridgetun
+// and testapp on PATH.
 func (d *Developer) Env() []string {
-	return []string{
+	env := []string{
 		"PATH=" + filepath.Dir(d.Bin) + ":" + filepath.Dir(d.c.Testapp) + ":/usr/local/bin:/usr/bin:/bin",
 		"HOME=" + d.Home, "USER=" + d.Name, "LOGNAME=" + d.Name, "SHELL=/bin/sh", "LANG=C.UTF-8",
 	}
+	if d.RuntimeDir != "" {
+		env = append(env, "XDG_RUNTIME_DIR="+d.RuntimeDir)
+	}
+	return env
 }
 
 // Cmd returns argv run as the developer inside the workstation namespace, in their home directory, with Env.

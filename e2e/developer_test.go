@@ -382,6 +382,47 @@ func TestDeveloper(t *testing.T) {
 			t.Errorf("processes left after down:\n  %s", strings.Join(left, "\n  "))
 		}
 	})
+
+	// The same developer logged in with a systemd-logind session: their commands have XDG_RUNTIME_DIR,
+	// which sudo drops; both sides must still meet on one socket.
+	t.Run("a login session's runtime dir (/run/user/UID)", func(t *testing.T) {
+		rd := fmt.Sprintf("/run/user/%d", d.UID)
+		if _, err := os.Stat(rd); err != nil {
+			if err := os.MkdirAll(rd, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(rd, d.UID, d.GID); err != nil {
+				t.Fatal(err)
+			}
+			defer os.RemoveAll(rd)
+		}
+		d.RuntimeDir = rd
+		defer func() { d.RuntimeDir = "" }()
+		argv := d.Sudo("up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream")
+		if _, err := d.Run(ctx, false, argv...); err != nil {
+			t.Fatal(err)
+		}
+		st, err := d.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sess.pid = st.PID
+		sock := filepath.Join(rd, "bridgetun", "bridgetun.sock")
+		if fi, err := os.Lstat(sock); err != nil || fi.Mode()&fs.ModeSocket == 0 || int(fi.Sys().(*syscall.Stat_t).Uid) != d.UID {
+			t.Errorf("socket %s: %v, want theirs (the session's socket belongs in their runtime dir)", sock, err)
+		}
+		if _, err := d.Run(ctx, false, "bridgetun", "down"); err != nil {
+			t.Fatal(err)
+		}
+		if err := Eventually(ctx, 30*time.Second, func(context.Context) error {
+			if processRunning(st.PID) {
+				return fmt.Errorf("session %d still runs after down", st.PID)
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+	})
 }
 
 // devSession is what TestDeveloper started, for its checks and its cleanup.
@@ -676,8 +717,10 @@ const (
 func (d *Developer) fileAreas() fileAreas {
 	tmp := os.TempDir()
 	return fileAreas{
-		user:  []string{d.Home, filepath.Join(tmp, fmt.Sprintf("bridgetun-%d", d.UID))},
-		other: []string{"/root/.config/bridgetun", filepath.Join(tmp, "bridgetun"), filepath.Join(tmp, "bridgetun-0")},
+		user: []string{d.Home, filepath.Join(tmp, fmt.Sprintf("bridgetun-%d", d.UID))},
+		// root's own: its config dir (a session keyed to root's home by mistake), the system state
+		// (resolv.conf backup) and the owner marker a root-held session leaves while it runs.
+		other: []string{"/root/.config/bridgetun", "/var/lib/bridgetun", "/run/bridgetun", filepath.Join(tmp, "bridgetun"), filepath.Join(tmp, "bridgetun-0")},
 	}
 }
 

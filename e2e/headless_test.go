@@ -2,7 +2,7 @@ package e2e
 
 // Headless use (issue 7): an unprivileged user in the workstation namespace,
 // no TTY, no BRIDGETUN_STATE_DIR: the session finds its places from
-// $XDG_RUNTIME_DIR and $TMPDIR like it would over SSH, and everything goes
+// $XDG_RUNTIME_DIR, $XDG_STATE_HOME and $TMPDIR like it would over SSH, and everything goes
 // through the netstack: SOCKS5 (TCP and UDP ASSOCIATE), HTTP proxy, local
 // forwards (TCP and UDP, one loopback address per Service), `run`.
 
@@ -50,14 +50,14 @@ func TestHeadless(t *testing.T) {
 	statsIP := clusterIP(t, ctx, c, "stats")
 	dnsIP := clusterIP(t, ctx, c, "udp-echo")
 
-	// $XDG_RUNTIME_DIR and $TMPDIR as an SSH session would have them.
+	// $XDG_RUNTIME_DIR, $XDG_STATE_HOME and $TMPDIR as an SSH session would have them.
 	base, err := os.MkdirTemp("", "bt-headless-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(base) })
-	xdg, tmp := filepath.Join(base, "run"), filepath.Join(base, "tmp")
-	for _, d := range []string{xdg, tmp} {
+	xdg, state, tmp := filepath.Join(base, "run"), filepath.Join(base, "state"), filepath.Join(base, "tmp")
+	for _, d := range []string{xdg, state, tmp} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -65,7 +65,7 @@ func TestHeadless(t *testing.T) {
 	if out, err := exec.Command("chown", "-R", User, base).CombinedOutput(); err != nil {
 		t.Fatalf("chown: %v %s", err, out)
 	}
-	env := []string{"XDG_RUNTIME_DIR=" + xdg, "TMPDIR=" + tmp, "TERM=dumb"}
+	env := []string{"XDG_RUNTIME_DIR=" + xdg, "XDG_STATE_HOME=" + state, "TMPDIR=" + tmp, "TERM=dumb"}
 	run := func(args ...string) (string, error) {
 		out, err := userCmd(ctx, c, env, append([]string{bin}, args...)...).CombinedOutput()
 		if err != nil {
@@ -77,7 +77,7 @@ func TestHeadless(t *testing.T) {
 		out, _ := userCmd(context.Background(), c, env, bin, "down").CombinedOutput()
 		if t.Failed() {
 			t.Logf("down: %s", out)
-			if b, err := os.ReadFile(filepath.Join(tmp, "bridgetun", "bridgetun.log")); err == nil {
+			if b, err := os.ReadFile(filepath.Join(state, "bridgetun", "bridgetun.log")); err == nil {
 				t.Logf("--- session log (tail):\n%s", tailLines(string(b), 60))
 			}
 		}
@@ -134,13 +134,17 @@ func TestHeadless(t *testing.T) {
 			}
 		}
 	})
-	t.Run("socket under $XDG_RUNTIME_DIR, logs under $TMPDIR/bridgetun", func(t *testing.T) {
+	t.Run("socket under $XDG_RUNTIME_DIR, logs under $XDG_STATE_HOME/bridgetun", func(t *testing.T) {
 		if fi, err := os.Stat(filepath.Join(xdg, "bridgetun", "bridgetun.sock")); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm()&0o077 != 0 {
 			t.Errorf("socket: %v %v, want an owner-only socket at $XDG_RUNTIME_DIR/bridgetun/bridgetun.sock", fi, err)
 		}
-		entries, err := os.ReadDir(filepath.Join(tmp, "bridgetun"))
+		entries, err := os.ReadDir(filepath.Join(state, "bridgetun"))
 		if err != nil || len(entries) == 0 {
-			t.Errorf("logs under $TMPDIR/bridgetun: %v %v", entries, err)
+			t.Errorf("logs under $XDG_STATE_HOME/bridgetun: %v %v", entries, err)
+		}
+		// Per-user paths (issue #12.5): nothing in the shared $TMPDIR/bridgetun another user may own.
+		if _, err := os.Stat(filepath.Join(tmp, "bridgetun")); err == nil {
+			t.Errorf("$TMPDIR/bridgetun exists: logs and mirrors belong in the user's own dirs")
 		}
 	})
 	t.Run("HTTP through the HTTP proxy and SOCKS5, names resolved in the cluster", func(t *testing.T) {
