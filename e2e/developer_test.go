@@ -101,6 +101,28 @@ func TestDeveloper(t *testing.T) {
 		}
 	})
 
+	t.Run("sudo up with an unreadable kubeconfig: one line naming it", func(t *testing.T) {
+		kc := filepath.Join(d.Home, ".kube", "config")
+		if err := os.Chmod(kc, 0o000); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Chmod(kc, 0o600)
+		argv := d.Sudo("up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream")
+		rctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		out, err := d.Run(rctx, false, argv...)
+		t.Logf("%s printed:\n%s", d.Show(false, argv...), indent(out))
+		if err == nil {
+			t.Fatalf("%s succeeded with ~/.kube/config unreadable by %s: root read it for them", d.Show(false, argv...), d.Name)
+		}
+		if lines := nonEmptyLines(out); len(lines) != 1 || !strings.Contains(out, kc) || !strings.Contains(out, d.Name) {
+			t.Errorf("%s: want one line naming %s and %s", d.Show(false, argv...), kc, d.Name)
+		}
+		if out, err := c.inWS(ctx, "ip", "link", "show", "bt0"); err == nil {
+			t.Errorf("TUN bt0 exists after the refused up: %s", out)
+		}
+	})
+
 	must("sudo bridgetun up, in a terminal", func(t *testing.T) {
 		argv := d.Sudo("up", "--background", "--upgrade", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream")
 		out, err := d.Run(ctx, true, argv...)
@@ -147,6 +169,17 @@ func TestDeveloper(t *testing.T) {
 		}
 		if len(theirs) == 0 {
 			t.Errorf("no control socket owned by %s (uid %d, owner-only) under %v; sockets there: %v", d.Name, d.UID, areas.user, socks)
+		}
+	})
+
+	t.Run("another user's status is refused, naming the owner", func(t *testing.T) {
+		argv := []string{"netns", "exec", WorkstationNS, "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--", d.Bin, "status"}
+		cmd := exec.CommandContext(ctx, "ip", argv...)
+		cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/nonexistent", "USER=nobody", "LOGNAME=nobody"}
+		b, err := cmd.CombinedOutput()
+		out := string(b)
+		if err == nil || !strings.Contains(out, d.Name) || len(nonEmptyLines(out)) != 1 {
+			t.Errorf("`bridgetun status` as nobody while %s's session runs: %v\n%s\nwant one line refusing and naming %s", d.Name, err, indent(out), d.Name)
 		}
 	})
 
@@ -284,6 +317,9 @@ func TestDeveloper(t *testing.T) {
 				backWithin, err, what, st.Intercepts, serr, indent(sess.icpt.out.String()))
 		}
 		t.Logf("after wake, callers reach CMD again in %s", time.Since(woke).Round(100*time.Millisecond))
+		if by := load.answers("asleep (SIGSTOP 60 s)"); by["api"] == 0 {
+			t.Errorf("during the sleep no caller was answered by the cluster's api (%v): the freeze did not stop the workstation", by)
+		}
 		load.setPhase("intercept: running again")
 		if err := Eventually(ctx, backWithin, func(ctx context.Context) error {
 			st, err := d.status(ctx)
@@ -667,6 +703,19 @@ func startCallers(rate int) *callers {
 		}
 	}()
 	return l
+}
+
+// answers is who answered the api hop in phase p so far.
+func (l *callers) answers(p string) map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[string]int{}
+	if ph := l.phases[p]; ph != nil {
+		for k, v := range ph.by {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 func (l *callers) setPhase(p string) {
