@@ -126,8 +126,8 @@ A bridgetun.yaml in the working directory may set defaults:
 		},
 	}
 	cf.add(cmd,
-		"must be the session's context (default: it); to work in another, `bridgetun down`, then `bridgetun up --context CTX`",
-		"must be the session's namespace (default: it): intercepts happen where its gateway runs; for another, `bridgetun down`, then `bridgetun up -n NS`")
+		"must be the session's context (default: it); to work in another: bridgetun down, then bridgetun up --context CTX",
+		"must be the session's namespace (default: it): intercepts happen where its gateway runs; for another: bridgetun down, then bridgetun up -n NS")
 	f := cmd.Flags()
 	f.StringVar(&port, "port", "", "LOCAL[:REMOTE]: local port of your server, and the Service port's name or number")
 	f.BoolVar(&isolate, "isolate", false, "route only requests carrying kubernetes-route-as: VALUE here")
@@ -137,7 +137,7 @@ A bridgetun.yaml in the working directory may set defaults:
 	f.BoolVar(&noMount, "no-mount", false, "do not mirror volumes")
 	f.StringVar(&container, "container", "", "the container whose environment and volumes to replicate (default: the one serving the port)")
 	f.StringVar(&urlAddr, "url-addr", "", "isolated: listen address of the local URL (default 127.0.0.1, a free port)")
-	f.BoolVar(&detach, "detach", false, "return once intercepting; the intercept lasts until `bridgetun leave` or `down` (no -- CMD)")
+	f.BoolVar(&detach, "detach", false, "return once intercepting; the intercept lasts until bridgetun leave or down (no -- CMD)")
 	f.DurationVar(&wait, "wait", 60*time.Second, "with -- CMD: how long CMD has to listen on LOCAL before it is stopped and nothing is patched")
 	f.DurationVar(&grace, "grace", 15*time.Minute, "how long the workload stays patched while this machine is away (asleep, offline) before it is restored")
 	f.StringVar(&projectFile, "config", devflow.ProjectConfigFile, "project defaults file (ignored if missing)")

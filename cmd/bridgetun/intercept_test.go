@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
 )
 
 // TestInterceptRunFlags: intercept and run accept only the flags they use,
@@ -67,6 +69,18 @@ func TestInterceptHelp(t *testing.T) {
 	for _, name := range []string{"wait", "grace", "kubeconfig", "context", "namespace"} {
 		if cmd.Flags().Lookup(name) == nil {
 			t.Errorf("flag --%s: missing", name)
+		}
+	}
+}
+
+// TestFlagUsages: no backquotes in a flag's usage (pflag would take the
+// quoted words for the value's name).
+func TestFlagUsages(t *testing.T) {
+	for _, c := range []*cobra.Command{newInterceptCmd(), newRunCmd()} {
+		for _, name := range []string{"context", "namespace", "kubeconfig", "detach", "wait", "grace", "env-file", "mount", "service", "container"} {
+			if f := c.Flags().Lookup(name); f != nil && strings.Contains(f.Usage, "`") {
+				t.Errorf("%s --%s: usage %q has a backquote", c.Name(), name, f.Usage)
+			}
 		}
 	}
 }
