@@ -419,9 +419,90 @@ func TestDeveloper(t *testing.T) {
 		}
 	})
 
+	// Bad input: a sleep longer than the grace. The intercept is lost; the developer is told in one line, and
+	// the workload runs its own template again.
+	t.Run("a sleep longer than the grace: lost, in one line", func(t *testing.T) {
+		const grace, sleep = 20 * time.Second, 40 * time.Second // sleep > the 15 s lease + grace
+		load.setPhase("past the grace: start")
+		if _, err := d.Run(ctx, false, d.Sudo("up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream")...); err != nil {
+			t.Fatal(err)
+		}
+		st, err := d.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sess.pid = st.PID
+		argv := []string{"bridgetun", "intercept", "api", "--port", devLocalPort, "--grace", grace.String(), "--no-mount", "--",
+			"env", "SERVICE_NAME=" + devService, c.Testapp, "http", "-listen", "127.0.0.1:" + devLocalPort}
+		p := d.startProc(t, ctx, argv...)
+		sess.icpt = p
+		if err := Eventually(ctx, 4*time.Minute, func(ctx context.Context) error {
+			if p.exited() {
+				return errors.New("it exited")
+			}
+			m, err := nodePortGet(ctx)
+			if err == nil && hop(m, 1, "service") != devService {
+				err = fmt.Errorf("api hop answered by %q", hop(m, 1, "service"))
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("%s: callers never reached CMD: %v; it printed:\n%s", d.Show(false, argv...), err, indent(p.out.String()))
+		}
+		// Sleep only once the intercept is established: a new pod may route here while the rollout still
+		// waits for the old one to go, and a sleep then is not one the grace covers.
+		if err := Eventually(ctx, 4*time.Minute, func(ctx context.Context) error {
+			st, err := d.status(ctx)
+			if err == nil && (len(st.Intercepts) != 1 || st.Intercepts[0].State != session.InterceptActive || st.Intercepts[0].Grace != grace) {
+				err = fmt.Errorf("intercepts %+v", st.Intercepts)
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("status: %v, want api %s with grace %s", err, session.InterceptActive, grace)
+		}
+		pids := append([]int{st.PID}, descendants(st.PID)...)
+		pids = append(pids, p.pid())
+		pids = append(pids, descendants(p.pid())...)
+		load.setPhase("past the grace: asleep")
+		sess.freeze(t, pids)
+		select { // the sleep itself
+		case <-time.After(sleep):
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		}
+		load.setPhase("past the grace: lost")
+		sess.thaw()
+		woke := time.Now()
+		select {
+		case <-p.done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("%s still runs 30 s after a %s sleep past its %s grace; it printed:\n%s", d.Show(false, argv...), sleep, grace, indent(p.out.String()))
+			p.interrupt(time.Minute)
+		}
+		out := p.out.String()
+		t.Logf("%s ended %s after wake; it printed:\n%s", d.Show(false, argv...), time.Since(woke).Round(100*time.Millisecond), indent(out))
+		if lines := nonEmptyLines(out); len(lines) == 0 || !strings.Contains(lines[len(lines)-1], "lost") || !strings.Contains(lines[len(lines)-1], "api") {
+			t.Errorf("its last line does not say the intercept of api was lost (one line: what was restored, how to start again)")
+		}
+		if ps := p.cmd.ProcessState; ps == nil || ps.ExitCode() == 0 {
+			t.Errorf("the lost intercept exited with %v, want a failure exit code", ps)
+		}
+		if err := Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
+			if got, ann := apiTemplate(t, ctx, c); got != before || ann["bridgetun.io/original-template"] != "" {
+				return errors.New("api still patched")
+			}
+			return nil
+		}); err != nil {
+			t.Errorf("after the lost intercept: %v", err)
+		}
+		if _, err := d.Run(ctx, false, "bridgetun", "down"); err != nil {
+			t.Error(err)
+		}
+	})
+
 	// The same developer logged in with a systemd-logind session: their commands have XDG_RUNTIME_DIR,
 	// which sudo drops; both sides must still meet on one socket.
 	t.Run("a login session's runtime dir (/run/user/UID)", func(t *testing.T) {
+		load.setPhase("login session")
 		rd := fmt.Sprintf("/run/user/%d", d.UID)
 		if _, err := os.Stat("/run/user"); err != nil {
 			if err := os.Mkdir("/run/user", 0o755); err != nil { // as logind makes it
