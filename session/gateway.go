@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -35,11 +36,29 @@ type gatewayPod struct {
 // upgrade or expose it) and waits for a ready pod of this version. The
 // gateway's key is kept: it is created only when its Secret does not exist,
 // so a failed read never rotates it under other workstations.
-func ensureGateway(ctx context.Context, g gatewaySetup) (gatewayPod, error) {
+//
+// A gateway this call installed into a namespace that had none, and that
+// never became ready (an image that cannot be pulled, a bad namespace), is
+// removed again: a failed first `up` leaves nothing in the cluster.
+func ensureGateway(ctx context.Context, g gatewaySetup) (_ gatewayPod, err error) {
 	if g.ReadyWithin == 0 {
 		g.ReadyWithin = 90 * time.Second
 	}
 	have, err := cluster.GatewayVersion(ctx, g.Client, g.Namespace)
+	fresh := errors.Is(err, cluster.ErrGatewayNotInstalled)
+	installed := false
+	defer func() {
+		if err == nil || !fresh || !installed {
+			return
+		}
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if uerr := cluster.UninstallGateway(uctx, g.Client, g.Namespace); uerr != nil {
+			err = fmt.Errorf("%w (and removing the gateway it installed failed: %v)", err, uerr)
+			return
+		}
+		err = fmt.Errorf("%w (the gateway it installed in %q was removed again)", err, g.Namespace)
+	}()
 	if err != nil || have == "" || g.Upgrade || g.ExposeNodePort {
 		spec := cluster.GatewaySpec{Namespace: g.Namespace, Image: g.Image, ExposeNodePort: g.ExposeNodePort, Version: version.Version}
 		key, _, err := cluster.GatewayPrivateKey(ctx, g.Client, g.Namespace, generateKey)
@@ -47,6 +66,7 @@ func ensureGateway(ctx context.Context, g gatewaySetup) (gatewayPod, error) {
 			return gatewayPod{}, err
 		}
 		spec.PrivateKey = key
+		installed = true // also a failed install may have created some objects
 		if err := cluster.InstallGateway(ctx, g.Client, spec, g.Upgrade); err != nil {
 			return gatewayPod{}, err
 		}

@@ -84,3 +84,37 @@ func TestEnsureGatewayVersionMismatch(t *testing.T) {
 		t.Fatalf("got %v, want the mismatch with the upgrade hint", err)
 	}
 }
+
+// TestEnsureGatewayRemovesFailedFirstInstall: a gateway installed into a
+// namespace that had none and never ready (here: no pod ever appears) is
+// removed again, so a failed first up leaves nothing behind; a gateway that
+// was there before is left alone.
+func TestEnsureGatewayRemovesFailedFirstInstall(t *testing.T) {
+	t.Run("first install", func(t *testing.T) {
+		cs := fake.NewClientset()
+		g := setup(cs)
+		g.ReadyWithin = 300 * time.Millisecond
+		_, err := ensureGateway(t.Context(), g)
+		if err == nil || !strings.Contains(err.Error(), "was removed again") {
+			t.Fatalf("got %v, want the readiness error saying the gateway was removed", err)
+		}
+		if _, err := cluster.GatewayVersion(t.Context(), cs, "app"); !errors.Is(err, cluster.ErrGatewayNotInstalled) {
+			t.Errorf("gateway after the failed first up: %v, want it removed", err)
+		}
+		if _, err := cs.CoreV1().Secrets("app").Get(t.Context(), cluster.GatewayName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("secret after the failed first up: %v, want it removed", err)
+		}
+	})
+	t.Run("installed before", func(t *testing.T) {
+		cs := fake.NewClientset(&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: cluster.GatewayName, Namespace: "app",
+			Annotations: map[string]string{cluster.AnnotationVersion: version.Version}}})
+		g := setup(cs)
+		g.ReadyWithin = 300 * time.Millisecond
+		if _, err := ensureGateway(t.Context(), g); err == nil || strings.Contains(err.Error(), "removed") {
+			t.Fatalf("got %v, want the readiness error and nothing removed", err)
+		}
+		if v, err := cluster.GatewayVersion(t.Context(), cs, "app"); err != nil || v != version.Version {
+			t.Errorf("gateway: %q, %v; want it still installed", v, err)
+		}
+	})
+}
