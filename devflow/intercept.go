@@ -52,7 +52,7 @@ const defaultWait = 60 * time.Second
 type Replication struct {
 	Container string       // whose environment and volumes; "" = the one serving the port
 	EnvFile   string       // write the environment there as dotenv (0600, never through a symlink); "" = no file
-	Mount     string       // mirror the volumes under this directory; "" = session.DefaultPaths().Volumes/NS/SERVICE
+	Mount     string       // mirror the volumes under this directory; "" = session.DefaultPaths().Volumes/NS/SERVICE, removed when the intercept ends
 	NoMount   bool         // mirror no volumes and copy none of Volumes
 	Env       []EnvVar     // added after the pod's, so they win (bridgetun.yaml env:)
 	Volumes   []VolumeCopy // directories copied once out of the pod (bridgetun.yaml volumes:)
@@ -101,6 +101,15 @@ func Intercept(ctx context.Context, cfg InterceptConfig) error {
 	rep, err := replicate(ctx, cfg, st, p, user)
 	if err != nil {
 		return err
+	}
+	if rep.ownDir != "" && !cfg.Detach {
+		// The default mirror holds the pod's Secrets: it goes with the
+		// intercept (after the mirror below has stopped writing to it).
+		defer func() {
+			if err := user.Do(func() error { return os.RemoveAll(rep.ownDir) }); err != nil {
+				fmt.Fprintf(out, "warning: remove the volume mirror %s: %v\n", rep.ownDir, err)
+			}
+		}()
 	}
 	mctx, mcancel := context.WithCancel(ctx)
 	mdone := make(chan struct{})
@@ -333,6 +342,7 @@ func routeDesc(routeAs string) string {
 type replication struct {
 	env    []string
 	mirror *cluster.Mirror
+	ownDir string // the default mirror directory (no --mount): removed when the intercept ends
 }
 
 // replicate resolves the container that serves the intercepted port and
@@ -382,6 +392,7 @@ func replicate(ctx context.Context, cfg InterceptConfig, st session.Status, p *p
 		dir = r.Mount
 		if dir == "" {
 			dir = filepath.Join(session.DefaultPaths().Volumes, conn.Namespace, service)
+			rep.ownDir = dir
 		}
 		if dir, err = filepath.Abs(dir); err != nil {
 			return replication{}, err

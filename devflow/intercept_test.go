@@ -640,3 +640,47 @@ func TestServerLeftoverHoldsOutput(t *testing.T) {
 		t.Errorf("got %d, %v; want 5, nil", code, err)
 	}
 }
+
+// TestInterceptRemovesDefaultMirror: the default volume mirror (it holds
+// the pod's Secrets) is there while the intercept runs and gone when it
+// ends; a --mount directory and a detached intercept's mirror stay.
+func TestInterceptRemovesDefaultMirror(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		mount     bool // --mount given
+		detach    bool
+		wantAfter bool
+	}{
+		{name: "default dir", wantAfter: false},
+		{name: "--mount", mount: true, wantAfter: true},
+		{name: "detached", detach: true, wantAfter: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("BRIDGETUN_STATE_DIR", t.TempDir())
+			fs := &fakeSession{status: session.Status{Namespace: "ns"}}
+			cfg := interceptConfig(t, fs, &fakeCluster{}, newSyncBuffer(""))
+			listenNow(t, cfg)
+			want := filepath.Join(session.DefaultPaths().Volumes, "ns", "api", "etc/api/level")
+			if tc.mount {
+				want = filepath.Join(cfg.Replicate.Mount, "etc/api/level")
+			} else {
+				cfg.Replicate.Mount = ""
+			}
+			seenDuring := false
+			fs.onIntercept = func() { _, err := os.Stat(want); seenDuring = err == nil }
+			cfg.Detach = tc.detach
+			if !tc.detach {
+				cfg.Command = []string{"true"}
+			}
+			if err := Intercept(t.Context(), cfg); err != nil {
+				t.Fatal(err)
+			}
+			if !seenDuring {
+				t.Errorf("%s missing while intercepting", want)
+			}
+			if _, err := os.Stat(want); (err == nil) != tc.wantAfter {
+				t.Errorf("%s after the intercept: exists %v, want %v", want, err == nil, tc.wantAfter)
+			}
+		})
+	}
+}

@@ -133,7 +133,7 @@ A bridgetun.yaml in the working directory may set defaults:
 	f.BoolVar(&isolate, "isolate", false, "route only requests carrying kubernetes-route-as: VALUE here")
 	f.StringVar(&routeAs, "route-as", "", "the header value for --isolate (default: derived from your user name)")
 	f.StringVar(&envFile, "env-file", "", "write the container's environment to this file (dotenv, mode 0600; a symlink there is refused)")
-	f.StringVar(&dir, "mount", "", "mirror the container's volumes under this directory (default: the session's volumes dir, NS/SERVICE)")
+	f.StringVar(&dir, "mount", "", "mirror the container's volumes under this directory (default: $XDG_STATE_HOME/bridgetun/volumes/NS/SERVICE, ~/.local/state/... without it; removed when the intercept ends)")
 	f.BoolVar(&noMount, "no-mount", false, "do not mirror volumes")
 	f.StringVar(&container, "container", "", "the container whose environment and volumes to replicate (default: the one serving the port)")
 	f.StringVar(&urlAddr, "url-addr", "", "isolated: listen address of the local URL (default 127.0.0.1, a free port)")
