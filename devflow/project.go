@@ -249,13 +249,30 @@ func holder() string {
 	return name + "@" + host
 }
 
-// dotenv renders variables as a dotenv file: KEY="value" with \, ", $ and
-// newlines escaped, in the given order (later duplicates win when sourced).
+// dotenv renders variables as a dotenv file, in the given order (later
+// duplicates win), each as KEY="value" with \, ", $ and ` escaped by a
+// backslash and newlines written as they are. A POSIX shell (set -a; . ./.env)
+// reads every value back exactly and never expands or runs anything in it.
+// godotenv v1.5 reads back every value except one ending in a backslash (it
+// takes the closing quote for an escaped one) and turns CR LF into LF.
+// No single format serves every reader: the single-quoted shell form breaks
+// godotenv on any value holding a single quote, python-dotenv keeps the
+// backslash of \$ and \`, and docker run --env-file takes quotes as part of
+// the value; this form is exact for the shell first. A name that is not a
+// shell variable name (Kubernetes allows any printable name) is not written,
+// as it could run as a command when sourced; a comment says it was left out.
 func dotenv(vars []EnvVar) []byte {
 	var b bytes.Buffer
-	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "$", `\$`, "\n", `\n`, "\r", `\r`)
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "$", `\$`, "`", "\\`")
 	for _, v := range vars {
+		if !shellNameRE.MatchString(v.Name) {
+			fmt.Fprintf(&b, "# %s left out: not a shell variable name\n", strconv.QuoteToASCII(v.Name))
+			continue
+		}
 		fmt.Fprintf(&b, "%s=\"%s\"\n", v.Name, r.Replace(v.Value))
 	}
 	return b.Bytes()
 }
+
+// shellNameRE matches the names a POSIX shell takes for variables.
+var shellNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)

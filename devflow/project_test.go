@@ -1,7 +1,9 @@
 package devflow
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -184,10 +186,48 @@ func TestDefaultRouteAs(t *testing.T) {
 }
 
 func TestDotenv(t *testing.T) {
-	got := string(dotenv([]EnvVar{{"A", "plain"}, {"B", `q"uote $HOME \ back`}, {"C", "two\nlines"}}))
-	want := "A=\"plain\"\nB=\"q\\\"uote \\$HOME \\\\ back\"\nC=\"two\\nlines\"\n"
+	got := string(dotenv([]EnvVar{{"A", "plain"}, {"B", `q"uote $HOME \ back` + " `id`"}, {"C", "two\nlines"}, {"D;id", "x"}}))
+	want := "A=\"plain\"\nB=\"q\\\"uote \\$HOME \\\\ back \\`id\\`\"\nC=\"two\nlines\"\n# \"D;id\" left out: not a shell variable name\n"
 	if got != want {
 		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// TestDotenvShell sources the file with a real POSIX shell: every value reads
+// back exactly and nothing in a value or a name runs.
+func TestDotenvShell(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	dir := t.TempDir()
+	pwned := filepath.Join(dir, "pwned")
+	values := []string{
+		"plain", "", "`touch " + pwned + "`", "$(touch " + pwned + ")", "$HOME ${HOME} $1 $$ $? $-",
+		`"double" 'single' it's`, `back\slash \n \\ \" \$`, `trail\`, "two\nlines\n", "cr\r\nlf", "\ttab",
+		"ünï 😀 ☃", "a=b=c", "#hash", "; touch " + pwned, "\\\n",
+	}
+	var vars []EnvVar
+	for i, v := range values {
+		vars = append(vars, EnvVar{fmt.Sprintf("K%d", i), v})
+	}
+	vars = append(vars, EnvVar{"X=$(touch " + pwned + ")", "v"}, EnvVar{"touch " + pwned, "v"})
+	file := filepath.Join(dir, ".env")
+	if err := os.WriteFile(file, dotenv(vars), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range values {
+		// A trailing character keeps $(...) from dropping trailing newlines.
+		out, err := exec.Command(sh, "-c", fmt.Sprintf(`set -a; . "$1"; printf '%%s|' "$K%d"`, i), "sh", file).CombinedOutput()
+		if err != nil {
+			t.Fatalf("source %q: %v: %s", v, err, out)
+		}
+		if got := strings.TrimSuffix(string(out), "|"); got != v {
+			t.Errorf("K%d: got %q, want %q", i, got, v)
+		}
+	}
+	if _, err := os.Stat(pwned); err == nil {
+		t.Errorf("sourcing the env file ran a command from a value or a name: %s exists", pwned)
 	}
 }
 
