@@ -227,10 +227,17 @@ func (c *Control) Expire() {
 	}
 }
 
+// Limits of the gateway's HTTP servers (control API and relay); tests
+// shorten them.
+var (
+	readHeaderTimeout = 10 * time.Second // a request's header must arrive within this
+	idleTimeout       = 2 * time.Minute  // a keep-alive connection without a request is closed after this
+)
+
 // Run serves the control API on ln and expires peers, route leases and
 // grace holds until ctx ends; it returns after its goroutines exited.
 func (c *Control) Run(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: c, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: c, ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: idleTimeout}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup

@@ -214,7 +214,9 @@ func (r *Relay) drainRelays() {
 // through), and returns once the relays in flight have finished or the
 // drain timeout has cut them.
 func (r *Relay) Run(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second}
+	// The header timeout bounds the CONNECT request phase; after the hijack
+	// the relay is raw bytes with no deadline.
+	srv := &http.Server{Handler: r, ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: idleTimeout}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
