@@ -77,6 +77,11 @@ const (
 	originalDialTimeout = 5 * time.Second
 )
 
+// readHeaderTimeout bounds how long HTTP mode waits for a request's header
+// (after the sniffed request line); a client that sends part of one is cut
+// then. A variable so tests can shorten it.
+var readHeaderTimeout = 30 * time.Second
+
 // New checks cfg and builds a Sidecar; Run starts it.
 func New(cfg Config) (*Sidecar, error) {
 	switch {
@@ -136,6 +141,8 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		Protocols:   new(http.Protocols),
 		BaseContext: func(net.Listener) context.Context { return ctx },
 		ErrorLog:    s.errLog,
+		// A slow or stalled header ties up a goroutine and a connection.
+		ReadHeaderTimeout: readHeaderTimeout,
 		// Idle keep-alive connections of HTTP mode; the original container
 		// applies its own limits behind us.
 		IdleTimeout: 5 * time.Minute,
