@@ -34,6 +34,12 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
+// Limits of the metrics server; tests shorten them.
+var (
+	readHeaderTimeout = 5 * time.Second // a request's header must arrive within this
+	idleTimeout       = time.Minute     // a keep-alive connection without a request is closed after this
+)
+
 // ServeMetrics serves /metrics and /healthz on addr until ctx ends. It
 // returns once listening, with the bound address (addr may use port 0).
 // /healthz answers 503 until ready reports true (nil = ready at once), so
@@ -52,7 +58,7 @@ func ServeMetrics(ctx context.Context, addr string, reg *prometheus.Registry, lo
 		}
 		_, _ = io.WriteString(w, "ok\n")
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: idleTimeout}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
