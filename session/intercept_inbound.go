@@ -114,6 +114,17 @@ func (ic *interceptor) listenInbound(st *interceptState, port int) error {
 	return nil
 }
 
+// Limits of the local URL's server; tests shorten them.
+var (
+	localURLHeaderTimeout = 10 * time.Second // a request's header must arrive within this
+	localURLIdleTimeout   = 2 * time.Minute  // a keep-alive connection without a request is closed after this
+)
+
+// localURLServer is the local URL's HTTP server around h.
+func localURLServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: localURLHeaderTimeout, IdleTimeout: localURLIdleTimeout}
+}
+
 // relayAddr is where sidecars reach the gateway: the relay Service's
 // ClusterIP, stable across gateway restarts.
 func (ic *interceptor) relayAddr(ctx context.Context) (string, error) {
@@ -153,7 +164,7 @@ func (ic *interceptor) serveLocalURL(ctx context.Context, st *interceptState, sp
 		},
 		Transport: &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 16, IdleConnTimeout: 30 * time.Second},
 	}
-	srv := &http.Server{Handler: rp, ReadHeaderTimeout: 10 * time.Second}
+	srv := localURLServer(rp)
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
