@@ -39,11 +39,15 @@ func (s *Server) newHTTPServer() *http.Server {
 			s.serveHTTP(w, r, rp)
 		}),
 		ReadHeaderTimeout: handshakeTimeout,
-		IdleTimeout:       2 * time.Minute,
+		IdleTimeout:       httpIdleTimeout,
 		BaseContext:       func(net.Listener) context.Context { return s.ctx },
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 }
+
+// httpIdleTimeout closes a client's keep-alive connection to the HTTP proxy
+// after this long without a request; a variable so tests can shorten it.
+var httpIdleTimeout = 2 * time.Minute
 
 // newTransport returns the Transport that forwards plain HTTP requests,
 // resolving and dialling through Config.

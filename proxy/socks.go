@@ -43,10 +43,11 @@ const (
 	repAddrNotSupported   = 0x08
 )
 
-const (
-	handshakeTimeout = 30 * time.Second // greeting, auth and request
-	dialTimeout      = 30 * time.Second
-)
+// handshakeTimeout bounds a SOCKS5 greeting, authentication and request,
+// and an HTTP proxy request's header; a variable so tests can shorten it.
+var handshakeTimeout = 30 * time.Second
+
+const dialTimeout = 30 * time.Second
 
 // serveSOCKS accepts SOCKS5 connections on ln until it is closed.
 func (s *Server) serveSOCKS(ln net.Listener) {
