@@ -39,6 +39,11 @@ type Control struct {
 	icpt   *Intercepts // nil = intercept endpoints answer 501
 }
 
+// maxPeers caps the workstations registered at once, so registrations
+// cannot grow the gateway's peer table without bound; silent ones expire
+// (TTL) and free their place. A variable so tests can lower it.
+var maxPeers = 1024
+
 type lease struct {
 	addr     netip.Addr
 	lastSeen time.Time
@@ -127,7 +132,7 @@ func (c *Control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		resp, err := c.Register(req)
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+			http.Error(w, err.Error(), errStatus(err))
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -152,6 +157,9 @@ func (c *Control) Register(req api.RegisterRequest) (api.RegisterResponse, error
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	l, ok := c.leases[pub]
+	if !ok && len(c.leases) >= maxPeers {
+		return api.RegisterResponse{}, fmt.Errorf("register: %w: the gateway already has %d workstations registered, its cap: a silent one expires after %s, retry then", ErrLimit, len(c.leases), c.ttl)
+	}
 	if !ok {
 		addr := c.pickAddr(pub)
 		if err := c.gw.AddPeer(tunnel.PeerConfig{PublicKey: pub, AllowedIPs: []netip.Prefix{netip.PrefixFrom(addr, 32)}}); err != nil {
@@ -308,6 +316,8 @@ func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request) {
 			// Distinct from a bad request: the workstation registers
 			// again and retries.
 			http.Error(w, err.Error(), http.StatusPreconditionFailed)
+		case errors.Is(err, ErrLimit):
+			http.Error(w, err.Error(), http.StatusTooManyRequests)
 		case err != nil:
 			http.Error(w, err.Error(), http.StatusBadRequest)
 		default:
@@ -375,6 +385,15 @@ func (c *Control) touch(pubKey string) bool {
 		l.lastSeen = c.now()
 	}
 	return ok
+}
+
+// errStatus is the HTTP status of a failed registration: 429 for a cap,
+// else 400.
+func errStatus(err error) int {
+	if errors.Is(err, ErrLimit) {
+		return http.StatusTooManyRequests
+	}
+	return http.StatusBadRequest
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

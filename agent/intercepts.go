@@ -23,6 +23,15 @@ var ErrConflict = errors.New("intercept conflict")
 // ErrUnknownPeer is returned for a key that is not registered.
 var ErrUnknownPeer = errors.New("workstation not registered")
 
+// ErrLimit is returned when a registration or an intercept would pass the
+// gateway's caps (maxPeers, maxInterceptsPerKey).
+var ErrLimit = errors.New("limit reached")
+
+// maxInterceptsPerKey caps the intercepts (routed or held) one workstation
+// key may hold, so one client cannot fill the gateway's table; a re-add of
+// its own intercept does not count. A variable so tests can lower it.
+var maxInterceptsPerKey = 32
+
 // Intercepts is the gateway's table of intercepts. Each has two lifetimes:
 // its route lease (TTL, seconds: the workstation renews it every few
 // seconds; when it runs out the route is dropped, so the sidecars pass
@@ -126,6 +135,11 @@ func (t *Intercepts) Add(req api.InterceptRequest, addr netip.Addr) (api.Interce
 			return api.Intercept{}, fmt.Errorf("%w: route-as %q on service %s/%s is taken by %s: pick another --route-as", ErrConflict, req.RouteAs, req.Namespace, req.Service, who)
 		}
 	}
+	if _, had := t.byID[id]; !had {
+		if n := t.countLocked(req.PublicKey); n >= maxInterceptsPerKey {
+			return api.Intercept{}, fmt.Errorf("intercept %s/%s: %w: this workstation already holds %d intercepts on the gateway, the most it may: end one with `bridgetun leave SERVICE`", req.Namespace, req.Service, ErrLimit, n)
+		}
+	}
 	now := t.now()
 	grace := effectiveGrace(req.GraceSeconds)
 	req.GraceSeconds = int(grace / time.Second)
@@ -145,6 +159,17 @@ func (t *Intercepts) Add(req api.InterceptRequest, addr netip.Addr) (api.Interce
 		t.bumpLocked()
 	}
 	return e.it, nil
+}
+
+// countLocked is how many intercepts, routed or held, pub holds.
+func (t *Intercepts) countLocked(pub string) int {
+	n := 0
+	for _, e := range t.byID {
+		if e.it.PublicKey == pub {
+			n++
+		}
+	}
+	return n
 }
 
 // Remove drops the peer's intercept of ns/svc, routed or held, and returns
