@@ -31,11 +31,20 @@ $(BIN)/staticcheck-$(STATICCHECK_VERSION):
 	GOBIN=$(CURDIR)/$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	@touch $@
 
+# The client binary also builds for macOS and Windows (netstack mode; TUN
+# mode there is an ErrUnsupported error for now); the agent binary runs only
+# in Linux containers, so it is not cross-built. go vet runs for darwin on
+# the client's packages; not for windows, whose tests use Unix-only syscalls.
+CLIENT_PKGS = $$(GOOS=darwin $(GO) list -deps ./cmd/bridgetun | grep '^github.com/bridgetun/bridgetun')
+
 lint: $(BIN)/staticcheck-$(STATICCHECK_VERSION)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) mod tidy -diff
 	$(GO) vet ./...
 	$(BIN)/staticcheck ./...
+	GOOS=darwin GOARCH=arm64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/bridgetun
+	GOOS=windows GOARCH=amd64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/bridgetun
+	GOOS=darwin GOARCH=arm64 $(GO) vet $(CLIENT_PKGS)
 
 cluster-up:
 	e2e/cluster/up.sh

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/bridgetun/bridgetun/internal/invoker"
 )
 
 // server is intercept's `-- CMD`: the local server, started before the
@@ -35,7 +37,7 @@ const stopGrace = 10 * time.Second
 // startServer starts command with env. Its stdin is stdio.In unless that is
 // a terminal: a process group in the background that reads the terminal
 // would be stopped by it (SIGTTIN), so it gets the null device.
-func startServer(command, env []string, stdio Stdio, cred *syscall.Credential) (*server, error) {
+func startServer(command, env []string, stdio Stdio, cred *invoker.Credential) (*server, error) {
 	s := &server{name: commandName(command), tail: newTailBuffer(20), done: make(chan struct{})}
 	c := exec.Command(command[0], command[1:]...)
 	c.Env = env

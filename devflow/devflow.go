@@ -17,7 +17,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -25,6 +24,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/internal/invoker"
 	"github.com/bridgetun/bridgetun/session"
 )
 
@@ -81,7 +81,7 @@ func (c Cluster) copyFromPod(ctx context.Context, conn *cluster.Conn, pod *corev
 // config = this process's own identity.
 type Identity interface {
 	// Credential is what a started command runs as; nil = as this process.
-	Credential() *syscall.Credential
+	Credential() *invoker.Credential
 	// Env is the environment a started command begins with, given this
 	// process's (HOME, USER and LOGNAME the user's).
 	Env(environ []string) []string
@@ -96,7 +96,7 @@ type Identity interface {
 // selfIdentity is this process's own identity.
 type selfIdentity struct{}
 
-func (selfIdentity) Credential() *syscall.Credential { return nil }
+func (selfIdentity) Credential() *invoker.Credential { return nil }
 func (selfIdentity) Env(environ []string) []string   { return environ }
 func (selfIdentity) Do(f func() error) error         { return f() }
 func (selfIdentity) Chown(string) error              { return nil }

@@ -3,18 +3,20 @@ package devflow
 import (
 	"os"
 	"syscall"
+
+	"github.com/bridgetun/bridgetun/internal/invoker"
 )
 
 // serverProcAttr puts a server in a process group of its own, running as
 // cred (nil = this process's identity).
-func serverProcAttr(cred *syscall.Credential) *syscall.SysProcAttr {
+func serverProcAttr(cred *invoker.Credential) *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true, Credential: cred}
 }
 
 // commandProcAttr runs a command in this process's group (it shares the
 // terminal: Ctrl-C reaches it directly) as cred (nil = this process's
 // identity).
-func commandProcAttr(cred *syscall.Credential) *syscall.SysProcAttr {
+func commandProcAttr(cred *invoker.Credential) *syscall.SysProcAttr {
 	if cred == nil {
 		return nil
 	}

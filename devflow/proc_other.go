@@ -6,12 +6,14 @@ import (
 	"errors"
 	"os"
 	"syscall"
+
+	"github.com/bridgetun/bridgetun/internal/invoker"
 )
 
 // serverProcAttr: no process groups here; the server is signalled alone.
-func serverProcAttr(cred *syscall.Credential) *syscall.SysProcAttr { return nil }
+func serverProcAttr(cred *invoker.Credential) *syscall.SysProcAttr { return nil }
 
-func commandProcAttr(cred *syscall.Credential) *syscall.SysProcAttr { return nil }
+func commandProcAttr(cred *invoker.Credential) *syscall.SysProcAttr { return nil }
 
 func signalGroup(p *os.Process, sig syscall.Signal) {
 	if sig == syscall.SIGKILL {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 )
 
 // leftovers records what a running session changed on the machine, so the
@@ -95,17 +94,6 @@ type AlreadyUpError struct {
 
 func (e *AlreadyUpError) Error() string {
 	return fmt.Sprintf("already up (pid %d): see `bridgetun status`, or `bridgetun down` first", e.PID)
-}
-
-// processAlive reports whether pid runs. A zombie (killed, not yet reaped
-// by its parent — often init, which may take its time) does not: it holds
-// no socket and no device, so its leftovers are ours to repair.
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	if err != nil && !errors.Is(err, syscall.EPERM) {
-		return false
-	}
-	return !zombie(pid)
 }
 
 // zombie reads the process state from /proc (Linux); elsewhere it says no.

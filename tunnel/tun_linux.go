@@ -29,6 +29,9 @@ type TUN struct {
 	closed bool
 }
 
+// TUNSupported is nil: TUN mode works on Linux.
+func TUNSupported() error { return nil }
+
 // CreateTUN creates the TUN device (wireguard-go enables the kernel
 // offloads), assigns the address and MTU, brings it up and adds the
 // routes. On failure everything added so far is undone.

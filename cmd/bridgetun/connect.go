@@ -15,6 +15,7 @@ import (
 	"github.com/bridgetun/bridgetun/client"
 	"github.com/bridgetun/bridgetun/client/gvisorstack"
 	"github.com/bridgetun/bridgetun/internal/obs"
+	"github.com/bridgetun/bridgetun/tunnel"
 )
 
 func newConnectCmd() *cobra.Command {
@@ -52,6 +53,8 @@ Config file (JSON):
 				cfg.Mode, cfg.NewStack = client.ModeNetstack, gvisorstack.New
 			} else if len(forwards) > 0 {
 				return errors.New("--forward needs --netstack (in TUN mode, dial the destination directly)")
+			} else if err := tunnel.TUNSupported(); err != nil {
+				return err
 			} else if os.Geteuid() != 0 {
 				return errors.New("TUN mode needs root: run with sudo, or use --netstack")
 			}

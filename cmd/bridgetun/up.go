@@ -19,6 +19,7 @@ import (
 	"github.com/bridgetun/bridgetun/internal/obs"
 	"github.com/bridgetun/bridgetun/internal/version"
 	"github.com/bridgetun/bridgetun/session"
+	"github.com/bridgetun/bridgetun/tunnel"
 )
 
 // connFlags are the kubectl-style flags that name a cluster connection:
@@ -99,8 +100,13 @@ $TMPDIR/bridgetun-UID).`,
   bridgetun up --netstack --forward-all --forward db=15432`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !netstackMode && os.Geteuid() != 0 {
-				return errors.New("TUN mode needs root: run with sudo, or use --netstack")
+			if !netstackMode {
+				if err := tunnel.TUNSupported(); err != nil {
+					return err
+				}
+				if os.Geteuid() != 0 {
+					return errors.New("TUN mode needs root: run with sudo, or use --netstack")
+				}
 			}
 			// Under sudo, root keeps only TUN, routes and DNS: the
 			// kubeconfig, key, socket, logs and mirrors are the user's.

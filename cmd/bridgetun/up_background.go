@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -48,7 +47,7 @@ func startBackground(cmd *cobra.Command, u *invoker.User, paths session.Paths) e
 	child := exec.Command(self, os.Args[1:]...)
 	child.Env = append(os.Environ(), backgroundChildEnv+"=1")
 	child.Stdout, child.Stderr, child.Stdin = out, out, nil
-	child.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	child.SysProcAttr = detachedProcAttr()
 	if err := child.Start(); err != nil {
 		return fmt.Errorf("start background session: %w", err)
 	}
@@ -65,7 +64,7 @@ func startBackground(cmd *cobra.Command, u *invoker.User, paths session.Paths) e
 			}
 			return fmt.Errorf("background session exited (%v); its output is in %s", err, outPath)
 		case <-deadline:
-			_ = child.Process.Signal(syscall.SIGTERM)
+			stopChild(child.Process)
 			lines.flush()
 			return fmt.Errorf("background session not connected after 3m; see %s", outPath)
 		case <-time.After(100 * time.Millisecond): // polling the new session's output and socket

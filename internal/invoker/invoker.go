@@ -29,7 +29,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 )
 
 // User is the user a command acts for.
@@ -181,7 +180,7 @@ func (u *User) String() string { return fmt.Sprintf("%s (uid %d)", u.Name, u.UID
 // Credential is what exec.Cmd.SysProcAttr.Credential needs to run a
 // process as the user (their uid, gid and groups); nil when not acting, so
 // the child simply inherits this process's identity.
-func (u *User) Credential() *syscall.Credential {
+func (u *User) Credential() *Credential {
 	if !u.acting {
 		return nil
 	}
@@ -189,7 +188,7 @@ func (u *User) Credential() *syscall.Credential {
 	for i, g := range u.Groups {
 		groups[i] = uint32(g)
 	}
-	return &syscall.Credential{Uid: uint32(u.UID), Gid: uint32(u.GID), Groups: groups}
+	return &Credential{Uid: uint32(u.UID), Gid: uint32(u.GID), Groups: groups}
 }
 
 // Env is the environment a process started for the user gets: this
@@ -287,12 +286,12 @@ func (u *User) MkdirAll(path string, perm os.FileMode) error {
 }
 
 // OpenFile opens name as the user, never through a symlink at name
-// (O_NOFOLLOW is added).
+// (O_NOFOLLOW is added where the OS has it).
 func (u *User) OpenFile(name string, flag int, perm os.FileMode) (*os.File, error) {
 	var f *os.File
 	err := u.Do(func() error {
 		var err error
-		f, err = os.OpenFile(name, flag|syscall.O_NOFOLLOW, perm)
+		f, err = os.OpenFile(name, flag|oNoFollow, perm)
 		return err
 	})
 	return f, err
@@ -364,13 +363,6 @@ func (u *User) PrivateDir(path string) error {
 		}
 		return nil
 	})
-}
-
-func ownerOf(fi os.FileInfo) int {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return int(st.Uid)
-	}
-	return -1
 }
 
 // Owner is the uid that owns path (not following a symlink), -1 when
