@@ -122,6 +122,9 @@ func (d *Developer) status(ctx context.Context) (session.Status, error) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		return st, fmt.Errorf("%s: %w: %s", d.Show(false, "bridgetun", "status", "--json"), err, out)
 	}
+	if st.State == "down" { // --json says so and exits 0
+		return st, fmt.Errorf("%s: not up", d.Show(false, "bridgetun", "status", "--json"))
+	}
 	return st, nil
 }
 

@@ -94,7 +94,13 @@ func (w *workstation) status(ctx context.Context) (session.Status, error) {
 	if err != nil {
 		return st, fmt.Errorf("status: %w", err)
 	}
-	return st, json.Unmarshal(out, &st)
+	if err := json.Unmarshal(out, &st); err != nil {
+		return st, err
+	}
+	if st.State == "down" { // --json says so and exits 0
+		return st, errors.New("status: not up")
+	}
+	return st, nil
 }
 
 // inWS runs a program in bt-ws as root (as any workstation program would).

@@ -152,14 +152,24 @@ func ifChanged[T any](cmd *cobra.Command, name string, v *T) *T {
 	return nil
 }
 
+// leaveResult is what leave --json prints.
+type leaveResult struct {
+	Service string `json:"service"`
+	Result  string `json:"result"` // what became of the workload
+}
+
 func newLeaveCmd() *cobra.Command {
-	return &cobra.Command{
+	var asJSON bool
+	cmd := &cobra.Command{
 		Use:   "leave SERVICE",
 		Short: "End an intercept: the workload gets its original pod template back",
 		Long: `End this session's intercept of SERVICE (one started with --detach, or from
 another terminal). The gateway forgets it; when nobody else intercepts the
 workload, its original pod template is restored and leave waits for the
-rollout. ` + "`bridgetun down`" + ` ends every intercept the same way.`,
+rollout. ` + "`bridgetun down`" + ` ends every intercept the same way.
+
+Exit codes: 0 when the intercept ended; 1 when no session is up, SERVICE is
+not intercepted or the restore failed (the reason on stderr, also with --json).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 3*time.Minute)
@@ -168,8 +178,13 @@ rollout. ` + "`bridgetun down`" + ` ends every intercept the same way.`,
 			if err != nil {
 				return err
 			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), leaveResult{Service: args[0], Result: msg})
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "left %s: %s\n", args[0], msg)
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, `print {"service": …, "result": …}`)
+	return cmd
 }

@@ -42,12 +42,21 @@ debugged against the rest of the application without building or deploying it.`,
 }
 
 func newVersionCmd() *cobra.Command {
-	return &cobra.Command{
+	var asJSON bool
+	cmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print the client version",
 		Args:  cobra.NoArgs,
-		Run: func(cmd *cobra.Command, _ []string) {
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), struct {
+					Version string `json:"version"`
+				}{version.Version})
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), "bridgetun", version.Version)
+			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, `print {"version": …}`)
+	return cmd
 }

@@ -20,19 +20,26 @@ func newStatusCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the running session: transport, tunnel address, handshake, routes, traffic",
-		Args:  cobra.NoArgs,
+		Long: `Show the running session: transport, tunnel address, handshake, routes,
+traffic, forwards and intercepts.
+
+Exit codes: 0 when a session answered; 1 when none is up or it could not be
+asked (the reason on stderr). With --json, no session up is not an error:
+it prints {"state": "down"} and exits 0, so scripts can test .state.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 			defer cancel()
 			st, err := session.NewClient(session.DefaultPaths().Socket).Status(ctx)
+			w := cmd.OutOrStdout()
+			if asJSON && errors.Is(err, session.ErrNotRunning) {
+				return printJSON(w, stateResult{State: "down"})
+			}
 			if err != nil {
 				return err
 			}
-			w := cmd.OutOrStdout()
 			if asJSON {
-				enc := json.NewEncoder(w)
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				return printJSON(w, st)
 			}
 			hs := "never"
 			if !st.LastHandshake.IsZero() {
@@ -117,27 +124,52 @@ func shortDuration(d time.Duration) string {
 	return s
 }
 
+// stateResult is status --json with no session up.
+type stateResult struct {
+	State string `json:"state"` // "down"
+}
+
+// downResult is what down --json prints.
+type downResult struct {
+	State    string   `json:"state"`    // always "down"
+	Ended    bool     `json:"ended"`    // a running session was ended
+	Repaired []string `json:"repaired"` // what a crashed session left, now undone
+}
+
 func newDownCmd() *cobra.Command {
-	return &cobra.Command{
+	var asJSON bool
+	cmd := &cobra.Command{
 		Use:   "down",
 		Short: "End the running session: remove routes and device, disconnect",
 		Long: `End the running session: DNS settings, routes and device are restored and
-removed. With no session running, down still repairs what a crashed one left.`,
+removed. With no session running, down still repairs what a crashed one left.
+
+Exit codes: 0 when a session ended or leftovers were repaired; 1 on failure,
+and without --json also when nothing was up and nothing needed repair. With
+--json that is no error: it prints {"state": "down", "ended": false,
+"repaired": []} and exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
 			paths := session.DefaultPaths()
+			res := downResult{State: "down", Ended: true, Repaired: []string{}}
 			err := session.NewClient(paths.Socket).Down(ctx)
 			if errors.Is(err, session.ErrNotRunning) {
+				res.Ended = false
 				repaired, rerr := session.Repair(paths)
-				for _, r := range repaired {
-					fmt.Fprintln(cmd.OutOrStdout(), "repaired:", r)
+				res.Repaired = append(res.Repaired, repaired...)
+				if !asJSON {
+					for _, r := range repaired {
+						fmt.Fprintln(cmd.OutOrStdout(), "repaired:", r)
+					}
 				}
-				if rerr != nil {
+				switch {
+				case rerr != nil:
 					return rerr
-				}
-				if len(repaired) == 0 {
+				case asJSON:
+					return printJSON(cmd.OutOrStdout(), res)
+				case len(repaired) == 0:
 					return err
 				}
 				return nil
@@ -145,10 +177,22 @@ removed. With no session running, down still repairs what a crashed one left.`,
 			if err != nil {
 				return err
 			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), res)
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), "down")
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	return cmd
+}
+
+// printJSON writes v as indented JSON and a newline.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // printDiagnostics is the seed's "connection diagnostics": where names go,
