@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -54,6 +55,7 @@ var (
 	rtts   = flag.Int("rr", 3000, "request/response round trips for latency")
 	bigMTU = flag.Int("big-mtu", 32000, "inner MTU for the large-MTU stream run (0 = skip)")
 	out    = flag.String("o", "bench/results/dataplane.json", "JSON results file")
+	prof   = flag.String("profile", "", "write CPU profiles of each tunnel path here: client-PATH.pprof (this process) and gateway-PATH.pprof (the agent); read with go tool pprof -top")
 )
 
 func main() {
@@ -101,7 +103,21 @@ func main() {
 	if *bigMTU > 0 {
 		paths = append(paths, path{"P3b", fmt.Sprintf("TUN + stream, MTU %d", *bigMTU), client.TransportStream, client.ModeTUN, *bigMTU})
 	}
+	if *prof != "" {
+		if err := os.MkdirAll(*prof, 0o755); err != nil {
+			log.Fatal(err)
+		}
+	}
 	for _, p := range paths {
+		stopProfile := func() {}
+		if *prof != "" {
+			gw, err := filepath.Abs(filepath.Join(*prof, "gateway-"+p.name+".pprof"))
+			if err != nil {
+				log.Fatal(err)
+			}
+			topo.GatewayEnv = []string{"BRIDGETUN_CPUPROFILE=" + gw}
+			stopProfile = startCPUProfile(filepath.Join(*prof, "client-"+p.name+".pprof"))
+		}
 		if err := topo.StartGateway(ctx, p.mtu); err != nil {
 			log.Fatal(err)
 		}
@@ -115,6 +131,8 @@ func main() {
 		}
 		results = append(results, measure(p.name, p.desc, p.mtu, dial))
 		_ = c.Close()
+		stopProfile()
+		topo.StopGateway() // the agent writes its profile as it exits
 	}
 
 	base := results[0]
@@ -135,6 +153,18 @@ func main() {
 			fmt.Println("wrote", *out)
 		}
 	}
+}
+
+// startCPUProfile profiles this process into path until the returned stop.
+func startCPUProfile(path string) (stop func()) {
+	f, err := os.Create(path)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		log.Fatal(err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
 func measure(name, desc string, mtu int, dial dialFunc) result {

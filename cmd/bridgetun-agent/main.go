@@ -5,17 +5,41 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/pprof"
 
 	"github.com/spf13/cobra"
 
 	"github.com/bridgetun/bridgetun/internal/version"
 )
 
+// cpuProfileEnv names a file for a CPU profile of the whole run, written
+// when the agent exits normally (bench/dataplane -profile sets it).
+const cpuProfileEnv = "BRIDGETUN_CPUPROFILE"
+
 func main() {
-	if err := newRootCmd().Execute(); err != nil {
+	stop := startCPUProfile(os.Getenv(cpuProfileEnv))
+	err := newRootCmd().Execute()
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bridgetun-agent:", err)
 		os.Exit(1)
 	}
+}
+
+// startCPUProfile profiles into path ("" = off) until the returned stop.
+func startCPUProfile(path string) (stop func()) {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bridgetun-agent: %s=%s: %v\n", cpuProfileEnv, path, err)
+		return func() {}
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
 func newRootCmd() *cobra.Command {

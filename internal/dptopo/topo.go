@@ -54,6 +54,7 @@ type Topology struct {
 	WS, WS2, GW, SVC *nstest.NS
 	GatewayKey       tunnel.Key
 	ClientKeys       []tunnel.Key // [0] ws, [1] ws2, [2] unknown to the gateway
+	GatewayEnv       []string     // extra environment of the next StartGateway (e.g. a profile path)
 	agentBin, dir    string
 	gw               *exec.Cmd
 	gwDone           chan error
@@ -142,6 +143,9 @@ func (t *Topology) StartGateway(ctx context.Context, mtu int) error {
 	cmd := t.GW.Command(context.Background(), t.agentBin, "gateway", "--config", path,
 		"--metrics-addr", fmt.Sprintf("%s:%d", GatewayWSIP, MetricsPort), "--log-level", "info")
 	cmd.Stdout, cmd.Stderr = t.gwLog, t.gwLog
+	if len(t.GatewayEnv) > 0 {
+		cmd.Env = append(os.Environ(), t.GatewayEnv...)
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start gateway: %w", err)
 	}
