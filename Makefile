@@ -33,8 +33,8 @@ $(BIN)/staticcheck-$(STATICCHECK_VERSION):
 
 # The client binary also builds for macOS and Windows (netstack mode; TUN
 # mode there is an ErrUnsupported error for now); the agent binary runs only
-# in Linux containers, so it is not cross-built. go vet runs for darwin on
-# the client's packages; not for windows, whose tests use Unix-only syscalls.
+# in Linux containers, so it is not cross-built. go vet checks the client's
+# packages (and their tests) for both.
 CLIENT_PKGS = $$(GOOS=darwin $(GO) list -deps ./cmd/bridgetun | grep '^github.com/bridgetun/bridgetun')
 
 lint: $(BIN)/staticcheck-$(STATICCHECK_VERSION)
@@ -45,6 +45,7 @@ lint: $(BIN)/staticcheck-$(STATICCHECK_VERSION)
 	GOOS=darwin GOARCH=arm64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/bridgetun
 	GOOS=windows GOARCH=amd64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/bridgetun
 	GOOS=darwin GOARCH=arm64 $(GO) vet $(CLIENT_PKGS)
+	GOOS=windows GOARCH=amd64 $(GO) vet $(CLIENT_PKGS)
 
 cluster-up:
 	e2e/cluster/up.sh

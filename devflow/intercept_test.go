@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -54,7 +53,7 @@ func listenNow(t *testing.T, cfg InterceptConfig) {
 func gate(t *testing.T, fs *fakeSession, cfg *InterceptConfig) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "gate")
-	if err := syscall.Mkfifo(path, 0o600); err != nil {
+	if err := mkfifo(path); err != nil {
 		t.Fatal(err)
 	}
 	cfg.Replicate.Env = append(cfg.Replicate.Env, EnvVar{"GATE", path})
@@ -325,7 +324,7 @@ func TestInterceptServerNeverListens(t *testing.T) {
 		t.Errorf("output: got\n%s\nwant the server's answer to SIGINT in its last lines", out)
 	}
 	b, _ := os.ReadFile(pidFile)
-	if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid <= 0 || syscall.Kill(pid, 0) != syscall.ESRCH {
+	if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid <= 0 || !processGone(pid) {
 		t.Errorf("server pid %q: still there after Intercept returned", b)
 	}
 	if d := cmp.Diff([]string{"status"}, fs.Calls()); d != "" {

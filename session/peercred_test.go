@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -58,7 +57,7 @@ func peerDial(t *testing.T, bin, sock string, uid int) string {
 	t.Helper()
 	cmd := exec.Command(bin)
 	cmd.Env = []string{dialHelperEnv + "=" + sock}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	runAs(cmd, uid)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("helper as uid %d: %v: %s", uid, err, out)
