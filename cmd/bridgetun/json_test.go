@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -122,5 +123,33 @@ func TestLeaveJSON(t *testing.T) {
 	}
 	if _, err := execRoot(t, dir, "leave", "db", "--json"); err == nil || err.Error() != "no intercept of db" {
 		t.Errorf("leave db: got error %v, want %q", err, "no intercept of db")
+	}
+}
+
+// TestUpBackgroundJSON: once the background session is connected, --json
+// prints its status as status --json does; without --json, the one line.
+// --json without --background is refused before anything starts.
+func TestUpBackgroundJSON(t *testing.T) {
+	st := session.Status{State: "connected", PID: 4242, Mode: "netstack", TunnelAddress: "198.19.0.2"}
+	var b bytes.Buffer
+	if err := backgroundReady(&b, true, st, "/logs"); err != nil {
+		t.Fatal(err)
+	}
+	var got session.Status
+	if err := json.Unmarshal(b.Bytes(), &got); err != nil {
+		t.Fatalf("not JSON: %v: %q", err, b.String())
+	}
+	if diff := cmp.Diff(st, got); diff != "" {
+		t.Errorf("status (-want +got):\n%s", diff)
+	}
+	b.Reset()
+	if err := backgroundReady(&b, false, st, "/logs"); err != nil {
+		t.Fatal(err)
+	}
+	if want := "running in the background (pid 4242), log in /logs; `bridgetun status`, `bridgetun down`\n"; b.String() != want {
+		t.Errorf("text: got %q, want %q", b.String(), want)
+	}
+	if _, err := execRoot(t, t.TempDir(), "up", "--netstack", "--json"); err == nil || !strings.Contains(err.Error(), "--json goes with --background") {
+		t.Errorf("up --json: got error %v, want it refused without --background", err)
 	}
 }

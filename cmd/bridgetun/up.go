@@ -67,6 +67,7 @@ func newUpCmd() *cobra.Command {
 		metricsAddr, logLevel, dnsMode           string
 		socksAddr, httpProxyAddr                 string
 		netstackMode, allowConflicts, background bool
+		asJSON                                   bool
 		upgrade, forwardAll                      bool
 		alsoProxy, forwards                      []string
 		mtu                                      int
@@ -93,13 +94,21 @@ key and session record in ~/.config/bridgetun, the socket in your runtime
 dir, so status, intercept, leave, down and run need no sudo, and commands
 they start run as you. Logs (bridgetun.log, up.out) and volume mirrors go to
 $XDG_STATE_HOME/bridgetun (default ~/.local/state/bridgetun; without a home,
-$TMPDIR/bridgetun-UID).`,
+$TMPDIR/bridgetun-UID).
+
+Exit codes: 0 when a foreground session ended by Ctrl-C or ` + "`bridgetun down`" + `, or
+when --background left it connected; 1 when it could not start or failed
+(the reason on stderr). With --background --json the steps go to stderr and
+stdout gets the connected session's status as ` + "`bridgetun status --json`" + ` prints it.`,
 		Example: `  sudo bridgetun up -n my-app
   sudo bridgetun up --background --transport udp --expose nodeport
   bridgetun up --netstack
   bridgetun up --netstack --forward-all --forward db=15432`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if asJSON && !background {
+				return errors.New("--json goes with --background (a foreground session prints its steps until it ends)")
+			}
 			if !netstackMode {
 				if err := tunnel.TUNSupported(); err != nil {
 					return err
@@ -116,7 +125,7 @@ $TMPDIR/bridgetun-UID).`,
 			}
 			paths := session.UserPaths(u)
 			if background && os.Getenv(backgroundChildEnv) == "" {
-				return startBackground(cmd, u, paths)
+				return startBackground(cmd, u, paths, asJSON)
 			}
 			log, closeLog, err := openLog(u, paths, logLevel)
 			if err != nil {
@@ -180,6 +189,7 @@ $TMPDIR/bridgetun-UID).`,
 	cmd.Flags().IntVar(&mtu, "mtu", 0, "inner MTU (default 1420)")
 	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "netstack mode: SVC[:PORT][=LOCALPORT] forwards a Service's TCP and UDP ports on its own 127.0.0.x; [udp:]LOCAL=REMOTE forwards an address, e.g. 127.0.0.1:8080=10.96.0.20:80 (repeatable)")
 	cmd.Flags().BoolVar(&forwardAll, "forward-all", false, "netstack mode: forward every Service of the namespace, each on its own 127.0.0.x, kept current as Services come and go (ports below 1024 on 10000+port)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "with --background: the steps on stderr, the connected session's status as JSON on stdout")
 	cmd.Flags().BoolVar(&background, "background", false, "show the session's steps until it is connected, then return and leave it running (logs in ~/.local/state/bridgetun/)")
 	cmd.Flags().StringVar(&socksAddr, "socks", "127.0.0.1:1080", "netstack mode: SOCKS5 proxy address (CONNECT, UDP ASSOCIATE, names resolved in the cluster); empty = off")
 	cmd.Flags().StringVar(&httpProxyAddr, "http-proxy", "127.0.0.1:3128", "netstack mode: HTTP proxy address (CONNECT and plain requests); empty = off")

@@ -25,7 +25,9 @@ const backgroundChildEnv = "BRIDGETUN_BACKGROUND_CHILD"
 // up.out in the user's log dir, and streams that output's lines to the
 // terminal as they come until the session answers on its socket as
 // connected; a child that exits first fails with its own error line.
-func startBackground(cmd *cobra.Command, u *invoker.User, paths session.Paths) error {
+// asJSON sends the lines to stderr and prints the session's status as
+// JSON on stdout once connected.
+func startBackground(cmd *cobra.Command, u *invoker.User, paths session.Paths, asJSON bool) error {
 	if err := u.PrivateDir(paths.LogDir); err != nil {
 		return fmt.Errorf("log dir: %w", err)
 	}
@@ -53,7 +55,11 @@ func startBackground(cmd *cobra.Command, u *invoker.User, paths session.Paths) e
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- child.Wait() }()
-	lines := newLineStream(in, cmd.OutOrStdout())
+	progress := cmd.OutOrStdout()
+	if asJSON {
+		progress = cmd.ErrOrStderr()
+	}
+	lines := newLineStream(in, progress)
 	sc := session.NewClient(paths.Socket)
 	deadline := time.After(3 * time.Minute)
 	for {
@@ -73,10 +79,19 @@ func startBackground(cmd *cobra.Command, u *invoker.User, paths session.Paths) e
 		st, err := sc.Status(context.Background())
 		if err == nil && st.State == "connected" && st.PID == child.Process.Pid {
 			lines.flush()
-			fmt.Fprintf(cmd.OutOrStdout(), "running in the background (pid %d), log in %s; `bridgetun status`, `bridgetun down`\n", st.PID, paths.LogDir)
-			return nil
+			return backgroundReady(cmd.OutOrStdout(), asJSON, st, paths.LogDir)
 		}
 	}
+}
+
+// backgroundReady says the background session st is connected: a line
+// naming its pid and log dir, or its status as JSON.
+func backgroundReady(w io.Writer, asJSON bool, st session.Status, logDir string) error {
+	if asJSON {
+		return printJSON(w, st)
+	}
+	_, err := fmt.Fprintf(w, "running in the background (pid %d), log in %s; `bridgetun status`, `bridgetun down`\n", st.PID, logDir)
+	return err
 }
 
 // lineStream copies complete lines appended to a file as they come, each
