@@ -22,6 +22,7 @@ func newInterceptCmd() *cobra.Command {
 		port, routeAs, envFile, dir string
 		urlAddr, container          string
 		isolate, detach, noMount    bool
+		asJSON                      bool
 		wait, grace                 time.Duration
 		projectFile                 string
 	)
@@ -60,7 +61,12 @@ Each step is printed with its time: environment, volumes, CMD listening,
 workload patched, pods ready, routed. The intercept lasts until Ctrl-C, until
 CMD exits (its exit code becomes bridgetun's), or — with --detach — until
 ` + "`bridgetun leave SERVICE`" + ` or ` + "`bridgetun down`" + `; then the workload's original pod
-template comes back.
+template comes back. With --detach --json the steps go to stderr and stdout
+gets the intercept as ` + "`bridgetun status --json`" + ` lists it.
+
+Exit codes: 0 when the intercept ended by Ctrl-C, leave or down (or, with
+--detach, once it is in place); CMD's own exit code when CMD exits; 1 when it
+could not be set up (the reason on stderr).
 
 A bridgetun.yaml in the working directory may set defaults:
   version: 1
@@ -86,6 +92,9 @@ A bridgetun.yaml in the working directory may set defaults:
 			}
 			if len(args) > 1 {
 				return fmt.Errorf("intercept: one SERVICE, got %q (put a command after --)", args)
+			}
+			if asJSON && !detach {
+				return errors.New("intercept: --json goes with --detach (otherwise intercept prints its steps until it ends)")
 			}
 			if detach && len(command) > 0 {
 				return errors.New("intercept: --detach returns at once, so it cannot run a command after --: drop one of them")
@@ -118,11 +127,26 @@ A bridgetun.yaml in the working directory may set defaults:
 			}
 			cfg.Command, cfg.Detach, cfg.User = command, detach, user
 			cfg.Cluster = devflow.Cluster{Options: cf.options()}
-			cfg.Session = session.NewClient(session.DefaultPaths().Socket)
+			sc := session.NewClient(session.DefaultPaths().Socket)
+			cfg.Session = sc
 			cfg.Stdio = devflow.Stdio{In: cmd.InOrStdin(), Out: cmd.OutOrStdout(), Err: cmd.ErrOrStderr()}
+			if asJSON {
+				cfg.Stdio.Out = cmd.ErrOrStderr()
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return devflow.Intercept(ctx, cfg)
+			if err := devflow.Intercept(ctx, cfg); err != nil || !asJSON {
+				return err
+			}
+			st, err := sc.Status(ctx)
+			if err != nil {
+				return err
+			}
+			info, err := interceptOf(st, cfg.Spec.Service)
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), info)
 		},
 	}
 	cf.add(cmd,
@@ -138,10 +162,21 @@ A bridgetun.yaml in the working directory may set defaults:
 	f.StringVar(&container, "container", "", "the container whose environment and volumes to replicate (default: the one serving the port)")
 	f.StringVar(&urlAddr, "url-addr", "", "isolated: listen address of the local URL (default 127.0.0.1, a free port)")
 	f.BoolVar(&detach, "detach", false, "return once intercepting; the intercept lasts until bridgetun leave or down (no -- CMD)")
+	f.BoolVar(&asJSON, "json", false, "with --detach: the steps on stderr, the intercept as JSON on stdout")
 	f.DurationVar(&wait, "wait", 60*time.Second, "with -- CMD: how long CMD has to listen on LOCAL before it is stopped and nothing is patched")
 	f.DurationVar(&grace, "grace", 15*time.Minute, "how long the workload stays patched while this machine is away (asleep, offline) before it is restored")
 	f.StringVar(&projectFile, "config", devflow.ProjectConfigFile, "project defaults file (ignored if missing)")
 	return cmd
+}
+
+// interceptOf is the session's intercept of service.
+func interceptOf(st session.Status, service string) (session.InterceptInfo, error) {
+	for _, it := range st.Intercepts {
+		if it.Service == service {
+			return it, nil
+		}
+	}
+	return session.InterceptInfo{}, fmt.Errorf("intercept: %s is not among the session's intercepts (see bridgetun status)", service)
 }
 
 // ifChanged is v if the flag was given, else nil (the project file may fill it).

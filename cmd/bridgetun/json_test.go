@@ -153,3 +153,23 @@ func TestUpBackgroundJSON(t *testing.T) {
 		t.Errorf("up --json: got error %v, want it refused without --background", err)
 	}
 }
+
+// TestInterceptDetachJSON: --json goes with --detach only (refused before
+// anything is asked of a session), and prints the session's intercept of
+// the Service.
+func TestInterceptDetachJSON(t *testing.T) {
+	if _, err := execRoot(t, t.TempDir(), "intercept", "api", "--port", "8080", "--json"); err == nil || !strings.Contains(err.Error(), "--json goes with --detach") {
+		t.Errorf("intercept --json: got error %v, want it refused without --detach", err)
+	}
+	st := session.Status{State: "connected", Intercepts: []session.InterceptInfo{{Service: "web", LocalPort: 3000}, {Service: "api", LocalPort: 8080, State: session.InterceptActive}}}
+	got, err := interceptOf(st, "api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(st.Intercepts[1], got); diff != "" {
+		t.Errorf("intercept (-want +got):\n%s", diff)
+	}
+	if _, err := interceptOf(st, "db"); err == nil {
+		t.Error("db: got no error, want one (not intercepted)")
+	}
+}
