@@ -76,7 +76,7 @@ type apiServer struct {
 func listenAPI(p Paths, h apiHandlers) (*apiServer, error) {
 	path, u := p.Socket, p.owner()
 	if err := u.PrivateDir(filepath.Dir(path)); err != nil {
-		return nil, fmt.Errorf("socket dir: %w", err)
+		return nil, fmt.Errorf("socket dir: %w (the runtime dir must be one %s can enter: check its owner and mode, or point XDG_RUNTIME_DIR elsewhere)", err, u.Name)
 	}
 	var ln *net.UnixListener
 	err := u.Do(func() error {
