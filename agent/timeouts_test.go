@@ -1,12 +1,8 @@
 package agent
 
 import (
-	"bufio"
 	"context"
-	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"testing"
 	"time"
 
@@ -45,34 +41,7 @@ func TestServerTimeouts(t *testing.T) {
 			})
 			return ln.Addr().String()
 		}
-		t.Run(name+"/half a header", func(t *testing.T) {
-			c := dial(t, addr(t))
-			fmt.Fprint(c, "GET /v1/nothing HTTP/1.1\r\nHost: gw\r\n")
-			testkit.WaitClosed(t, c, 10*time.Second)
-		})
-		t.Run(name+"/idle keep-alive", func(t *testing.T) {
-			c := dial(t, addr(t))
-			fmt.Fprint(c, "GET /v1/nothing HTTP/1.1\r\nHost: gw\r\n\r\n")
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil {
-				t.Fatalf("first request: %v", err)
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.Close {
-				t.Fatalf("the server closes after the first request (%s): nothing to prove about idle connections", resp.Status)
-			}
-			testkit.WaitClosed(t, c, 10*time.Second)
-		})
+		t.Run(name+"/half a header", func(t *testing.T) { testkit.ExpectHeaderTimeout(t, addr(t), "/v1/nothing") })
+		t.Run(name+"/idle keep-alive", func(t *testing.T) { testkit.ExpectIdleTimeout(t, addr(t), "/v1/nothing") })
 	}
-}
-
-func dial(t *testing.T, addr string) net.Conn {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
 }

@@ -1,10 +1,6 @@
 package obs
 
 import (
-	"bufio"
-	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -25,31 +21,10 @@ func TestMetricsServerTimeouts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dial := func(t *testing.T) net.Conn {
-		c, err := net.Dial("tcp", addr.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	t.Run("half a header", func(t *testing.T) {
-		c := dial(t)
-		fmt.Fprint(c, "GET /metrics HTTP/1.1\r\nHost: m\r\n")
-		testkit.WaitClosed(t, c, 10*time.Second)
-	})
+	t.Run("half a header", func(t *testing.T) { testkit.ExpectHeaderTimeout(t, addr.String(), "/metrics") })
 	t.Run("idle keep-alive", func(t *testing.T) {
-		c := dial(t)
-		fmt.Fprint(c, "GET /healthz HTTP/1.1\r\nHost: m\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatalf("first request: %v", err)
+		if resp := testkit.ExpectIdleTimeout(t, addr.String(), "/healthz"); resp.StatusCode != http.StatusOK {
+			t.Errorf("/healthz: got %s, want 200", resp.Status)
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || resp.Close {
-			t.Fatalf("/healthz: got %s close=%v, want 200 kept alive", resp.Status, resp.Close)
-		}
-		testkit.WaitClosed(t, c, 10*time.Second)
 	})
 }

@@ -1,9 +1,12 @@
 package testkit
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"testing"
 	"time"
@@ -23,4 +26,46 @@ func WaitClosed(tb testing.TB, c net.Conn, within time.Duration) []byte {
 	}
 	// EOF (nil from ReadAll) or a reset: the server closed it.
 	return b
+}
+
+// Dial connects to addr over TCP and closes the connection when tb ends.
+func Dial(tb testing.TB, addr string) net.Conn {
+	tb.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// ExpectHeaderTimeout sends the start of an HTTP request to addr, without
+// the blank line that ends its header, and fails tb unless the server
+// closes the connection (its ReadHeaderTimeout).
+func ExpectHeaderTimeout(tb testing.TB, addr, path string) {
+	tb.Helper()
+	c := Dial(tb, addr)
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: test\r\n", path)
+	WaitClosed(tb, c, 10*time.Second)
+}
+
+// ExpectIdleTimeout makes one keep-alive HTTP request to addr and fails tb
+// unless the server offers to keep the connection and then closes it while
+// it idles (its IdleTimeout). It returns the response (body drained) for
+// further checks.
+func ExpectIdleTimeout(tb testing.TB, addr, path string) *http.Response {
+	tb.Helper()
+	c := Dial(tb, addr)
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: test\r\n\r\n", path)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		tb.Fatalf("first request: %v", err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.Close {
+		tb.Fatalf("the server closes after the first request (%s): nothing to prove about idle connections", resp.Status)
+	}
+	WaitClosed(tb, c, 10*time.Second)
+	return resp
 }
