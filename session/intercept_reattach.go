@@ -112,19 +112,29 @@ func (ic *interceptor) currentLocked(st *interceptState) bool {
 	return ic.byService[st.info.Service] == st && st.info.State != InterceptLost
 }
 
+// lockWithinGrace takes ic.mu and keeps it (returning true) while st is
+// still this session's live intercept and its wall-clock silence is within
+// the grace. Otherwise it releases ic.mu and returns false, having declared
+// an intercept past its grace lost.
+func (ic *interceptor) lockWithinGrace(st *interceptState, now time.Time, away bool) bool {
+	ic.mu.Lock()
+	if !ic.currentLocked(st) {
+		ic.mu.Unlock()
+		return false
+	}
+	if gap := now.Sub(st.lastOK); gap > st.grace {
+		ic.mu.Unlock()
+		ic.lose(st, silenceReason(gap, st.grace, away), "start again with `"+startAgain(st.spec)+"`")
+		return false
+	}
+	return true
+}
+
 // renewFailed: the gateway did not answer. Within the grace the intercept
 // is reconnecting (the workload stays patched, traffic passes through);
 // past it, lost.
 func (ic *interceptor) renewFailed(st *interceptState, now time.Time, away bool, err error) {
-	ic.mu.Lock()
-	if !ic.currentLocked(st) {
-		ic.mu.Unlock()
-		return
-	}
-	gap := now.Sub(st.lastOK)
-	if gap > st.grace {
-		ic.mu.Unlock()
-		ic.lose(st, silenceReason(gap, st.grace, away), "start again with `"+startAgain(st.spec)+"`")
+	if !ic.lockWithinGrace(st, now, away) {
 		return
 	}
 	ic.setStateLocked(st, InterceptReconnecting, now, "gateway unreachable: "+shortErr(err))
@@ -137,15 +147,7 @@ func (ic *interceptor) renewFailed(st *interceptState, now time.Time, away bool,
 // worker; past the grace, the intercept is lost even if the gateway
 // answers now.
 func (ic *interceptor) renewed(st *interceptState, now time.Time, away, unknown bool) {
-	ic.mu.Lock()
-	if !ic.currentLocked(st) {
-		ic.mu.Unlock()
-		return
-	}
-	gap := now.Sub(st.lastOK)
-	if gap > st.grace {
-		ic.mu.Unlock()
-		ic.lose(st, silenceReason(gap, st.grace, away), "start again with `"+startAgain(st.spec)+"`")
+	if !ic.lockWithinGrace(st, now, away) {
 		return
 	}
 	if !unknown {
