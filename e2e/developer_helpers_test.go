@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -92,12 +91,7 @@ func (s *devSession) teardown(t *testing.T, d *Developer) {
 	if s.pid > 0 && processRunning(s.pid) {
 		t.Logf("cleanup: session %d survived `down`; SIGTERM", s.pid)
 		_ = syscall.Kill(s.pid, syscall.SIGTERM)
-		if Eventually(ctx, 30*time.Second, func(context.Context) error {
-			if processRunning(s.pid) {
-				return errors.New("running")
-			}
-			return nil
-		}) != nil {
+		if waitExited(ctx, s.pid, 30*time.Second) != nil {
 			_ = syscall.Kill(s.pid, syscall.SIGKILL)
 		}
 	}

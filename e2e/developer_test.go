@@ -360,12 +360,7 @@ func TestDeveloper(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("%s printed:\n%s", d.Show(false, "bridgetun", "down"), indent(out))
-		if err := Eventually(ctx, 30*time.Second, func(context.Context) error {
-			if processRunning(sess.pid) {
-				return fmt.Errorf("session process %d still running", sess.pid)
-			}
-			return nil
-		}); err != nil {
+		if err := waitExited(ctx, sess.pid, 30*time.Second); err != nil {
 			t.Error(err)
 		}
 	})
@@ -532,12 +527,7 @@ func TestDeveloper(t *testing.T) {
 		if _, err := d.Run(ctx, false, "bridgetun", "down"); err != nil {
 			t.Fatal(err)
 		}
-		if err := Eventually(ctx, 30*time.Second, func(context.Context) error {
-			if processRunning(st.PID) {
-				return fmt.Errorf("session %d still runs after down", st.PID)
-			}
-			return nil
-		}); err != nil {
+		if err := waitExited(ctx, st.PID, 30*time.Second); err != nil {
 			t.Error(err)
 		}
 	})

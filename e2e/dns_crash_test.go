@@ -9,7 +9,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"strings"
 	"syscall"
@@ -78,12 +77,7 @@ func TestDNSAfterCrash(t *testing.T) {
 		if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		if err := Eventually(ctx, 10*time.Second, func(context.Context) error {
-			if processRunning(st.PID) {
-				return fmt.Errorf("pid %d still alive", st.PID)
-			}
-			return nil
-		}); err != nil {
+		if err := waitExited(ctx, st.PID, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		b, _ := os.ReadFile(wsResolv)

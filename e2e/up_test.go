@@ -342,12 +342,7 @@ func TestUp(t *testing.T) {
 		if err := exec.Command("kill", "-9", fmt.Sprint(st.PID)).Run(); err != nil {
 			t.Fatal(err)
 		}
-		if err := Eventually(ctx, 10*time.Second, func(context.Context) error {
-			if processRunning(st.PID) {
-				return fmt.Errorf("pid %d still alive", st.PID)
-			}
-			return nil
-		}); err != nil {
+		if err := waitExited(ctx, st.PID, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		out, err := ws.run(ctx, "up", "--background", "-n", SampleNamespace, "--gateway-image", gatewayImage, "--transport", "stream")
@@ -543,6 +538,16 @@ func tailLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// waitExited waits up to within for process pid to be gone (or a zombie).
+func waitExited(ctx context.Context, pid int, within time.Duration) error {
+	return Eventually(ctx, within, func(context.Context) error {
+		if processRunning(pid) {
+			return fmt.Errorf("process %d still running", pid)
+		}
+		return nil
+	})
 }
 
 // processRunning reports whether pid exists and is not a zombie (an exited
