@@ -284,14 +284,7 @@ func TestWaitRolloutBecomesDone(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("WaitRollout returned %v before the rollout finished", err)
 	}
-	d, err := client.AppsV1().Deployments(testNS).Get(ctx, "api", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.Status.ReadyReplicas, d.Status.AvailableReplicas = 2, 2
-	if _, err := client.AppsV1().Deployments(testNS).UpdateStatus(ctx, d, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	finishRollout(t, ctx, client)
 	if err := <-done; err != nil {
 		t.Errorf("got %v, want success once the status says done", err)
 	}
@@ -336,6 +329,19 @@ func TestWaitRolloutReport(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("WaitRolloutReport returned %v before the rollout finished", err)
 	}
+	finishRollout(t, ctx, client)
+	if err := <-done; err != nil {
+		t.Fatalf("got %v, want success once the status says done", err)
+	}
+	if len(states) != 1 || !strings.HasPrefix(states[0], "1 of 2 replicas ready; pod ") || !strings.Contains(states[0], "ContainerCreating") {
+		t.Errorf("reported states: got %q, want one \"1 of 2 replicas ready; pod ...: ContainerCreating\"", states)
+	}
+}
+
+// finishRollout marks the api Deployment's two replicas ready, as the
+// controller would once the new pods run.
+func finishRollout(t *testing.T, ctx context.Context, client *fake.Clientset) {
+	t.Helper()
 	d, err := client.AppsV1().Deployments(testNS).Get(ctx, "api", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -343,11 +349,5 @@ func TestWaitRolloutReport(t *testing.T) {
 	d.Status.ReadyReplicas, d.Status.AvailableReplicas = 2, 2
 	if _, err := client.AppsV1().Deployments(testNS).UpdateStatus(ctx, d, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("got %v, want success once the status says done", err)
-	}
-	if len(states) != 1 || !strings.HasPrefix(states[0], "1 of 2 replicas ready; pod ") || !strings.Contains(states[0], "ContainerCreating") {
-		t.Errorf("reported states: got %q, want one \"1 of 2 replicas ready; pod ...: ContainerCreating\"", states)
 	}
 }
