@@ -109,6 +109,17 @@ func GatewayObjects(spec GatewaySpec) []runtime.Object {
 			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: GatewayName},
 			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: GatewayName, Namespace: s.Namespace}},
 		},
+		&rbacv1.ClusterRole{
+			TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRole"},
+			ObjectMeta: clusterMeta(meta(), GatewayName),
+			Rules:      gatewayClusterRules(),
+		},
+		&rbacv1.ClusterRoleBinding{
+			TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRoleBinding"},
+			ObjectMeta: clusterMeta(meta(), gatewayClusterBindingName(s.Namespace)),
+			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: GatewayName},
+			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: GatewayName, Namespace: s.Namespace}},
+		},
 		&corev1.Secret{
 			TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
 			ObjectMeta: meta(),
@@ -140,6 +151,30 @@ func gatewayRoleRules() []rbacv1.PolicyRule {
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: read},
 		{APIGroups: []string{"apps"}, Resources: []string{"deployments", "statefulsets", "replicasets"}, Verbs: append(read, "update", "patch")},
 	}
+}
+
+// gatewayClusterRules is what the gateway needs beyond its namespace, all
+// of it to check callers rather than to act: verify a caller's token
+// (TokenReview) and rights (SubjectAccessReview) — what the built-in
+// system:auth-delegator grants — and read identity CSRs, which vouch for
+// callers whose kubeconfig has no bearer token.
+func gatewayClusterRules() []rbacv1.PolicyRule {
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
+		{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
+		{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"certificatesigningrequests"}, Verbs: []string{"get"}},
+	}
+}
+
+// gatewayClusterBindingName names one namespace's gateway binding to the
+// shared ClusterRole.
+func gatewayClusterBindingName(ns string) string { return GatewayName + "-" + ns }
+
+// clusterMeta turns a namespaced object's metadata into a cluster-scoped
+// object's, named name.
+func clusterMeta(m metav1.ObjectMeta, name string) metav1.ObjectMeta {
+	m.Name, m.Namespace = name, ""
+	return m
 }
 
 // relayService fronts the gateway's relay port for sidecars.

@@ -42,7 +42,19 @@ func TestGatewayYAML(t *testing.T) {
 			t.Fatalf("decode %q: %v", doc, err)
 		}
 		kinds = append(kinds, gvk.Kind)
-		if m, ok := obj.(metav1.Object); !ok || (m.GetName() != GatewayName && m.GetName() != RelayName) || m.GetNamespace() != "bt" {
+		m, ok := obj.(metav1.Object)
+		switch {
+		case !ok:
+			t.Errorf("%s: no object metadata", gvk.Kind)
+		case gvk.Kind == "ClusterRole":
+			if m.GetName() != GatewayName || m.GetNamespace() != "" {
+				t.Errorf("ClusterRole %s/%s, want cluster-scoped %s", m.GetNamespace(), m.GetName(), GatewayName)
+			}
+		case gvk.Kind == "ClusterRoleBinding":
+			if m.GetName() != GatewayName+"-bt" || m.GetNamespace() != "" {
+				t.Errorf("ClusterRoleBinding %s/%s, want cluster-scoped %s-bt (one per gateway namespace)", m.GetNamespace(), m.GetName(), GatewayName)
+			}
+		case (m.GetName() != GatewayName && m.GetName() != RelayName) || m.GetNamespace() != "bt":
 			t.Errorf("%s: not named %s in namespace bt", gvk.Kind, GatewayName)
 		}
 		switch o := obj.(type) {
@@ -58,7 +70,7 @@ func TestGatewayYAML(t *testing.T) {
 			secret = o
 		}
 	}
-	if diff := cmp.Diff([]string{"ServiceAccount", "Role", "RoleBinding", "Secret", "Deployment", "Service", "Service"}, kinds); diff != "" {
+	if diff := cmp.Diff([]string{"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Secret", "Deployment", "Service", "Service"}, kinds); diff != "" {
 		t.Errorf("kinds (-want +got):\n%s", diff)
 	}
 
@@ -170,6 +182,14 @@ func listAll(t *testing.T, client kubernetes.Interface, ns string) []string {
 			_, err := client.RbacV1().RoleBindings(ns).Get(ctx, GatewayName, metav1.GetOptions{})
 			return err
 		}},
+		{"ClusterRole", func() error {
+			_, err := client.RbacV1().ClusterRoles().Get(ctx, GatewayName, metav1.GetOptions{})
+			return err
+		}},
+		{"ClusterRoleBinding", func() error {
+			_, err := client.RbacV1().ClusterRoleBindings().Get(ctx, GatewayName+"-"+ns, metav1.GetOptions{})
+			return err
+		}},
 		{"Secret", func() error {
 			_, err := client.CoreV1().Secrets(ns).Get(ctx, GatewayName, metav1.GetOptions{})
 			return err
@@ -202,7 +222,7 @@ func TestInstallGateway(t *testing.T) {
 	if err := InstallGateway(ctx, client, spec, false); err != nil {
 		t.Fatal(err)
 	}
-	all := []string{"ServiceAccount", "Role", "RoleBinding", "Secret", "Deployment", "Service"}
+	all := []string{"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Secret", "Deployment", "Service"}
 	if diff := cmp.Diff(all, listAll(t, client, "bt")); diff != "" {
 		t.Errorf("objects after install (-want +got):\n%s", diff)
 	}
@@ -236,7 +256,7 @@ func TestInstallGateway(t *testing.T) {
 	if err := InstallGateway(ctx, client, testSpec, false); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(all[:5], listAll(t, client, "bt")); diff != "" {
+	if diff := cmp.Diff(all[:7], listAll(t, client, "bt")); diff != "" {
 		t.Errorf("objects after install without NodePort (-want +got):\n%s", diff)
 	}
 

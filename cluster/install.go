@@ -105,6 +105,16 @@ func createOrUpdate(ctx context.Context, client kubernetes.Interface, o runtime.
 		err = upsert(ctx, want, c.Get, c.Create, c.Update, create, update, func(have *rbacv1.RoleBinding) {
 			have.Subjects = want.Subjects // roleRef is immutable and never changes
 		})
+	case *rbacv1.ClusterRole:
+		c := client.RbacV1().ClusterRoles()
+		err = upsert(ctx, want, c.Get, c.Create, c.Update, create, update, func(have *rbacv1.ClusterRole) {
+			have.Rules = want.Rules
+		})
+	case *rbacv1.ClusterRoleBinding:
+		c := client.RbacV1().ClusterRoleBindings()
+		err = upsert(ctx, want, c.Get, c.Create, c.Update, create, update, func(have *rbacv1.ClusterRoleBinding) {
+			have.Subjects = want.Subjects
+		})
 	case *corev1.Secret:
 		c := client.CoreV1().Secrets(want.Namespace)
 		err = upsert(ctx, want, c.Get, c.Create, c.Update, create, update, func(have *corev1.Secret) {
@@ -252,10 +262,35 @@ func UninstallGateway(ctx context.Context, client kubernetes.Interface, ns strin
 			errs = append(errs, fmt.Errorf("delete %s %s/%s: %w", d.kind, ns, GatewayName, err))
 		}
 	}
+	// The ClusterRole is shared by every namespace's gateway: this
+	// namespace's binding goes, the role only with the last binding.
+	if err := client.RbacV1().ClusterRoleBindings().Delete(ctx, gatewayClusterBindingName(ns), opts); err != nil && !apierrors.IsNotFound(err) {
+		errs = append(errs, fmt.Errorf("delete clusterrolebinding %s: %w", gatewayClusterBindingName(ns), err))
+	} else if err := deleteUnusedGatewayClusterRole(ctx, client); err != nil {
+		errs = append(errs, err)
+	}
 	if err := client.CoreV1().Services(ns).Delete(ctx, RelayName, opts); err != nil && !apierrors.IsNotFound(err) {
 		errs = append(errs, fmt.Errorf("delete service %s/%s: %w", ns, RelayName, err))
 	}
 	return errors.Join(errs...)
+}
+
+// deleteUnusedGatewayClusterRole deletes the gateways' shared ClusterRole
+// once no ClusterRoleBinding refers to it.
+func deleteUnusedGatewayClusterRole(ctx context.Context, client kubernetes.Interface) error {
+	bindings, err := client.RbacV1().ClusterRoleBindings().List(ctx, metav1.ListOptions{LabelSelector: GatewaySelector})
+	if err != nil {
+		return fmt.Errorf("list clusterrolebindings: %w", err)
+	}
+	for _, b := range bindings.Items {
+		if b.RoleRef.Kind == "ClusterRole" && b.RoleRef.Name == GatewayName {
+			return nil
+		}
+	}
+	if err := client.RbacV1().ClusterRoles().Delete(ctx, GatewayName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete clusterrole %s: %w", GatewayName, err)
+	}
+	return nil
 }
 
 // waitPoll is how often WaitGatewayReady looks.

@@ -17,11 +17,51 @@ var TunnelNetwork = netip.MustParsePrefix("198.19.0.0/16")
 // GatewayTunnelAddr is the gateway's own address in TunnelNetwork.
 var GatewayTunnelAddr = netip.MustParseAddr("198.19.0.1")
 
+// Caller identity. Every control call carries the caller's own Kubernetes
+// credential, which the gateway verifies with the API server
+// (TokenReview), so registrations and intercepts belong to an identity, not
+// to whoever knows a public key:
+//
+//	Authorization: Bearer <the kubeconfig's bearer token>
+//
+// A kubeconfig without a bearer token (client certificates) proves its
+// identity once per session with a CertificateSigningRequest that the API
+// server stamps with the creator's name (IdentityCSRHeader names it,
+// IdentitySecretHeader carries the secret whose hash its subject holds).
+// 401 = no or unverifiable identity; 403 = not yours (the message names
+// the owner).
+const (
+	IdentityCSRHeader    = "Bridgetun-Identity-Csr"
+	IdentitySecretHeader = "Bridgetun-Identity-Secret"
+	// IdentitySignerName is the signer of identity CSRs: nobody signs
+	// them, the gateway only reads who created one.
+	IdentitySignerName = "bridgetun.io/identity"
+	// RelayTokenAudience is the audience of the projected ServiceAccount
+	// token a sidecar presents to the relay: the kubelet rotates it and
+	// it is bound to the sidecar's pod.
+	RelayTokenAudience = "bridgetun-relay"
+)
+
 // RegisterRequest asks the gateway to admit a workstation.
 type RegisterRequest struct {
 	PublicKey string `json:"public_key"` // base64 WireGuard public key
 	Version   string `json:"version"`    // client version, for mismatch reports
+	// Proof is tunnel.RegistrationProof(private key, gateway public key,
+	// sha256 of the caller's credential), base64: only the holder of
+	// the key's private part can register it, and only for itself.
+	Proof string `json:"proof"`
+	// AlsoProxy lists extra ranges (CIDRs) the workstation routes to the
+	// gateway beyond the cluster's pod and service ranges; the gateway's
+	// destination policy admits them for this peer.
+	AlsoProxy []string `json:"also_proxy,omitempty"`
+	// AllowAPIServer lets this peer reach the API server through the
+	// gateway (`up --allow-api-server`); refused by default.
+	AllowAPIServer bool `json:"allow_api_server,omitempty"`
 }
+
+// InfoResponse is GET /v1/info: what a workstation needs before it
+// registers (the gateway's public key, for the registration proof).
+type InfoResponse = RegisterResponse
 
 // RegisterResponse tells a workstation how to join.
 type RegisterResponse struct {
@@ -30,9 +70,10 @@ type RegisterResponse struct {
 	GatewayAddress   string `json:"gateway_address"`    // the gateway's tunnel address (also its DNS listener)
 	ClusterDNS       string `json:"cluster_dns"`        // the cluster resolver the gateway uses
 	ClusterDomain    string `json:"cluster_domain"`
-	Namespace        string `json:"namespace"`   // the gateway's namespace
-	Version          string `json:"version"`     // gateway version
-	TTLSeconds       int    `json:"ttl_seconds"` // register again within this
+	User             string `json:"user,omitempty"` // the caller as the gateway verified it
+	Namespace        string `json:"namespace"`      // the gateway's namespace
+	Version          string `json:"version"`        // gateway version
+	TTLSeconds       int    `json:"ttl_seconds"`    // register again within this
 	// Admitted: this call admitted the key anew (the gateway did not know
 	// it: it restarted, or the workstation was silent past the TTL), so no
 	// WireGuard session exists at the gateway: handshake again at once.
@@ -99,7 +140,14 @@ type InterceptRequest struct {
 	Workload  Workload `json:"workload"`
 	Port      int      `json:"port"`               // workstation port the gateway dials on the tunnel address
 	RouteAs   string   `json:"route_as,omitempty"` // "" = full intercept
-	Holder    string   `json:"holder"`             // e.g. user@host, shown to others
+	// Holder is set by the gateway: the caller's verified Kubernetes user
+	// name, plus the client's own label in parentheses (Label).
+	Holder string `json:"holder"`
+	Label  string `json:"label,omitempty"` // e.g. host name, shown after the user name
+	// Force replaces another identity's intercept of the same Service
+	// (full) or route-as value; the gateway allows it only to a caller
+	// who may update the workload.
+	Force bool `json:"force,omitempty"`
 	// GraceSeconds is how long the workload stays patched after the last
 	// renewal; 0 = DefaultGrace; the gateway caps it at MaxGrace. An
 	// Intercept the gateway returns carries the value it applies.
@@ -116,6 +164,9 @@ type Intercept struct {
 	Expires   time.Time `json:"expires"`             // the route lease's end
 	Held      bool      `json:"held,omitempty"`      // no route: only the grace hold is left
 	HeldUntil time.Time `json:"held_until,omitzero"` // Held: when the workload is restored
+	// Mine: the caller holds it. Listings carry other identities'
+	// intercepts without their keys or targets.
+	Mine bool `json:"mine,omitempty"`
 }
 
 // The gateway ↔ sidecar protocol. A sidecar reaches the gateway's relay
