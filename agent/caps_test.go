@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bridgetun/bridgetun/agent/api"
+	"github.com/bridgetun/bridgetun/tunnel"
 )
 
 // TestControlCaps: the gateway admits at most maxPeers registrations and
@@ -34,6 +35,7 @@ func TestControlCaps(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		r.Header.Set("Authorization", "Bearer user:alice")
 		resp, err := http.DefaultClient.Do(r)
 		if err != nil {
 			t.Fatal(err)
@@ -48,12 +50,14 @@ func TestControlCaps(t *testing.T) {
 			t.Errorf("%s: got %d %q, want %d with one line containing %q", what, code, body, wantCode, wantMsg)
 		}
 	}
-	k1, k2, k3 := pubKey(t).String(), pubKey(t).String(), pubKey(t).String()
-	for _, k := range []string{k1, k2, k1} {
-		code, body := call(http.MethodPost, "/v1/register", api.RegisterRequest{PublicKey: k})
-		want("register "+k[:4], code, body, http.StatusOK, "")
+	p1, p2, p3 := newKey(t), newKey(t), newKey(t)
+	k1, k2 := p1.PublicKey().String(), p2.PublicKey().String()
+	alice := bearer("alice")
+	for _, k := range []tunnel.Key{p1, p2, p1} {
+		code, body := call(http.MethodPost, "/v1/register", regReq(t, c, alice, k))
+		want("register "+k.String()[:4], code, body, http.StatusOK, "")
 	}
-	code, body := call(http.MethodPost, "/v1/register", api.RegisterRequest{PublicKey: k3})
+	code, body := call(http.MethodPost, "/v1/register", regReq(t, c, alice, p3))
 	want("third registration", code, body, http.StatusTooManyRequests, "the gateway already has 2 workstations registered, its cap")
 
 	icpt := func(pub, svc string) api.InterceptRequest {

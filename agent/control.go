@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -25,10 +26,17 @@ import (
 
 // Control is the gateway's control API. It listens on loopback inside the
 // gateway pod, so only a Kubernetes port-forward (RBAC: pods/portforward)
-// reaches it: the API server is the door, no extra authentication needed.
+// reaches it. That door is shared by every developer of the namespace, so
+// each call also carries the caller's own Kubernetes credential, verified
+// with the API server (Authenticator): a registration belongs to the
+// identity that proved it holds the key's private part, and only that
+// identity may renew, end or replace the key's intercepts.
 type Control struct {
 	gw     peerAdmitter
+	key    tunnel.Key // the gateway's private key: registration proofs
 	pub    tunnel.Key
+	auth   Authenticator
+	authz  Authorizer
 	info   api.RegisterResponse
 	ttl    time.Duration
 	log    *slog.Logger
@@ -44,9 +52,14 @@ type Control struct {
 // (TTL) and free their place. A variable so tests can lower it.
 var maxPeers = 1024
 
+// maxPeersPerIdentity caps the workstation keys one identity may have
+// registered at once. A variable so tests can lower it.
+var maxPeersPerIdentity = 16
+
 type lease struct {
 	addr     netip.Addr
 	lastSeen time.Time
+	owner    Identity
 }
 
 // peerAdmitter is the part of the gateway the control API drives.
@@ -68,13 +81,22 @@ type ControlConfig struct {
 	Log           *slog.Logger          // nil discards
 	Now           func() time.Time
 	Intercepts    *Intercepts // nil = no intercepts
+	// Auth verifies callers' credentials; nil = every call but GET
+	// /v1/info is refused (401).
+	Auth Authenticator
+	// Authz checks a caller's own rights on a workload before an
+	// intercept of it (and before --force); nil = refused.
+	Authz Authorizer
 }
 
 // NewControl returns the control API handler.
 func NewControl(cfg ControlConfig) *Control {
 	c := &Control{
-		gw:  cfg.Gateway,
-		pub: cfg.GatewayKey.PublicKey(),
+		gw:    cfg.Gateway,
+		key:   cfg.GatewayKey,
+		pub:   cfg.GatewayKey.PublicKey(),
+		auth:  cfg.Auth,
+		authz: cfg.Authz,
 		ttl: cfg.TTL,
 		log: cfg.Log,
 		now: cfg.Now,
@@ -116,37 +138,94 @@ func NewControl(cfg ControlConfig) *Control {
 	return c
 }
 
-// ServeHTTP serves POST /v1/register, GET /v1/info and the intercept
-// endpoints (POST/DELETE/GET /v1/intercepts, POST /v1/intercepts/renew).
+// ServeHTTP serves GET /v1/info (no identity needed: it names the
+// gateway's public key, for the registration proof), POST /v1/register and
+// the intercept endpoints (POST/DELETE/GET /v1/intercepts, POST
+// /v1/intercepts/renew), each for a verified caller.
 func (c *Control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if strings.HasPrefix(r.URL.Path, "/v1/intercepts") {
-		c.serveIntercepts(w, r)
+	if r.URL.Path == "/v1/info" && r.Method == http.MethodGet {
+		writeJSON(w, c.info)
 		return
 	}
-	switch {
-	case r.URL.Path == "/v1/register" && r.Method == http.MethodPost:
-		var req api.RegisterRequest
-		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
-			http.Error(w, "register: bad JSON: "+err.Error(), http.StatusBadRequest)
-			return
-		}
-		resp, err := c.Register(req)
-		if err != nil {
-			http.Error(w, err.Error(), errStatus(err))
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(resp)
-	case r.URL.Path == "/v1/info" && r.Method == http.MethodGet:
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(c.info)
-	default:
+	if r.URL.Path != "/v1/register" && !strings.HasPrefix(r.URL.Path, "/v1/intercepts") {
 		http.NotFound(w, r)
+		return
 	}
+	who, err := c.authenticate(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusUnauthorized)
+		return
+	}
+	if strings.HasPrefix(r.URL.Path, "/v1/intercepts") {
+		c.serveIntercepts(w, r, who)
+		return
+	}
+	if r.Method != http.MethodPost {
+		http.NotFound(w, r)
+		return
+	}
+	var req api.RegisterRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+		http.Error(w, "register: bad JSON: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	resp, err := c.Register(who, req)
+	if err != nil {
+		http.Error(w, err.Error(), errStatus(err))
+		return
+	}
+	writeJSON(w, resp)
 }
 
-// Register admits (or refreshes) a peer and returns its stable address.
-func (c *Control) Register(req api.RegisterRequest) (api.RegisterResponse, error) {
+// Caller is a verified caller of the control API: who the API server says
+// it is, and the hash of the credential it proved that with (registration
+// proofs are bound to it).
+type Caller struct {
+	Identity
+	Binding []byte
+}
+
+// authenticate verifies the request's credential: a bearer token
+// (TokenReview) or an identity CSR and its secret.
+func (c *Control) authenticate(r *http.Request) (Caller, error) {
+	if c.auth == nil {
+		return Caller{}, errors.New("this gateway cannot verify callers (no authenticator): run `bridgetun install --upgrade`")
+	}
+	var (
+		id     Identity
+		err    error
+		secret string
+	)
+	switch token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); {
+	case ok && token != "":
+		secret = token
+		id, err = c.auth.AuthenticateToken(r.Context(), token, nil)
+	case r.Header.Get(api.IdentityCSRHeader) != "":
+		secret = r.Header.Get(api.IdentitySecretHeader)
+		id, err = c.auth.AuthenticateCSR(r.Context(), r.Header.Get(api.IdentityCSRHeader), secret)
+	default:
+		return Caller{}, errors.New("no credential: every call to the gateway carries your Kubernetes identity (a bearer token, or an identity CSR): upgrade bridgetun")
+	}
+	if err == nil && !id.Valid() {
+		err = errors.New("the API server named no user")
+	}
+	if err != nil {
+		c.log.Info("caller refused", "err", err)
+		return Caller{}, fmt.Errorf("your Kubernetes identity could not be verified by the gateway: %v (check `kubectl auth whoami`)", err)
+	}
+	sum := sha256.Sum256([]byte(secret))
+	return Caller{Identity: id, Binding: sum[:]}, nil
+}
+
+// sameIdentity compares callers by user name, and by UID where both have one.
+func sameIdentity(a, b Identity) bool {
+	return a.User == b.User && (a.UID == "" || b.UID == "" || a.UID == b.UID)
+}
+
+// Register admits (or refreshes) a peer and returns its stable address. The
+// caller must prove it holds the key's private part (req.Proof); a key
+// belongs to the identity that registered it first until it expires.
+func (c *Control) Register(who Caller, req api.RegisterRequest) (api.RegisterResponse, error) {
 	pub, err := tunnel.ParseKey(req.PublicKey)
 	if err != nil {
 		return api.RegisterResponse{}, fmt.Errorf("register: public_key: %w", err)
@@ -154,26 +233,71 @@ func (c *Control) Register(req api.RegisterRequest) (api.RegisterResponse, error
 	if pub == c.pub {
 		return api.RegisterResponse{}, errors.New("register: public_key is the gateway's own key")
 	}
+	proof, err := base64.StdEncoding.DecodeString(req.Proof)
+	if err != nil || len(proof) == 0 {
+		return api.RegisterResponse{}, fmt.Errorf("register: %w: no valid proof that you hold this key: upgrade bridgetun", ErrForbidden)
+	}
+	if err := tunnel.VerifyRegistrationProof(c.key, pub, who.Binding, proof); err != nil {
+		return api.RegisterResponse{}, fmt.Errorf("register: %w: %v", ErrForbidden, err)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	l, ok := c.leases[pub]
+	if ok && !sameIdentity(l.owner, who.Identity) {
+		return api.RegisterResponse{}, fmt.Errorf("register: %w: this key is registered by %s", ErrForbidden, l.owner.User)
+	}
 	if !ok && len(c.leases) >= maxPeers {
 		return api.RegisterResponse{}, fmt.Errorf("register: %w: the gateway already has %d workstations registered, its cap: a silent one expires after %s, retry then", ErrLimit, len(c.leases), c.ttl)
 	}
 	if !ok {
+		if n := c.keysOfLocked(who.Identity); n >= maxPeersPerIdentity {
+			return api.RegisterResponse{}, fmt.Errorf("register: %w: %s already has %d workstation keys registered, the most one identity may: a silent one expires after %s", ErrLimit, who.User, n, c.ttl)
+		}
 		addr := c.pickAddr(pub)
 		if err := c.gw.AddPeer(tunnel.PeerConfig{PublicKey: pub, AllowedIPs: []netip.Prefix{netip.PrefixFrom(addr, 32)}}); err != nil {
 			return api.RegisterResponse{}, fmt.Errorf("register: add peer: %w", err)
 		}
-		l = &lease{addr: addr}
+		l = &lease{addr: addr, owner: who.Identity}
 		c.leases[pub], c.byAddr[addr] = l, pub
-		c.log.Info("peer registered", "public_key", pub.String(), "addr", addr, "client_version", req.Version)
+		c.log.Info("peer registered", "user", who.User, "public_key", pub.String(), "addr", addr, "client_version", req.Version)
 	}
 	l.lastSeen = c.now()
 	resp := c.info
 	resp.Address = netip.PrefixFrom(l.addr, 32).String()
 	resp.Admitted = !ok
+	resp.User = who.User
 	return resp, nil
+}
+
+// keysOfLocked counts the keys id has registered.
+func (c *Control) keysOfLocked(id Identity) int {
+	n := 0
+	for _, l := range c.leases {
+		if sameIdentity(l.owner, id) {
+			n++
+		}
+	}
+	return n
+}
+
+// ownKey resolves a key the caller names in an intercept call: it must be
+// registered, by the caller. It counts the call as a sign of life.
+func (c *Control) ownKey(who Caller, pubKey string) (tunnel.Key, *lease, error) {
+	pub, err := tunnel.ParseKey(pubKey)
+	if err != nil {
+		return tunnel.Key{}, nil, fmt.Errorf("public_key: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l, ok := c.leases[pub]
+	if !ok {
+		return pub, nil, fmt.Errorf("%w: register first", ErrUnknownPeer)
+	}
+	if !sameIdentity(l.owner, who.Identity) {
+		return pub, nil, fmt.Errorf("%w: that workstation key belongs to %s, not to you (%s)", ErrForbidden, l.owner.User, who.User)
+	}
+	l.lastSeen = c.now()
+	return pub, l, nil
 }
 
 // pickAddr derives the address from the key, so a workstation keeps its
@@ -293,7 +417,7 @@ func (c *Control) expireIntercepts() {
 	}
 }
 
-func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request) {
+func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request, who Caller) {
 	if c.icpt == nil {
 		http.Error(w, "intercepts are not enabled on this gateway", http.StatusNotImplemented)
 		return
@@ -301,37 +425,32 @@ func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request) {
 	body := http.MaxBytesReader(w, r.Body, 16<<10)
 	switch {
 	case r.URL.Path == "/v1/intercepts" && r.Method == http.MethodGet:
-		writeJSON(w, c.icpt.List(r.URL.Query().Get("namespace")))
+		writeJSON(w, c.listFor(who, r.URL.Query().Get("namespace")))
 	case r.URL.Path == "/v1/intercepts" && r.Method == http.MethodPost:
 		var req api.InterceptRequest
 		if err := json.NewDecoder(body).Decode(&req); err != nil {
 			http.Error(w, "intercept: bad JSON: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		it, err := c.AddIntercept(req)
-		switch {
-		case errors.Is(err, ErrConflict):
-			http.Error(w, err.Error(), http.StatusConflict)
-		case errors.Is(err, ErrUnknownPeer):
-			// Distinct from a bad request: the workstation registers
-			// again and retries.
-			http.Error(w, err.Error(), http.StatusPreconditionFailed)
-		case errors.Is(err, ErrLimit):
-			http.Error(w, err.Error(), http.StatusTooManyRequests)
-		case err != nil:
-			http.Error(w, err.Error(), http.StatusBadRequest)
-		default:
-			writeJSON(w, it)
+		it, err := c.AddIntercept(r.Context(), who, req)
+		if err != nil {
+			http.Error(w, err.Error(), interceptStatus(err))
+			return
 		}
+		writeJSON(w, it)
 	case r.URL.Path == "/v1/intercepts" && r.Method == http.MethodDelete:
 		var req api.LeaveRequest
 		if err := json.NewDecoder(body).Decode(&req); err != nil {
 			http.Error(w, "leave: bad JSON: "+err.Error(), http.StatusBadRequest)
 			return
 		}
+		if _, _, err := c.ownKey(who, req.PublicKey); err != nil {
+			http.Error(w, "leave "+req.Namespace+"/"+req.Service+": "+err.Error(), interceptStatus(err))
+			return
+		}
 		removed, remaining := c.icpt.Remove(req.PublicKey, req.Namespace, req.Service)
 		if removed {
-			c.log.Info("intercept left", "namespace", req.Namespace, "service", req.Service, "public_key", req.PublicKey, "remaining", remaining)
+			c.log.Info("intercept left", "namespace", req.Namespace, "service", req.Service, "user", who.User, "remaining", remaining)
 		}
 		writeJSON(w, api.LeaveResponse{Removed: removed, Remaining: remaining})
 	case r.URL.Path == "/v1/intercepts/renew" && r.Method == http.MethodPost:
@@ -340,29 +459,64 @@ func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "renew: bad JSON: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		known := c.touch(req.PublicKey)
-		writeJSON(w, api.RenewResponse{Unknown: c.icpt.Renew(req.PublicKey, req.IDs), TTLSeconds: int(c.icpt.TTL() / time.Second), UnknownPeer: !known})
+		_, _, err := c.ownKey(who, req.PublicKey)
+		if err != nil && !errors.Is(err, ErrUnknownPeer) {
+			http.Error(w, "renew: "+err.Error(), interceptStatus(err))
+			return
+		}
+		// An unknown peer's ids are all unknown too (Renew matches
+		// them by key): it registers again, then adds them.
+		writeJSON(w, api.RenewResponse{Unknown: c.icpt.Renew(req.PublicKey, req.IDs), TTLSeconds: int(c.icpt.TTL() / time.Second), UnknownPeer: err != nil})
 	default:
 		http.NotFound(w, r)
 	}
 }
 
-// AddIntercept records an intercept for a registered workstation.
-func (c *Control) AddIntercept(req api.InterceptRequest) (api.Intercept, error) {
-	pub, err := tunnel.ParseKey(req.PublicKey)
-	if err != nil {
-		return api.Intercept{}, fmt.Errorf("intercept: public_key: %w", err)
-	}
+// listFor lists a namespace's intercepts as the caller may see them: its
+// own in full, everyone else's by holder name only (no key, no target).
+func (c *Control) listFor(who Caller, ns string) []api.Intercept {
+	mine := map[string]bool{}
 	c.mu.Lock()
-	l, ok := c.leases[pub]
-	if ok {
-		l.lastSeen = c.now()
+	for pub, l := range c.leases {
+		if sameIdentity(l.owner, who.Identity) {
+			mine[pub.String()] = true
+		}
 	}
 	c.mu.Unlock()
-	if !ok {
-		return api.Intercept{}, fmt.Errorf("intercept: %w: register first", ErrUnknownPeer)
+	all := c.icpt.List(ns)
+	for i := range all {
+		if mine[all[i].PublicKey] {
+			all[i].Mine = true
+			continue
+		}
+		all[i].PublicKey, all[i].Target = "", ""
+	}
+	return all
+}
+
+// AddIntercept records an intercept for one of the caller's registered
+// workstations. The caller must be allowed to update the workload (the
+// gateway routes its traffic on the caller's behalf); with Force it may
+// replace another identity's conflicting intercept, which it is then told
+// in the log and the victim sees as lost.
+func (c *Control) AddIntercept(ctx context.Context, who Caller, req api.InterceptRequest) (api.Intercept, error) {
+	_, l, err := c.ownKey(who, req.PublicKey)
+	if err != nil {
+		return api.Intercept{}, fmt.Errorf("intercept %s/%s: %w", req.Namespace, req.Service, err)
+	}
+	if err := c.mayUpdate(ctx, who, req.Workload); err != nil {
+		return api.Intercept{}, fmt.Errorf("intercept %s/%s: %w", req.Namespace, req.Service, err)
+	}
+	req.Holder = who.User
+	if req.Label != "" {
+		req.Holder += " (" + req.Label + ")"
 	}
 	it, err := c.icpt.Add(req, l.addr)
+	if errors.Is(err, ErrConflict) && req.Force {
+		evicted := c.icpt.Evict(req)
+		c.log.Warn("intercept replaced by force", "namespace", req.Namespace, "service", req.Service, "by", who.User, "evicted", evicted)
+		it, err = c.icpt.Add(req, l.addr)
+	}
 	if err != nil {
 		return api.Intercept{}, err
 	}
@@ -371,27 +525,55 @@ func (c *Control) AddIntercept(req api.InterceptRequest) (api.Intercept, error) 
 	return it, nil
 }
 
-// touch counts a renewal as a sign of life for the peer's registration
-// too; it reports whether the peer is registered.
-func (c *Control) touch(pubKey string) bool {
-	pub, err := tunnel.ParseKey(pubKey)
+// workloadResources maps workload kinds to their API resource.
+var workloadResources = map[string]string{"Deployment": "deployments", "StatefulSet": "statefulsets", "ReplicaSet": "replicasets"}
+
+// mayUpdate asks the API server whether the caller may update the
+// workload itself.
+func (c *Control) mayUpdate(ctx context.Context, who Caller, w api.Workload) error {
+	res, ok := workloadResources[w.Kind]
+	if !ok {
+		return fmt.Errorf("workload kind %q: want Deployment, StatefulSet or ReplicaSet", w.Kind)
+	}
+	if c.authz == nil {
+		return fmt.Errorf("%w: this gateway cannot check rights (no authorizer): run `bridgetun install --upgrade`", ErrForbidden)
+	}
+	a := Access{Verb: "update", Group: "apps", Resource: res, Namespace: w.Namespace, Name: w.Name}
+	ok, err := c.authz.Allowed(ctx, who.Identity, a)
 	if err != nil {
-		return false
+		return fmt.Errorf("check your rights on %s: %w", w, err)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	l, ok := c.leases[pub]
-	if ok {
-		l.lastSeen = c.now()
+	if !ok {
+		return fmt.Errorf("%w: %s may not update %s %s/%s (intercepting it needs that right)", ErrForbidden, who.User, strings.ToLower(w.Kind), w.Namespace, w.Name)
 	}
-	return ok
+	return nil
+}
+
+// interceptStatus is the HTTP status of a failed intercept call.
+func interceptStatus(err error) int {
+	switch {
+	case errors.Is(err, ErrConflict):
+		return http.StatusConflict
+	case errors.Is(err, ErrUnknownPeer):
+		// Distinct from a bad request: the workstation registers
+		// again and retries.
+		return http.StatusPreconditionFailed
+	case errors.Is(err, ErrForbidden):
+		return http.StatusForbidden
+	case errors.Is(err, ErrLimit):
+		return http.StatusTooManyRequests
+	}
+	return http.StatusBadRequest
 }
 
 // errStatus is the HTTP status of a failed registration: 429 for a cap,
-// else 400.
+// 403 for a key that is not the caller's, else 400.
 func errStatus(err error) int {
-	if errors.Is(err, ErrLimit) {
+	switch {
+	case errors.Is(err, ErrLimit):
 		return http.StatusTooManyRequests
+	case errors.Is(err, ErrForbidden):
+		return http.StatusForbidden
 	}
 	return http.StatusBadRequest
 }

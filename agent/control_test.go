@@ -40,28 +40,27 @@ func newTestControl(t *testing.T) (*Control, *fakePeers, *time.Time) {
 	}
 	fp := &fakePeers{peers: map[tunnel.Key]tunnel.PeerConfig{}, hs: map[tunnel.Key]time.Time{}}
 	now := time.Unix(1_800_000_000, 0)
-	c := NewControl(ControlConfig{Gateway: fp, GatewayKey: gwKey, ClusterDNS: "10.96.0.10", TTL: time.Minute, Now: func() time.Time { return now }})
+	c := NewControl(ControlConfig{Gateway: fp, GatewayKey: gwKey, ClusterDNS: "10.96.0.10", TTL: time.Minute, Now: func() time.Time { return now },
+		Auth: fakeAuth{}, Authz: fakeAuthz{}})
 	return c, fp, &now
 }
 
-func pubKey(t *testing.T) tunnel.Key {
-	k, err := tunnel.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k.PublicKey()
-}
 
 func TestRegisterAddressIsStableAndUnique(t *testing.T) {
 	c, fp, _ := newTestControl(t)
 	seen := map[string]bool{}
+	old := maxPeersPerIdentity
+	maxPeersPerIdentity = 1000
+	t.Cleanup(func() { maxPeersPerIdentity = old })
+	alice := bearer("alice")
 	for range 200 {
-		k := pubKey(t)
-		r1, err := c.Register(api.RegisterRequest{PublicKey: k.String()})
+		priv := newKey(t)
+		k := priv.PublicKey()
+		r1, err := c.Register(alice, regReq(t, c, alice, priv))
 		if err != nil {
 			t.Fatal(err)
 		}
-		r2, err := c.Register(api.RegisterRequest{PublicKey: k.String()})
+		r2, err := c.Register(alice, regReq(t, c, alice, priv))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -81,10 +80,10 @@ func TestRegisterAddressIsStableAndUnique(t *testing.T) {
 		}
 	}
 	// A fresh control API (gateway restart) derives the same address for the same key.
-	k := pubKey(t)
+	priv := newKey(t)
 	c2, _, _ := newTestControl(t)
-	a, _ := c.Register(api.RegisterRequest{PublicKey: k.String()})
-	b, _ := c2.Register(api.RegisterRequest{PublicKey: k.String()})
+	a, _ := c.Register(alice, regReq(t, c, alice, priv))
+	b, _ := c2.Register(alice, regReq(t, c2, alice, priv))
 	if a.Address != b.Address {
 		t.Errorf("after restart: got %s, want %s", b.Address, a.Address)
 	}
@@ -98,7 +97,7 @@ func TestRegisterRejectsBadKeys(t *testing.T) {
 		{"short", "AAAA"},
 		{"gateway's own", c.info.GatewayPublicKey},
 	} {
-		if _, err := c.Register(api.RegisterRequest{PublicKey: tc.key}); err == nil {
+		if _, err := c.Register(bearer("alice"), api.RegisterRequest{PublicKey: tc.key}); err == nil {
 			t.Errorf("%s: got nil error, want a rejection", tc.name)
 		}
 	}
@@ -106,9 +105,10 @@ func TestRegisterRejectsBadKeys(t *testing.T) {
 
 func TestExpireForgetsSilentPeers(t *testing.T) {
 	c, fp, now := newTestControl(t)
-	quiet, chatty := pubKey(t), pubKey(t)
-	for _, k := range []tunnel.Key{quiet, chatty} {
-		if _, err := c.Register(api.RegisterRequest{PublicKey: k.String()}); err != nil {
+	quietPriv, chattyPriv := newKey(t), newKey(t)
+	quiet, chatty := quietPriv.PublicKey(), chattyPriv.PublicKey()
+	for _, k := range []tunnel.Key{quietPriv, chattyPriv} {
+		if _, err := c.Register(bearer("alice"), regReq(t, c, bearer("alice"), k)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -128,9 +128,9 @@ func TestPeersGauge(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	gwKey, _ := tunnel.GenerateKey()
 	fp := &fakePeers{peers: map[tunnel.Key]tunnel.PeerConfig{}, hs: map[tunnel.Key]time.Time{}}
-	c := NewControl(ControlConfig{Gateway: fp, GatewayKey: gwKey, Registerer: reg})
+	c := NewControl(ControlConfig{Gateway: fp, GatewayKey: gwKey, Registerer: reg, Auth: fakeAuth{}})
 	for range 3 {
-		if _, err := c.Register(api.RegisterRequest{PublicKey: pubKey(t).String()}); err != nil {
+		if _, err := c.Register(bearer("alice"), regReq(t, c, bearer("alice"), newKey(t))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -147,8 +147,10 @@ func TestControlHTTP(t *testing.T) {
 	c, _, _ := newTestControl(t)
 	srv := httptest.NewServer(c)
 	defer srv.Close()
-	body, _ := json.Marshal(api.RegisterRequest{PublicKey: pubKey(t).String(), Version: "test"})
-	resp, err := http.Post(srv.URL+"/v1/register", "application/json", bytes.NewReader(body))
+	req := regReq(t, c, bearer("alice"), newKey(t))
+	req.Version = "test"
+	body, _ := json.Marshal(req)
+	resp, err := postAs(srv.URL+"/v1/register", "user:alice", body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,10 +159,10 @@ func TestControlHTTP(t *testing.T) {
 	if err := json.NewDecoder(resp.Body).Decode(&rr); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("register: status %d err %v", resp.StatusCode, err)
 	}
-	if rr.ClusterDNS != "10.96.0.10" || rr.ClusterDomain != "cluster.local" || rr.GatewayAddress != api.GatewayTunnelAddr.String() || rr.TTLSeconds != 60 {
+	if rr.ClusterDNS != "10.96.0.10" || rr.ClusterDomain != "cluster.local" || rr.GatewayAddress != api.GatewayTunnelAddr.String() || rr.TTLSeconds != 60 || rr.User != "alice" {
 		t.Errorf("register response: got %+v", rr)
 	}
-	resp2, err := http.Post(srv.URL+"/v1/register", "application/json", bytes.NewReader([]byte("{")))
+	resp2, err := postAs(srv.URL+"/v1/register", "user:alice", []byte("{"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,11 +180,12 @@ func TestControlAfterForgetting(t *testing.T) {
 	c.icpt = NewIntercepts(0, func() time.Time { return *now })
 	srv := httptest.NewServer(c)
 	defer srv.Close()
-	k := pubKey(t).String()
+	priv := newKey(t)
+	k := priv.PublicKey().String()
 	post := func(path string, in, out any) int {
 		t.Helper()
 		body, _ := json.Marshal(in)
-		resp, err := http.Post(srv.URL+path, "application/json", bytes.NewReader(body))
+		resp, err := postAs(srv.URL+path, "user:alice", body)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -196,7 +199,7 @@ func TestControlAfterForgetting(t *testing.T) {
 	}
 	register := func() api.RegisterResponse {
 		var rr api.RegisterResponse
-		if code := post("/v1/register", api.RegisterRequest{PublicKey: k}, &rr); code != 200 {
+		if code := post("/v1/register", regReq(t, c, bearer("alice"), priv), &rr); code != 200 {
 			t.Fatalf("register: got %d", code)
 		}
 		return rr
@@ -229,4 +232,14 @@ func TestControlAfterForgetting(t *testing.T) {
 	if register().Admitted {
 		t.Error("a renewal of a known key: got admitted")
 	}
+}
+
+// postAs POSTs body with a bearer token.
+func postAs(url, token string, body []byte) (*http.Response, error) {
+	r, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	r.Header.Set("Authorization", "Bearer "+token)
+	return http.DefaultClient.Do(r)
 }

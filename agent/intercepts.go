@@ -161,6 +161,33 @@ func (t *Intercepts) Add(req api.InterceptRequest, addr netip.Addr) (api.Interce
 	return e.it, nil
 }
 
+// Evict drops the other holders' intercepts that conflict with req (the
+// rule Add applies), for a forced replacement; it returns their holders.
+// Their workstations find their ids unknown at the next renewal and their
+// re-add conflicts: they report the intercept lost.
+func (t *Intercepts) Evict(req api.InterceptRequest) []string {
+	id := interceptID(req.PublicKey, req.Namespace, req.Service)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var holders []string
+	bump := false
+	for oid, e := range t.byID {
+		o := e.it
+		if oid == id || o.Namespace != req.Namespace || o.Service != req.Service {
+			continue
+		}
+		if o.RouteAs == "" || req.RouteAs == "" || o.RouteAs == req.RouteAs {
+			delete(t.byID, oid)
+			holders = append(holders, o.Holder)
+			bump = bump || e.live()
+		}
+	}
+	if bump {
+		t.bumpLocked()
+	}
+	return holders
+}
+
 // countLocked is how many intercepts, routed or held, pub holds.
 func (t *Intercepts) countLocked(pub string) int {
 	n := 0
