@@ -97,9 +97,9 @@ func NewControl(cfg ControlConfig) *Control {
 		pub:   cfg.GatewayKey.PublicKey(),
 		auth:  cfg.Auth,
 		authz: cfg.Authz,
-		ttl: cfg.TTL,
-		log: cfg.Log,
-		now: cfg.Now,
+		ttl:   cfg.TTL,
+		log:   cfg.Log,
+		now:   cfg.Now,
 		info: api.RegisterResponse{
 			GatewayPublicKey: cfg.GatewayKey.PublicKey().String(),
 			GatewayAddress:   api.GatewayTunnelAddr.String(),

@@ -45,7 +45,6 @@ func newTestControl(t *testing.T) (*Control, *fakePeers, *time.Time) {
 	return c, fp, &now
 }
 
-
 func TestRegisterAddressIsStableAndUnique(t *testing.T) {
 	c, fp, _ := newTestControl(t)
 	seen := map[string]bool{}
