@@ -44,6 +44,16 @@ type GatewayConfig struct {
 	// gateway answers DNS on its tunnel address with the pod's resolver. A
 	// redirected flow is not subject to Deny. nil = none.
 	Redirect map[netip.AddrPort]netip.AddrPort
+	// Allow is the destination policy, asked once per new flow from a peer
+	// (a TCP SYN, the first UDP datagram of a pair, an ICMP echo request;
+	// proto is "tcp", "udp" or "icmp", ports 0 for ICMP) before the
+	// built-in denials: false refuses the flow and counts it under reason
+	// in bridgetun_gateway_refused_total. A refused TCP SYN is answered
+	// with an RST, a UDP datagram or echo request with ICMP destination
+	// unreachable (administratively prohibited), so the client fails at
+	// once. Redirected flows and DialContext are not asked. nil = allow
+	// everything the built-in denials allow.
+	Allow func(src, dst netip.AddrPort, proto string) (reason string, ok bool)
 
 	// pingHost replaces the host pinger (tests); nil = hostPing.
 	pingHost pingFunc
@@ -228,13 +238,42 @@ func (g *Gateway) untrack(c io.Closer) {
 	c.Close()
 }
 
-// target is where a flow to dst is dialled: a redirect, dst itself, or
-// nowhere (false) when dst is denied.
-func (g *Gateway) target(dst netip.AddrPort) (netip.AddrPort, bool) {
+// ReasonLocal is the refusal reason of the built-in denials (loopback,
+// unspecified, link-local, multicast, the gateway's own addresses, Deny).
+const ReasonLocal = "local"
+
+// target is where a flow from src to dst is dialled: a redirect, dst
+// itself, or nowhere (false, with the reason) when the policy refuses it
+// or dst is denied.
+func (g *Gateway) target(src, dst netip.AddrPort, proto string) (netip.AddrPort, string, bool) {
 	if t, ok := g.cfg.Redirect[dst]; ok {
-		return t, true
+		return t, "", true
 	}
-	return dst, !g.denied(dst.Addr())
+	if reason, ok := g.allowed(src, dst, proto); !ok {
+		return dst, reason, false
+	}
+	return dst, "", true
+}
+
+// allowed asks the policy, then the built-in denials, whether a peer's
+// flow may go from src to dst; a refusal is counted by its reason.
+func (g *Gateway) allowed(src, dst netip.AddrPort, proto string) (string, bool) {
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	reason, ok := "", true
+	if g.cfg.Allow != nil {
+		reason, ok = g.cfg.Allow(src, dst, proto)
+		if !ok && reason == "" {
+			reason = "policy"
+		}
+	}
+	if ok && g.denied(dst.Addr()) {
+		reason, ok = ReasonLocal, false
+	}
+	if !ok {
+		g.m.refused.WithLabelValues(reason).Inc()
+	}
+	return reason, ok
 }
 
 // denied reports whether a peer may not reach a.
@@ -261,11 +300,10 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	src := netip.AddrPortFrom(netipAddr(id.RemoteAddress), id.RemotePort)
 	dst := netip.AddrPortFrom(netipAddr(id.LocalAddress), id.LocalPort)
 	log := g.log.With("proto", "tcp", "src", src, "dst", dst)
-	target, ok := g.target(dst)
+	target, reason, ok := g.target(src, dst, "tcp")
 	if !ok {
-		g.m.denied.Inc()
-		log.Debug("destination denied")
-		r.Complete(true)
+		log.Debug("destination refused", "reason", reason)
+		r.Complete(true) // an RST: the client's connect fails at once
 		return
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, dialTimeout)

@@ -183,7 +183,7 @@ func TestTCPRefused(t *testing.T) {
 			if d := time.Since(start); d > 2*time.Second {
 				t.Errorf("refusal took %v, want well under the 5s dial timeout", d)
 			}
-			if got := testutil.ToFloat64(p.gw.m.denied); got != tt.wantDenied {
+			if got := testutil.ToFloat64(p.gw.m.refused.WithLabelValues(ReasonLocal)); got != tt.wantDenied {
 				t.Errorf("denied_total: got %v, want %v", got, tt.wantDenied)
 			}
 			if got := testutil.ToFloat64(p.gw.m.dialErrors.WithLabelValues("tcp")); got != tt.wantDialErr {
@@ -235,7 +235,7 @@ func TestUDPEchoAndIdleExpiry(t *testing.T) {
 	}
 	defer d.Close()
 	d.Write([]byte("x"))
-	testkit.WaitFor(t, 5*time.Second, "udp denial to be counted", func() bool { return testutil.ToFloat64(p.gw.m.denied) == 1 })
+	testkit.WaitFor(t, 5*time.Second, "udp denial to be counted", func() bool { return testutil.ToFloat64(p.gw.m.refused.WithLabelValues(ReasonLocal)) == 1 })
 	if p.dialer.called(pc.LocalAddr().String()) {
 		t.Errorf("gateway dialled denied udp destination %s", pc.LocalAddr())
 	}

@@ -50,8 +50,11 @@ func (r *echoRelay) intercept(pkt []byte) bool {
 	if !ok || r.g.own[req.dst] {
 		return false // not an echo request, or for us: gVisor answers
 	}
-	if r.g.denied(req.dst) {
+	if _, ok := r.g.allowed(netip.AddrPortFrom(req.src, 0), netip.AddrPortFrom(req.dst, 0), "icmp"); !ok {
 		r.g.m.icmpEcho.WithLabelValues("denied").Inc()
+		if msg, err := prohibited(pkt); err == nil {
+			_ = r.g.ep.injectOutbound(msg)
+		}
 		return true
 	}
 	select {

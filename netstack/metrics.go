@@ -12,7 +12,7 @@ type metrics struct {
 	flowsActive *prometheus.GaugeVec   // {proto}
 	flowsTotal  *prometheus.CounterVec // {proto}
 	dialErrors  *prometheus.CounterVec // {proto}
-	denied      prometheus.Counter
+	refused     *prometheus.CounterVec // {reason}
 	icmpEcho    *prometheus.CounterVec // {result}
 	linkDropped prometheus.CounterFunc
 	tcpEvents   *eventsCollector
@@ -56,9 +56,10 @@ func newMetrics(reg prometheus.Registerer, dropped func() float64, tcpEvents fun
 		dialErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bridgetun_gateway_dial_errors_total", Help: "Failed dials to a flow's real destination, by protocol.",
 		}, []string{"proto"}),
-		denied: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "bridgetun_gateway_denied_total", Help: "Flows refused because their destination is denied.",
-		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridgetun_gateway_refused_total",
+			Help: "New flows from peers the gateway refused (TCP RST, ICMP administratively prohibited), by reason: the destination policy's (metadata, kubelet, api-server, peer, outside-cluster) or local (loopback, link-local, multicast, the gateway's own addresses).",
+		}, []string{"reason"}),
 		icmpEcho: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bridgetun_gateway_icmp_echo_total", Help: "ICMP echo requests for remote hosts, by result (replied, timeout, denied, dropped, error).",
 		}, []string{"result"}),
@@ -71,6 +72,7 @@ func newMetrics(reg prometheus.Registerer, dropped func() float64, tcpEvents fun
 		m.flowsTotal.WithLabelValues(p)
 		m.dialErrors.WithLabelValues(p)
 	}
+	m.refused.WithLabelValues(ReasonLocal)
 	if reg == nil {
 		return m, nil
 	}
@@ -100,5 +102,5 @@ func (m *metrics) unregister(reg prometheus.Registerer) {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.flowsActive, m.flowsTotal, m.dialErrors, m.denied, m.icmpEcho, m.linkDropped, m.tcpEvents, m.endpointErr}
+	return []prometheus.Collector{m.flowsActive, m.flowsTotal, m.dialErrors, m.refused, m.icmpEcho, m.linkDropped, m.tcpEvents, m.endpointErr}
 }

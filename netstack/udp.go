@@ -26,10 +26,14 @@ func (g *Gateway) handleUDP(r *udp.ForwarderRequest) {
 	src := netip.AddrPortFrom(netipAddr(id.RemoteAddress), id.RemotePort)
 	dst := netip.AddrPortFrom(netipAddr(id.LocalAddress), id.LocalPort)
 	log := g.log.With("proto", "udp", "src", src, "dst", dst)
-	target, allowed := g.target(dst)
+	target, reason, allowed := g.target(src, dst, "udp")
 	if !allowed {
-		g.m.denied.Inc()
-		log.Debug("destination denied")
+		log.Debug("destination refused", "reason", reason)
+		// No endpoint is made, so every datagram of the pair comes here
+		// and gets its own answer.
+		if err := g.ep.injectOutbound(udpProhibited(src, dst)); err != nil {
+			log.Debug("answer refused datagram", "err", err)
+		}
 		return
 	}
 	var wq waiter.Queue
