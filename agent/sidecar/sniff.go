@@ -55,9 +55,13 @@ func classify(b []byte) verdict {
 	if len(b) == 0 {
 		return undecided
 	}
+	// The preface's first line decides; the HTTP/2 server checks the rest.
+	// (Matching the whole preface made the verdict depend on how the bytes
+	// were split into reads: "PRI * HTTP/2.0\r\n" alone was HTTP, the same
+	// line followed by a bad byte in one read was not. FuzzSniff.)
 	const h2Line = "PRI * HTTP/2.0\r\n"
-	if n := min(len(b), len(h2Preface)); string(b[:n]) == h2Preface[:n] {
-		if n >= len(h2Line) {
+	if n := min(len(b), len(h2Line)); string(b[:n]) == h2Line[:n] {
+		if n == len(h2Line) {
 			return isHTTP
 		}
 		return undecided
@@ -76,18 +80,24 @@ func classify(b []byte) verdict {
 		return notHTTP
 	}
 	end := bytes.IndexByte(b, '\n')
-	if end < 0 {
-		for _, c := range b[i+1:] {
-			if c < ' ' && c != '\r' || c == 0x7f {
-				return notHTTP
-			}
+	line := b[i+1:]
+	if end >= 0 {
+		line = b[i+1 : end]
+	}
+	// No control bytes in the request line, whether or not its end has
+	// arrived: the verdict must not depend on where the reads split.
+	for _, c := range line {
+		if c < ' ' && c != '\r' || c == 0x7f {
+			return notHTTP
 		}
+	}
+	if end < 0 || end >= maxSniffLen {
 		if len(b) >= maxSniffLen {
 			return notHTTP
 		}
 		return undecided
 	}
-	rest := bytes.TrimSuffix(b[i+1:end], []byte("\r"))
+	rest := bytes.TrimSuffix(line, []byte("\r"))
 	sp := bytes.LastIndexByte(rest, ' ')
 	if sp <= 0 || bytes.ContainsAny(rest[:sp], " \t\r") {
 		return notHTTP
