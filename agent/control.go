@@ -45,6 +45,7 @@ type Control struct {
 	leases map[tunnel.Key]*lease
 	byAddr map[netip.Addr]tunnel.Key
 	icpt   *Intercepts // nil = intercept endpoints answer 501
+	policy *Policy     // nil = registrations' destination grants are not recorded
 }
 
 // maxPeers caps the workstations registered at once, so registrations
@@ -81,6 +82,7 @@ type ControlConfig struct {
 	Log           *slog.Logger          // nil discards
 	Now           func() time.Time
 	Intercepts    *Intercepts // nil = no intercepts
+	Policy        *Policy     // records each registration's AlsoProxy/AllowAPIServer; nil = none
 	// Auth verifies callers' credentials; nil = every call but GET
 	// /v1/info is refused (401).
 	Auth Authenticator
@@ -111,6 +113,7 @@ func NewControl(cfg ControlConfig) *Control {
 		leases: map[tunnel.Key]*lease{},
 		byAddr: map[netip.Addr]tunnel.Key{},
 		icpt:   cfg.Intercepts,
+		policy: cfg.Policy,
 	}
 	if c.ttl == 0 {
 		c.ttl = 10 * time.Minute
@@ -240,6 +243,10 @@ func (c *Control) Register(who Caller, req api.RegisterRequest) (api.RegisterRes
 	if err := tunnel.VerifyRegistrationProof(c.key, pub, who.Binding, proof); err != nil {
 		return api.RegisterResponse{}, fmt.Errorf("register: %w: %v", ErrForbidden, err)
 	}
+	grant, err := ParseGrant(req)
+	if err != nil {
+		return api.RegisterResponse{}, fmt.Errorf("register: %w", err)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	l, ok := c.leases[pub]
@@ -262,6 +269,9 @@ func (c *Control) Register(who Caller, req api.RegisterRequest) (api.RegisterRes
 		c.log.Info("peer registered", "user", who.User, "public_key", pub.String(), "addr", addr, "client_version", req.Version)
 	}
 	l.lastSeen = c.now()
+	if c.policy != nil {
+		c.policy.SetPeer(l.addr, grant) // every registration: the flags of this `up`
+	}
 	resp := c.info
 	resp.Address = netip.PrefixFrom(l.addr, 32).String()
 	resp.Admitted = !ok

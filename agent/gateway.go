@@ -36,6 +36,9 @@ type GatewayConfig struct {
 	// Dial dials real destinations for peers; nil = net.Dialer.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	Deny []netip.Prefix // extra destinations never dialled for peers
+	// Policy decides each new flow from a peer (policy.go); nil = every
+	// destination the stack does not deny (standalone, tests).
+	Policy *Policy
 	// ClusterDNS, when valid, is reached at Addr:53: the gateway answers DNS
 	// on its tunnel address with the resolver its pod uses.
 	ClusterDNS netip.Addr
@@ -73,6 +76,7 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 		Dial:       cfg.Dial,
 		Deny:       cfg.Deny,
 		Redirect:   dnsRedirect(cfg.Addr, cfg.ClusterDNS),
+		Allow:      policyHook(cfg.Policy),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway stack: %w", err)
@@ -110,6 +114,14 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 	log.Info("gateway up", "addr", cfg.Addr, "public_key", cfg.PrivateKey.PublicKey().String(),
 		"udp", cfg.UseUDP, "stream", cfg.StreamListener != nil)
 	return &Gateway{dev: dev, stack: stack, listener: cfg.StreamListener}, nil
+}
+
+// policyHook is p.Allow, or nil for no policy.
+func policyHook(p *Policy) func(src, dst netip.AddrPort, proto string) (string, bool) {
+	if p == nil {
+		return nil
+	}
+	return p.Allow
 }
 
 func dnsRedirect(own, dns netip.Addr) map[netip.AddrPort]netip.AddrPort {

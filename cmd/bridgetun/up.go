@@ -68,7 +68,7 @@ func newUpCmd() *cobra.Command {
 		socksAddr, httpProxyAddr                 string
 		netstackMode, allowConflicts, background bool
 		asJSON                                   bool
-		upgrade, forwardAll                      bool
+		upgrade, forwardAll, allowAPIServer      bool
 		alsoProxy, forwards                      []string
 		mtu                                      int
 	)
@@ -137,7 +137,7 @@ stdout gets the connected session's status as ` + "`bridgetun status --json`" + 
 				Upgrade: upgrade, Transport: transport, GatewayEndpoint: endpoint,
 				Mode: client.ModeTUN, TUNName: tunName, AllowConflicts: allowConflicts, MTU: mtu,
 				Paths: paths, Log: log, Progress: cmd.OutOrStdout(), Forwards: forwards, ForwardAll: forwardAll, DNS: dnsMode,
-				SOCKSAddr: socksAddr, HTTPProxyAddr: httpProxyAddr,
+				SOCKSAddr: socksAddr, HTTPProxyAddr: httpProxyAddr, AllowAPIServer: allowAPIServer,
 			}
 			cfg.Cluster.ReadAs = u
 			if dnsMode != session.DNSAuto && dnsMode != session.DNSNone {
@@ -185,7 +185,8 @@ stdout gets the connected session's status as ` + "`bridgetun status --json`" + 
 	cmd.Flags().BoolVar(&netstackMode, "netstack", false, "no root: end the tunnel in a userspace network stack instead of a TUN device")
 	cmd.Flags().StringVar(&tunName, "tun-name", "bt0", "name of the TUN device")
 	cmd.Flags().BoolVar(&allowConflicts, "allow-conflicts", false, "route cluster CIDRs even where they overlap existing routes")
-	cmd.Flags().StringArrayVar(&alsoProxy, "also-proxy", nil, "extra CIDR to send through the gateway (repeatable)")
+	cmd.Flags().StringArrayVar(&alsoProxy, "also-proxy", nil, "extra CIDR to send through the gateway (repeatable); the gateway dials it for this workstation only, never cloud metadata, a kubelet port or another workstation")
+	cmd.Flags().BoolVar(&allowAPIServer, "allow-api-server", false, "let the gateway dial the Kubernetes API server for this workstation (its kubernetes Service address; refused by default, so nothing reaches the API server through the tunnel with the gateway's network identity)")
 	cmd.Flags().IntVar(&mtu, "mtu", 0, "inner MTU (default 1420)")
 	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "netstack mode: SVC[:PORT][=LOCALPORT] forwards a Service's TCP and UDP ports on its own 127.0.0.x; [udp:]LOCAL=REMOTE forwards an address, e.g. 127.0.0.1:8080=10.96.0.20:80 (repeatable)")
 	cmd.Flags().BoolVar(&forwardAll, "forward-all", false, "netstack mode: forward every Service of the namespace, each on its own 127.0.0.x, kept current as Services come and go (ports below 1024 on 10000+port)")
