@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
@@ -37,8 +38,12 @@ func (e *AccessError) Error() string {
 	for i, m := range e.Missing {
 		parts[i] = fmt.Sprintf("%q on %q", m.Verb, m.String())
 	}
-	return fmt.Sprintf("forbidden: you need %s in namespace %q (ask your cluster admin for the bridgetun role)",
-		strings.Join(parts, ", "), e.Namespace)
+	where := fmt.Sprintf("in namespace %q", e.Namespace)
+	if e.Namespace == "" {
+		where = "cluster-wide"
+	}
+	return fmt.Sprintf("forbidden: you need %s %s (ask your cluster admin for the bridgetun role)",
+		strings.Join(parts, ", "), where)
 }
 
 // CheckAccess asks the API server (SelfSubjectAccessReview) whether the
@@ -72,21 +77,34 @@ func CheckAccess(ctx context.Context, client kubernetes.Interface, ns string, ch
 	return nil
 }
 
-// UpAccessChecks lists what `bridgetun up` needs in the gateway namespace ns
-// (pass ns to CheckAccess; the checks themselves are namespace-free):
-// install or update the gateway, find its pod, port-forward to it.
-//
-// The gateway Role's own rules (get/list/watch services, endpoints,
-// endpointslices, pods) are included because Kubernetes lets a user bind a
-// Role only when the user holds its permissions (RBAC escalation check).
+// UpAccessChecks lists what `bridgetun up` needs in the gateway namespace
+// ns once the gateway is installed (pass ns to CheckAccess; the checks
+// themselves are namespace-free): find the gateway and its pod, follow a
+// replaced pod, port-forward to it, and read Services and EndpointSlices
+// for split DNS and the forwards. It never reads the gateway's Secret: the
+// control API names the gateway's public key.
 func UpAccessChecks(ns string) []AccessCheck {
-	checks := []AccessCheck{
+	return []AccessCheck{
 		{Verb: "create", Resource: "pods", Subresource: "portforward"},
 		{Verb: "get", Resource: "pods"},
 		{Verb: "list", Resource: "pods"},
 		{Verb: "watch", Resource: "pods"},
+		{Verb: "get", Group: "apps", Resource: "deployments"},
 		{Verb: "list", Group: "apps", Resource: "replicasets"},
+		{Verb: "get", Resource: "services"},
+		{Verb: "list", Resource: "services"},
+		{Verb: "watch", Resource: "services"},
+		{Verb: "list", Group: "discovery.k8s.io", Resource: "endpointslices"},
 	}
+}
+
+// InstallAccessChecks lists what installing or upgrading the gateway in
+// ns needs beyond UpAccessChecks: create or update its objects. The
+// gateway Role's own rules are included because Kubernetes lets a user
+// bind a Role only when the user holds its permissions (RBAC escalation
+// check); the cluster-scoped part is InstallClusterAccessChecks.
+func InstallAccessChecks(ns string) []AccessCheck {
+	checks := UpAccessChecks(ns)
 	for _, r := range []struct{ group, resource string }{
 		{"apps", "deployments"},
 		{"", "secrets"},
@@ -96,10 +114,29 @@ func UpAccessChecks(ns string) []AccessCheck {
 		{"", "services"},
 	} {
 		for _, verb := range []string{"get", "create", "update"} {
-			checks = append(checks, AccessCheck{Verb: verb, Group: r.group, Resource: r.resource})
+			if c := (AccessCheck{Verb: verb, Group: r.group, Resource: r.resource}); !containsCheck(checks, c) {
+				checks = append(checks, c)
+			}
 		}
 	}
-	for _, r := range gatewayRoleRules() {
+	return appendRuleChecks(checks, gatewayRoleRules())
+}
+
+// InstallClusterAccessChecks lists the cluster-scoped permissions an
+// install needs (check them with namespace ""): the gateway's ClusterRole
+// and its binding, and the rules of that role (escalation check).
+func InstallClusterAccessChecks() []AccessCheck {
+	var checks []AccessCheck
+	for _, res := range []string{"clusterroles", "clusterrolebindings"} {
+		for _, verb := range []string{"get", "create", "update"} {
+			checks = append(checks, AccessCheck{Verb: verb, Group: "rbac.authorization.k8s.io", Resource: res})
+		}
+	}
+	return appendRuleChecks(checks, gatewayClusterRules())
+}
+
+func appendRuleChecks(checks []AccessCheck, rules []rbacv1.PolicyRule) []AccessCheck {
+	for _, r := range rules {
 		for _, g := range r.APIGroups {
 			for _, res := range r.Resources {
 				for _, v := range r.Verbs {

@@ -156,13 +156,14 @@ func gatewayRoleRules() []rbacv1.PolicyRule {
 // gatewayClusterRules is what the gateway needs beyond its namespace, all
 // of it to check callers rather than to act: verify a caller's token
 // (TokenReview) and rights (SubjectAccessReview) — what the built-in
-// system:auth-delegator grants — and read identity CSRs, which vouch for
-// callers whose kubeconfig has no bearer token.
+// system:auth-delegator grants — and read (then delete: they are
+// single-use) identity CSRs, which vouch for callers whose kubeconfig has
+// no bearer token.
 func gatewayClusterRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
 		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
 		{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
-		{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"certificatesigningrequests"}, Verbs: []string{"get"}},
+		{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"certificatesigningrequests"}, Verbs: []string{"get", "delete"}},
 	}
 }
 

@@ -43,7 +43,11 @@ var ErrNotAuthenticated = errors.New("not authenticated")
 // itself), so a busy control API does not call the API server per request.
 type Verifier struct {
 	Client kubernetes.Interface
-	TTL    time.Duration // cache lifetime; 0 = 1 minute
+	TTL    time.Duration // cache lifetime of tokens and rights; 0 = 1 minute
+	// CSRTTL is how long an identity CSR's verdict is kept: the CSR is
+	// deleted once verified (it is single-use), so this is the session's
+	// standing until the gateway restarts or it runs out; 0 = 12 hours.
+	CSRTTL time.Duration
 	Now    func() time.Time
 
 	mu    sync.Mutex
@@ -80,7 +84,9 @@ func (v *Verifier) lookup(key string) (UserInfo, bool) {
 	return c.info, true
 }
 
-func (v *Verifier) store(key string, info UserInfo) {
+func (v *Verifier) store(key string, info UserInfo) { v.storeFor(key, info, v.ttl()) }
+
+func (v *Verifier) storeFor(key string, info UserInfo, ttl time.Duration) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.cache == nil {
@@ -89,7 +95,7 @@ func (v *Verifier) store(key string, info UserInfo) {
 	if len(v.cache) > 4096 { // bounded: drop everything rather than grow
 		v.cache = map[string]cached{}
 	}
-	v.cache[key] = cached{info: info, expires: v.now().Add(v.ttl())}
+	v.cache[key] = cached{info: info, expires: v.now().Add(ttl)}
 }
 
 // AuthenticateToken verifies a bearer token with a TokenReview (audiences
@@ -136,9 +142,9 @@ const identityCSRMaxAge = 10 * time.Minute
 // subject carrying sha256(secret), created recently. Its spec.username is
 // set by the API server from whoever created it, so it vouches for a
 // caller whose kubeconfig has no bearer token (client certificates). The
-// verified identity is cached for the credential cache's lifetime per
-// CSR and secret; the CSR itself stays until its creator deletes it or
-// the cluster's CSR cleaner does.
+// verified identity is cached for CSRTTL per CSR and secret, and the CSR
+// is deleted (single use: nobody can present it again after a gateway
+// restart; the workstation makes a new one when told 401).
 func (v *Verifier) AuthenticateCSR(ctx context.Context, name, secret string) (UserInfo, error) {
 	if name == "" || secret == "" {
 		return UserInfo{}, fmt.Errorf("%w: identity CSR name or secret missing", ErrNotAuthenticated)
@@ -168,7 +174,7 @@ func (v *Verifier) AuthenticateCSR(ctx context.Context, name, secret string) (Us
 	if req.Subject.CommonName != identityCSRPrefix+hashHex(secret) {
 		return UserInfo{}, fmt.Errorf("%w: CSR %s was not made with this secret", ErrNotAuthenticated, name)
 	}
-	if age := v.now().Sub(csr.CreationTimestamp.Time); age > identityCSRMaxAge+v.ttl() {
+	if age := v.now().Sub(csr.CreationTimestamp.Time); age > identityCSRMaxAge {
 		return UserInfo{}, fmt.Errorf("%w: identity CSR %s is %s old: make a new one", ErrNotAuthenticated, name, age.Round(time.Second))
 	}
 	if csr.Spec.Username == "" {
@@ -178,7 +184,12 @@ func (v *Verifier) AuthenticateCSR(ctx context.Context, name, secret string) (Us
 	for k, e := range csr.Spec.Extra {
 		info.Extra[k] = []string(e)
 	}
-	v.store(key, info)
+	ttl := v.CSRTTL
+	if ttl == 0 {
+		ttl = 12 * time.Hour
+	}
+	v.storeFor(key, info, ttl)
+	_ = DeleteIdentityCSR(ctx, v.Client, name) // best effort: the cluster's CSR cleaner removes it too
 	return info, nil
 }
 

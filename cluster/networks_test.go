@@ -194,6 +194,10 @@ func TestCheckAccess(t *testing.T) {
 		return true, r, nil
 	})
 	err := CheckAccess(t.Context(), client, "bt", UpAccessChecks("bt"))
+	if want := `forbidden: you need "create" on "pods/portforward" in namespace "bt" (ask your cluster admin for the bridgetun role)`; err == nil || err.Error() != want {
+		t.Fatalf("up on an installed gateway: got %v, want %q (up does not update deployments)", err, want)
+	}
+	err = CheckAccess(t.Context(), client, "bt", InstallAccessChecks("bt"))
 	want := `forbidden: you need "create" on "pods/portforward", "update" on "deployments.apps" in namespace "bt" (ask your cluster admin for the bridgetun role)`
 	if err == nil || err.Error() != want {
 		t.Fatalf("got %v, want %q", err, want)

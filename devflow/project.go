@@ -133,6 +133,7 @@ type InterceptFlags struct {
 	Port      *string        // --port LOCAL[:REMOTE]
 	Isolate   *bool          // --isolate
 	RouteAs   *string        // --route-as
+	Force     bool           // --force
 	EnvFile   *string        // --env-file
 	Mount     *string        // --mount
 	Wait      *time.Duration // --wait
@@ -187,7 +188,7 @@ func MergeIntercept(pc ProjectConfig, f InterceptFlags) (InterceptConfig, error)
 		return InterceptConfig{}, fmt.Errorf("--grace %s: want 1s to %s, e.g. 15m (how long the workload stays patched while this machine is away)", grace, MaxGrace)
 	}
 	return InterceptConfig{
-		Spec: session.InterceptSpec{Service: service, Port: remote, LocalPort: local, RouteAs: routeAs, URLAddr: f.URLAddr, Grace: grace},
+		Spec: session.InterceptSpec{Service: service, Port: remote, LocalPort: local, RouteAs: routeAs, URLAddr: f.URLAddr, Grace: grace, Force: f.Force},
 		Wait: wait,
 		Replicate: Replication{
 			Container: f.Container,

@@ -3,6 +3,7 @@ package session
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/bridgetun/bridgetun/agent/api"
+	"github.com/bridgetun/bridgetun/cluster"
 	"github.com/bridgetun/bridgetun/internal/version"
 )
 
@@ -44,14 +46,52 @@ type controlClient struct {
 	dial func(ctx context.Context) (net.Conn, error)
 	// where names the endpoint in errors ("gateway pod ns/name").
 	where func() string
+	// cred proves the user's identity on every call but Info; nil = none
+	// (unit tests' fake gateways).
+	cred credentials
+}
+
+// credentials is the user's identity for the gateway
+// (*cluster.CredentialSource).
+type credentials interface {
+	Get(ctx context.Context) (cluster.CallerCredential, error)
+	Invalidate()
+}
+
+// isForbidden reports a 403 from the gateway: not the caller's to do.
+func isForbidden(err error) bool {
+	var ce *ControlError
+	return errors.As(err, &ce) && ce.Status == http.StatusForbidden
 }
 
 // controlTimeout bounds one control call.
 const controlTimeout = 15 * time.Second
 
-func (c controlClient) Register(ctx context.Context, publicKey string) (api.RegisterResponse, error) {
+// Info asks for the gateway's public facts (its key); no identity needed.
+func (c controlClient) Info(ctx context.Context) (api.InfoResponse, error) {
+	var info api.InfoResponse
+	err := c.callAs(ctx, http.MethodGet, "/v1/info", nil, &info, false)
+	return info, err
+}
+
+// Register admits the workstation. prove makes the registration proof for
+// the credential the call carries (nil = none).
+func (c controlClient) Register(ctx context.Context, req api.RegisterRequest, prove func(binding []byte) ([]byte, error)) (api.RegisterResponse, error) {
 	var rr api.RegisterResponse
-	err := c.call(ctx, http.MethodPost, "/v1/register", api.RegisterRequest{PublicKey: publicKey, Version: version.Version}, &rr)
+	req.Version = version.Version
+	body := func(cred cluster.CallerCredential) (any, error) {
+		if prove == nil {
+			return req, nil
+		}
+		p, err := prove(cred.Binding())
+		if err != nil {
+			return nil, err
+		}
+		r := req
+		r.Proof = base64.StdEncoding.EncodeToString(p)
+		return r, nil
+	}
+	err := c.callWith(ctx, http.MethodPost, "/v1/register", body, &rr, true)
 	return rr, err
 }
 
@@ -79,8 +119,43 @@ func (c controlClient) ListIntercepts(ctx context.Context, namespace string) ([]
 	return live, err
 }
 
-// call sends in as JSON and decodes the answer into out (nil = drop it).
+// call sends in as JSON with the user's credential and decodes the answer
+// into out (nil = drop it).
 func (c controlClient) call(ctx context.Context, method, path string, in, out any) error {
+	return c.callAs(ctx, method, path, in, out, true)
+}
+
+func (c controlClient) callAs(ctx context.Context, method, path string, in, out any, identified bool) error {
+	return c.callWith(ctx, method, path, func(cluster.CallerCredential) (any, error) { return in, nil }, out, identified)
+}
+
+// callWith builds the body for the credential it presents; a 401 (the
+// gateway restarted and forgot an identity CSR, or a token expired) makes
+// it fetch the credential again and retry once.
+func (c controlClient) callWith(ctx context.Context, method, path string, in func(cluster.CallerCredential) (any, error), out any, identified bool) error {
+	for attempt := 0; ; attempt++ {
+		var cred cluster.CallerCredential
+		if identified && c.cred != nil {
+			var err error
+			if cred, err = c.cred.Get(ctx); err != nil {
+				return fmt.Errorf("%s %s: %w", method, path, err)
+			}
+		}
+		body, err := in(cred)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", method, path, err)
+		}
+		err = c.send(ctx, method, path, cred, body, out)
+		var ce *ControlError
+		if attempt == 0 && identified && c.cred != nil && errors.As(err, &ce) && ce.Status == http.StatusUnauthorized {
+			c.cred.Invalidate()
+			continue
+		}
+		return err
+	}
+}
+
+func (c controlClient) send(ctx context.Context, method, path string, cred cluster.CallerCredential, in, out any) error {
 	hc := &http.Client{Timeout: controlTimeout, Transport: &http.Transport{
 		DialContext:       func(ctx context.Context, _, _ string) (net.Conn, error) { return c.dial(ctx) },
 		DisableKeepAlives: true,
@@ -96,6 +171,9 @@ func (c controlClient) call(ctx context.Context, method, path string, in, out an
 	req, err := http.NewRequestWithContext(ctx, method, "http://gateway"+path, body)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if cred != (cluster.CallerCredential{}) {
+		cred.Apply(req.Header)
 	}
 	resp, err := hc.Do(req)
 	if err != nil {

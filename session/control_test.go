@@ -15,7 +15,7 @@ func TestControlClientCalls(t *testing.T) {
 	g := newFakeGateway(t)
 	l := testLink(t, g, linkConfig{})
 	c, ctx := l.control, t.Context()
-	if rr, err := c.Register(ctx, "pub"); err != nil || rr.Address != "198.19.0.7/32" {
+	if rr, err := c.Register(ctx, api.RegisterRequest{PublicKey: "pub"}, nil); err != nil || rr.Address != "198.19.0.7/32" {
 		t.Errorf("register: got %+v, %v", rr, err)
 	}
 	if it, err := c.AddIntercept(ctx, api.InterceptRequest{Service: "api"}); err != nil || it.ID != "id-api" {
@@ -48,7 +48,7 @@ func TestControlClientUnreachable(t *testing.T) {
 	g := newFakeGateway(t)
 	g.setDown("gw-1", true)
 	l := testLink(t, g, linkConfig{})
-	_, err := l.control.Register(t.Context(), "pub")
+	_, err := l.control.Register(t.Context(), api.RegisterRequest{PublicKey: "pub"}, nil)
 	if err == nil || !strings.Contains(err.Error(), "gateway pod app/gw-1: POST /v1/register") {
 		t.Errorf("got %v, want an error naming the pod and call", err)
 	}

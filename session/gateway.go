@@ -60,6 +60,9 @@ func ensureGateway(ctx context.Context, g gatewaySetup) (_ gatewayPod, err error
 		err = fmt.Errorf("%w (the gateway it installed in %q was removed again)", err, g.Namespace)
 	}()
 	if err != nil || have == "" || g.Upgrade || g.ExposeNodePort {
+		if err := checkInstallAccess(ctx, g.Client, g.Namespace, fresh); err != nil {
+			return gatewayPod{}, err
+		}
 		spec := cluster.GatewaySpec{Namespace: g.Namespace, Image: g.Image, ExposeNodePort: g.ExposeNodePort, Version: version.Version}
 		key, _, err := cluster.GatewayPrivateKey(ctx, g.Client, g.Namespace, generateKey)
 		if err != nil {
@@ -102,6 +105,24 @@ func ensureGateway(ctx context.Context, g gatewaySetup) (_ gatewayPod, err error
 	}
 	g.Progress("gateway ready: pod %s", pod.Name)
 	return gp, nil
+}
+
+// checkInstallAccess: installing or upgrading needs far more than `up`
+// (create the gateway's objects and its cluster-wide review rights); say
+// so in one line before anything is created.
+func checkInstallAccess(ctx context.Context, client kubernetes.Interface, ns string, fresh bool) error {
+	err := cluster.CheckAccess(ctx, client, ns, cluster.InstallAccessChecks(ns))
+	if err == nil {
+		err = cluster.CheckAccess(ctx, client, "", cluster.InstallClusterAccessChecks())
+	}
+	if err == nil {
+		return nil
+	}
+	what := "upgrade the gateway in " + ns
+	if fresh {
+		what = "install the gateway in " + ns + " (there is none)"
+	}
+	return fmt.Errorf("cannot %s: %w; an admin can run `bridgetun install -n %s`, then `up` needs only `bridgetun install --print-rbac`'s role", what, err, ns)
 }
 
 func generateKey() (string, error) {

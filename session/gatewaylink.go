@@ -14,6 +14,7 @@ import (
 
 	"github.com/bridgetun/bridgetun/agent/api"
 	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/tunnel"
 )
 
 // linkConfig is what the gateway link needs.
@@ -22,6 +23,15 @@ type linkConfig struct {
 	Namespace string               // the gateway's namespace
 	Pod       string               // the ready pod found at start
 	PublicKey string               // this workstation's WireGuard public key
+	// PrivateKey proves to the gateway that this workstation holds the
+	// key (zero = no proof: unit tests' fake gateways).
+	PrivateKey tunnel.Key
+	// Credentials prove the user's identity on control calls; nil = none.
+	Credentials credentials
+	// AlsoProxy and AllowAPIServer are registered for the gateway's
+	// destination policy.
+	AlsoProxy      []string
+	AllowAPIServer bool
 	// DialPod opens a connection to port of a gateway pod (a port-forward).
 	DialPod  func(ctx context.Context, pod string, port int) (net.Conn, error)
 	Log      *slog.Logger  // nil discards
@@ -65,8 +75,9 @@ type gatewayLink struct {
 	pod        string
 	streamPod  string // the pod of the last stream connection; "" = no stream transport
 	reg        api.RegisterResponse
-	clusterDNS string // learnt from the cluster when the gateway names none
-	state      string // connecting, connected, reconnecting
+	gwKey      tunnel.Key // the gateway's public key, for registration proofs
+	clusterDNS string     // learnt from the cluster when the gateway names none
+	state      string     // connecting, connected, reconnecting
 	redials    int64
 	// rehandshake re-keys the tunnel after registering with a replacement
 	// pod; nil until the tunnel exists (its first handshake is ahead).
@@ -96,6 +107,7 @@ func newGatewayLink(cfg linkConfig) *gatewayLink {
 	l.control = controlClient{
 		dial:  func(ctx context.Context) (net.Conn, error) { return cfg.DialPod(ctx, l.Pod(), cluster.ControlPort) },
 		where: func() string { return "gateway pod " + cfg.Namespace + "/" + l.Pod() },
+		cred:  cfg.Credentials,
 	}
 	return l
 }
@@ -202,7 +214,19 @@ func (l *gatewayLink) register(ctx context.Context, switched bool) error {
 // key before this call (and had known it: the first registration of a
 // session is not news).
 func (l *gatewayLink) registerOnce(ctx context.Context) (admitted bool, err error) {
-	rr, err := l.control.Register(ctx, l.cfg.PublicKey)
+	req := api.RegisterRequest{PublicKey: l.cfg.PublicKey, AlsoProxy: l.cfg.AlsoProxy, AllowAPIServer: l.cfg.AllowAPIServer}
+	var prove func([]byte) ([]byte, error)
+	if !l.cfg.PrivateKey.IsZero() {
+		gw, err := l.gatewayKey(ctx)
+		if err != nil {
+			return false, fmt.Errorf("register with gateway: %w", err)
+		}
+		prove = func(binding []byte) ([]byte, error) { return tunnel.RegistrationProof(l.cfg.PrivateKey, gw, binding) }
+	}
+	rr, err := l.control.Register(ctx, req, prove)
+	if isForbidden(err) {
+		l.forgetGatewayKey() // a reinstalled gateway has a new key
+	}
 	if err != nil {
 		return false, fmt.Errorf("register with gateway: %w", err)
 	}
@@ -214,6 +238,33 @@ func (l *gatewayLink) registerOnce(ctx context.Context) (admitted bool, err erro
 		l.cfg.Log.Warn("gateway handed out a different tunnel address", "was", was, "now", rr.Address)
 	}
 	return rr.Admitted && was != "", nil
+}
+
+// gatewayKey is the gateway's public key (GET /v1/info, kept).
+func (l *gatewayLink) gatewayKey(ctx context.Context) (tunnel.Key, error) {
+	l.mu.Lock()
+	k := l.gwKey
+	l.mu.Unlock()
+	if !k.IsZero() {
+		return k, nil
+	}
+	info, err := l.control.Info(ctx)
+	if err != nil {
+		return tunnel.Key{}, err
+	}
+	if k, err = tunnel.ParseKey(info.GatewayPublicKey); err != nil {
+		return tunnel.Key{}, fmt.Errorf("gateway public key: %w", err)
+	}
+	l.mu.Lock()
+	l.gwKey = k
+	l.mu.Unlock()
+	return k, nil
+}
+
+func (l *gatewayLink) forgetGatewayKey() {
+	l.mu.Lock()
+	l.gwKey = tunnel.Key{}
+	l.mu.Unlock()
 }
 
 // Run keeps this workstation's standing until ctx ends: it renews the

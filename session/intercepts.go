@@ -31,6 +31,9 @@ type InterceptSpec struct {
 	// 0 = the default (15 min). Traffic passes through to the original
 	// container within 2 s regardless.
 	Grace time.Duration `json:"grace,omitempty"`
+	// Force replaces another developer's conflicting intercept; the
+	// gateway allows it only to a user who may update the workload.
+	Force bool `json:"force,omitempty"`
 }
 
 // Intercept states, as status shows them.
@@ -235,7 +238,7 @@ func (ic *interceptor) Intercept(ctx context.Context, spec InterceptSpec, report
 		req: api.InterceptRequest{
 			PublicKey: ic.cfg.PublicKey, Namespace: ns, Service: spec.Service,
 			Workload: api.Workload{Namespace: ns, Kind: t.Kind, Name: t.Name},
-			Port:     spec.LocalPort, RouteAs: spec.RouteAs, Holder: spec.Holder,
+			Port:     spec.LocalPort, RouteAs: spec.RouteAs, Label: spec.Holder, Force: spec.Force,
 			GraceSeconds: graceSeconds(spec.Grace),
 		},
 		spec: spec,
@@ -259,7 +262,10 @@ func (ic *interceptor) Intercept(ctx context.Context, spec InterceptSpec, report
 	it, err := ic.cfg.Control.AddIntercept(ctx, st.req)
 	if err != nil {
 		if isConflict(err) {
-			return InterceptInfo{}, fmt.Errorf("intercept refused: %w", err)
+			return InterceptInfo{}, fmt.Errorf("intercept refused: %w (or take it over with --force, if you may update the workload)", err)
+		}
+		if isForbidden(err) {
+			return InterceptInfo{}, fmt.Errorf("intercept refused by the gateway: %w", err)
 		}
 		return InterceptInfo{}, fmt.Errorf("intercept %s: register with the gateway: %w", spec.Service, err)
 	}

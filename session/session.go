@@ -35,6 +35,7 @@ type Config struct {
 	TUNName          string
 	AllowConflicts   bool
 	AlsoProxy        []netip.Prefix
+	AllowAPIServer   bool // the gateway's destination policy lets this workstation reach the API server
 	MTU              int
 	Forwards         []string // netstack mode: [udp:]LOCAL=REMOTE or SVC[:PORT][=LOCALPORT] forwards
 	ForwardAll       bool     // netstack mode: forward every Service of the namespace, kept current by a watch
@@ -197,8 +198,14 @@ func (s *Session) join(ctx context.Context, conn *cluster.Conn) (tunnel.Key, err
 	if err != nil {
 		return tunnel.Key{}, err
 	}
+	alsoProxy := make([]string, len(s.cfg.AlsoProxy))
+	for i, p := range s.cfg.AlsoProxy {
+		alsoProxy[i] = p.String()
+	}
 	s.link = newGatewayLink(linkConfig{
 		Client: conn.Client, Namespace: gwNS, Pod: pod.Name, PublicKey: key.PublicKey().String(),
+		PrivateKey: key, Credentials: cluster.NewCredentialSource(conn),
+		AlsoProxy: alsoProxy, AllowAPIServer: s.cfg.AllowAPIServer,
 		DialPod: func(ctx context.Context, pod string, port int) (net.Conn, error) {
 			return cluster.PortForwardDialer(conn.Config, conn.Client, gwNS, pod, port)(ctx)
 		},

@@ -18,13 +18,13 @@ import (
 
 func newInterceptCmd() *cobra.Command {
 	var (
-		cf                          connFlags
-		port, routeAs, envFile, dir string
-		urlAddr, container          string
-		isolate, detach, noMount    bool
-		asJSON                      bool
-		wait, grace                 time.Duration
-		projectFile                 string
+		cf                              connFlags
+		port, routeAs, envFile, dir     string
+		urlAddr, container              string
+		isolate, detach, noMount, force bool
+		asJSON                          bool
+		wait, grace                     time.Duration
+		projectFile                     string
 	)
 	cmd := &cobra.Command{
 		Use:   "intercept SERVICE --port LOCAL[:REMOTE] [--isolate [--route-as VALUE]] [--env-file F] [--mount DIR] [-- CMD ARGS...]",
@@ -113,6 +113,7 @@ A bridgetun.yaml in the working directory may set defaults:
 				Container: container,
 				URLAddr:   urlAddr,
 				NoMount:   noMount,
+				Force:     force,
 			}
 			if len(args) == 1 {
 				fl.Service = args[0]
@@ -159,6 +160,7 @@ A bridgetun.yaml in the working directory may set defaults:
 	f.StringVar(&envFile, "env-file", "", "write the container's environment to this file (dotenv, mode 0600; a symlink there is refused)")
 	f.StringVar(&dir, "mount", "", "mirror the container's volumes under this directory (default: $XDG_STATE_HOME/bridgetun/volumes/NS/SERVICE, ~/.local/state/... without it; removed when the intercept ends)")
 	f.BoolVar(&noMount, "no-mount", false, "do not mirror volumes")
+	f.BoolVar(&force, "force", false, "take the Service over from another developer's conflicting intercept (the gateway allows it only if you may update the workload; they see it as lost)")
 	f.StringVar(&container, "container", "", "the container whose environment and volumes to replicate (default: the one serving the port)")
 	f.StringVar(&urlAddr, "url-addr", "", "isolated: listen address of the local URL (default 127.0.0.1, a free port)")
 	f.BoolVar(&detach, "detach", false, "return once intercepting; the intercept lasts until bridgetun leave or down (no -- CMD)")
