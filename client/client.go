@@ -79,6 +79,7 @@ type Client struct {
 	dev       *tunnel.Device
 	kernelTUN *tunnel.TUN // TUN mode
 	stack     Stack       // netstack mode
+	filter    *inboundFilter
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -121,6 +122,10 @@ func Start(cfg Config) (_ *Client, err error) {
 			return nil, fmt.Errorf("start netstack mode: %w", err)
 		}
 	}
+	if c.filter, err = newInboundFilter(td, cfg.Addr.Addr(), cfg.Registerer); err != nil {
+		return nil, err
+	}
+	td = c.filter
 	var bind conn.Bind
 	peer := tunnel.PeerConfig{PublicKey: cfg.GatewayKey, AllowedIPs: cfg.Routes, PersistentKeepalive: cfg.Keepalive}
 	if peer.PersistentKeepalive == 0 {
@@ -213,6 +218,17 @@ func (c *Client) Rehandshake() error {
 	}
 	return dev.AddPeer(c.gateway) // a fresh peer with persistent keepalive sends at once
 }
+
+// AllowInbound lets new TCP connections from the tunnel reach port on the
+// tunnel address (an intercept's port, which the gateway dials). Nothing
+// else arriving from the tunnel reaches this machine but replies to flows it
+// opened (inbound_filter.go). Calls are counted: the port stays open until
+// as many RevokeInbound calls.
+func (c *Client) AllowInbound(port uint16) { c.filter.AllowInbound(port) }
+
+// RevokeInbound undoes one AllowInbound: new connections to port are
+// dropped again; those already open keep working.
+func (c *Client) RevokeInbound(port uint16) { c.filter.RevokeInbound(port) }
 
 // Netstack returns the userspace stack in netstack mode, nil in TUN mode.
 func (c *Client) Netstack() Stack { return c.stack }
