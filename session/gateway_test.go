@@ -7,6 +7,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,7 +31,36 @@ func readyGatewayPod(name string) *corev1.Pod {
 }
 
 func setup(cs *fake.Clientset) gatewaySetup {
+	allowAccess(cs, nil)
 	return gatewaySetup{Client: cs, Namespace: "app", Image: "bridgetun-agent:test", ReadyWithin: 5 * time.Second, Progress: func(string, ...any) {}}
+}
+
+// allowAccess answers the SelfSubjectAccessReviews: allowed unless deny
+// says no.
+func allowAccess(cs *fake.Clientset, deny func(*authorizationv1.ResourceAttributes) bool) {
+	cs.PrependReactor("create", "selfsubjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		r := a.(k8stesting.CreateAction).GetObject().(*authorizationv1.SelfSubjectAccessReview)
+		r.Status.Allowed = deny == nil || !deny(r.Spec.ResourceAttributes)
+		return true, r, nil
+	})
+}
+
+// TestEnsureGatewayNeedsInstallRights: a user who may not install (only
+// the developer role) is told so in one line, and nothing is created.
+func TestEnsureGatewayNeedsInstallRights(t *testing.T) {
+	cs := fake.NewClientset()
+	g := setup(cs)
+	allowAccess(cs, func(ra *authorizationv1.ResourceAttributes) bool {
+		return ra.Verb == "create" && ra.Resource == "secrets"
+	})
+	_, err := ensureGateway(t.Context(), g)
+	want := `cannot install the gateway in app (there is none): forbidden: you need "create" on "secrets" in namespace "app"`
+	if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("got %v, want one line containing %q", err, want)
+	}
+	if d, _ := cs.AppsV1().Deployments("app").List(t.Context(), metav1.ListOptions{}); len(d.Items) != 0 {
+		t.Errorf("a gateway was created without install rights")
+	}
 }
 
 // TestEnsureGatewayInstalls: a missing gateway is installed with a fresh
