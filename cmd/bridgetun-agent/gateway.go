@@ -35,6 +35,7 @@ func newGatewayCmd() *cobra.Command {
 	var (
 		configPath, metricsAddr, logLevel string
 		inCluster                         bool
+		pf                                policyFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "gateway (--in-cluster | --config FILE)",
@@ -52,7 +53,7 @@ cluster resolver is read from /etc/resolv.conf.
 tunnel address, listeners and static peers:
   {"private_key": "<base64>", "address": "100.96.0.1", "udp_port": 51820,
    "stream_listen": "0.0.0.0:51821",
-   "peers": [{"public_key": "<base64>", "allowed_ips": ["100.96.0.2/32"]}]}`,
+   "peers": [{"public_key": "<base64>", "allowed_ips": ["100.96.0.2/32"]}]}` + policyHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if inCluster == (configPath != "") {
@@ -76,7 +77,7 @@ tunnel address, listeners and static peers:
 				log.Info("metrics", "addr", bound.String())
 			}
 			if inCluster {
-				return runInCluster(ctx, log, reg, &ready)
+				return runInCluster(ctx, log, reg, &ready, &pf)
 			}
 			return runFromFile(ctx, configPath, log, reg, &ready)
 		},
@@ -85,6 +86,7 @@ tunnel address, listeners and static peers:
 	cmd.Flags().StringVar(&configPath, "config", "", "standalone: gateway config file (JSON; see above)")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (e.g. :9090); empty = off")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	pf.add(cmd)
 	return cmd
 }
 
@@ -121,7 +123,11 @@ func runFromFile(ctx context.Context, path string, log *slog.Logger, reg *promet
 	return gw.Close()
 }
 
-func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registry, ready *atomic.Bool) error {
+func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registry, ready *atomic.Bool, pf *policyFlags) error {
+	policy, err := pf.policy(log)
+	if err != nil {
+		return err
+	}
 	key, err := tunnel.ParseKey(os.Getenv("BRIDGETUN_PRIVATE_KEY"))
 	if err != nil {
 		return fmt.Errorf("$BRIDGETUN_PRIVATE_KEY: %w (the gateway Secret is missing or damaged: run `bridgetun install --upgrade`)", err)
@@ -138,7 +144,7 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 		// Loopback is denied by the stack already; the control and stream
 		// ports are named here too so no peer can reach them through us.
 		Deny: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-		Log:  log, Registerer: reg,
+		Log:  log, Registerer: reg, Policy: policy,
 	}, inClusterStream)
 	if err != nil {
 		return err
@@ -148,7 +154,7 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 	intercepts := agent.NewIntercepts(0, nil)
 	ctl := agent.NewControl(agent.ControlConfig{
 		Gateway: gw, GatewayKey: key, ClusterDNS: dns, ClusterDomain: domain,
-		Namespace: ns, Log: log, Registerer: reg, Intercepts: intercepts,
+		Namespace: ns, Log: log, Registerer: reg, Intercepts: intercepts, Policy: policy,
 	})
 	ln, err := net.Listen("tcp", inClusterControl)
 	if err != nil {
