@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/scheme"
-	"sigs.k8s.io/yaml"
 
 	"github.com/bridgetun/bridgetun/internal/version"
 )
@@ -286,18 +284,7 @@ func gatewayNodePortService(meta metav1.ObjectMeta) *corev1.Service {
 
 // GatewayYAML renders GatewayObjects as multi-document YAML.
 func GatewayYAML(spec GatewaySpec) ([]byte, error) {
-	var buf bytes.Buffer
-	for i, o := range GatewayObjects(spec) {
-		b, err := yaml.Marshal(o)
-		if err != nil {
-			return nil, fmt.Errorf("render %T as YAML: %w", o, err)
-		}
-		if i > 0 {
-			buf.WriteString("---\n")
-		}
-		buf.Write(b)
-	}
-	return buf.Bytes(), nil
+	return ObjectsYAML(GatewayObjects(spec))
 }
 
 // Decoder decodes the YAML or JSON of built-in kinds (as GatewayYAML emits).

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/bridgetun/bridgetun/cluster"
@@ -20,6 +21,8 @@ func newInstallCmd() *cobra.Command {
 		cf              clusterFlags
 		expose, output  string
 		dryRun, upgrade bool
+		printRBAC       bool
+		subjects        []string
 	)
 	cmd := &cobra.Command{
 		Use:   "install",
@@ -28,9 +31,27 @@ func newInstallCmd() *cobra.Command {
 the fewest verbs it needs, a Secret with its WireGuard key, and a Deployment
 running bridgetun-agent as non-root with no added capabilities. With
 --expose nodeport also a UDP NodePort Service for the udp transport.
---dry-run -o yaml prints the manifests instead.`,
+--dry-run -o yaml prints the manifests instead.
+
+--print-rbac prints, instead of installing, what an admin grants developers of
+the namespace once the gateway is installed: a Role and RoleBinding with exactly
+what up and intercept use (pods, port-forward to the gateway, Services and
+EndpointSlices for DNS; the workloads to intercept and their ConfigMaps and
+Secrets for the environment), and a ClusterRole to create identity CSRs, which
+only users whose kubeconfig has no bearer token (client certificates) need.
+Apply it with kubectl apply -f -.`,
+		Example: `  # as an admin: install the gateway, then let the team use it
+  bridgetun install -n team
+  bridgetun install -n team --print-rbac --for group:team-devs | kubectl apply -f -
+  bridgetun install -n team --print-rbac --for serviceaccount:team:ci --for user:alice`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if printRBAC {
+				return printDeveloperRBAC(cmd.OutOrStdout(), cf, subjects)
+			}
+			if len(subjects) > 0 {
+				return errors.New("--for goes with --print-rbac")
+			}
 			spec := cluster.GatewaySpec{Image: cf.gatewayImage, ExposeNodePort: expose == "nodeport", Version: version.Version}
 			if expose != "" && expose != "nodeport" {
 				return fmt.Errorf("--expose %q: the only choice is nodeport", expose)
@@ -47,7 +68,6 @@ running bridgetun-agent as non-root with no added capabilities. With
 					spec.Namespace = "default"
 				}
 				spec.PrivateKey = "<generated at install>"
-				spec.SidecarToken = "<generated at install>"
 				b, err := cluster.GatewayYAML(spec)
 				if err != nil {
 					return err
@@ -68,6 +88,9 @@ running bridgetun-agent as non-root with no added capabilities. With
 			if spec.PrivateKey, _, err = cluster.GatewayPrivateKey(ctx, conn.Client, spec.Namespace, newKey); err != nil {
 				return err
 			}
+			if spec.Policy, err = cluster.DiscoverGatewayPolicy(ctx, conn.Client, spec.Namespace, nil); err != nil {
+				return err
+			}
 			if err := cluster.InstallGateway(ctx, conn.Client, spec, upgrade); err != nil {
 				return err
 			}
@@ -84,7 +107,38 @@ running bridgetun-agent as non-root with no added capabilities. With
 	cmd.Flags().BoolVar(&upgrade, "upgrade", false, "replace a gateway of another version")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the manifests instead of applying them (with -o yaml)")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "with --dry-run: yaml")
+	cmd.Flags().BoolVar(&printRBAC, "print-rbac", false, "print the Role and bindings an admin grants developers (YAML), install nothing")
+	cmd.Flags().StringArrayVar(&subjects, "for", nil, "with --print-rbac: who gets it, user:NAME, group:NAME or serviceaccount:NS:NAME (repeatable; default group:bridgetun-developers)")
 	return cmd
+}
+
+// printDeveloperRBAC writes the developers' Role and bindings for the
+// gateway namespace (-n or --gateway-namespace).
+func printDeveloperRBAC(w io.Writer, cf clusterFlags, subjects []string) error {
+	ns := cf.gatewayNamespace
+	if ns == "" {
+		ns = cf.namespace
+	}
+	if ns == "" {
+		return errors.New("--print-rbac: name the gateway's namespace with -n NS (the Role is namespaced)")
+	}
+	if len(subjects) == 0 {
+		subjects = []string{"group:bridgetun-developers"}
+	}
+	var subs []rbacv1.Subject
+	for _, s := range subjects {
+		sub, err := cluster.ParseSubject(s)
+		if err != nil {
+			return fmt.Errorf("--for: %w", err)
+		}
+		subs = append(subs, sub)
+	}
+	b, err := cluster.ObjectsYAML(cluster.DeveloperRBAC(ns, subs))
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
 }
 
 func newUninstallCmd() *cobra.Command {
