@@ -26,6 +26,10 @@ type GatewaySpec struct {
 	SidecarToken   string            // Secret key "sidecar-token"; "" = generate
 	ExposeNodePort bool              // also create a UDP NodePort Service for WireGuard
 	Version        string            // "" = internal/version.Version
+	// Policy is what the gateway's destination policy knows of the
+	// cluster (DiscoverGatewayPolicy); zero = it dials nothing of the
+	// cluster for workstations.
+	Policy GatewayPolicy
 }
 
 // Names and ports of the gateway.
@@ -228,11 +232,13 @@ func gatewayDeployment(s GatewaySpec, meta metav1.ObjectMeta) *appsv1.Deployment
 						Name:            GatewayContainer,
 						Image:           s.Image,
 						ImagePullPolicy: s.PullPolicy,
-						Args:            []string{"gateway", "--in-cluster", "--metrics-addr", fmt.Sprintf(":%d", MetricsPort)},
+						Args:            append([]string{"gateway", "--in-cluster", "--metrics-addr", fmt.Sprintf(":%d", MetricsPort)}, s.Policy.args()...),
 						Env: []corev1.EnvVar{
 							secretEnv("BRIDGETUN_PRIVATE_KEY", SecretKeyPrivate),
 							secretEnv("BRIDGETUN_SIDECAR_TOKEN", SecretKeyToken),
 							{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+							// The node, whose kubelet the destination policy refuses.
+							{Name: "HOST_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}}},
 						},
 						// The control (8081) and stream (8082) ports bind
 						// 127.0.0.1 and are reached only by port-forward.

@@ -132,6 +132,7 @@ func TestGatewayYAML(t *testing.T) {
 		"BRIDGETUN_PRIVATE_KEY":   "secret:bridgetun-gateway/private-key",
 		"BRIDGETUN_SIDECAR_TOKEN": "secret:bridgetun-gateway/sidecar-token",
 		"POD_NAMESPACE":           "field:metadata.namespace",
+		"HOST_IP":                 "field:status.hostIP",
 	}
 	if diff := cmp.Diff(wantEnv, env); diff != "" {
 		t.Errorf("env (-want +got):\n%s", diff)

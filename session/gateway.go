@@ -69,6 +69,12 @@ func ensureGateway(ctx context.Context, g gatewaySetup) (_ gatewayPod, err error
 			return gatewayPod{}, err
 		}
 		spec.PrivateKey = key
+		// Every install and upgrade tells the gateway the cluster's CIDRs
+		// anew. Not found = a gateway that dials nothing of the cluster
+		// (closed, never open); the session's own discovery says why next.
+		if spec.Policy, err = cluster.DiscoverGatewayPolicy(ctx, g.Client, g.Namespace, nil); err != nil {
+			g.Progress("warning: %v: the gateway will dial nothing of the cluster until `bridgetun install --upgrade` finds them", err)
+		}
 		installed = true // also a failed install may have created some objects
 		if err := cluster.InstallGateway(ctx, g.Client, spec, g.Upgrade); err != nil {
 			return gatewayPod{}, err
