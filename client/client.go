@@ -219,6 +219,23 @@ func (c *Client) Rehandshake() error {
 	return dev.AddPeer(c.gateway) // a fresh peer with persistent keepalive sends at once
 }
 
+// SetGatewayKey points the tunnel at a gateway with another key (the
+// gateway makes a fresh key each time it starts, so no Secret holds it):
+// the old peer goes, the new one handshakes at once. It reports whether
+// the key changed.
+func (c *Client) SetGatewayKey(k tunnel.Key) (bool, error) {
+	c.devMu.Lock()
+	defer c.devMu.Unlock()
+	if c.dev == nil || k == c.gateway.PublicKey {
+		return false, nil
+	}
+	if err := c.dev.RemovePeer(c.gateway.PublicKey); err != nil {
+		return false, err
+	}
+	c.gateway.PublicKey = k
+	return true, c.dev.AddPeer(c.gateway)
+}
+
 // AllowInbound lets new TCP connections from the tunnel reach port on the
 // tunnel address (an intercept's port, which the gateway dials). Nothing
 // else arriving from the tunnel reaches this machine but replies to flows it

@@ -231,13 +231,14 @@ func (l *gatewayLink) registerOnce(ctx context.Context) (admitted bool, err erro
 		return false, fmt.Errorf("register with gateway: %w", err)
 	}
 	l.mu.Lock()
-	was := l.reg.Address
+	was, wasKey := l.reg.Address, l.reg.GatewayPublicKey
 	l.reg = rr
 	l.mu.Unlock()
 	if was != "" && rr.Address != was {
 		l.cfg.Log.Warn("gateway handed out a different tunnel address", "was", was, "now", rr.Address)
 	}
-	return rr.Admitted && was != "", nil
+	rekeyed := wasKey != "" && rr.GatewayPublicKey != wasKey
+	return (rr.Admitted || rekeyed) && was != "", nil
 }
 
 // gatewayKey is the gateway's public key (GET /v1/info, kept).

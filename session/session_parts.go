@@ -33,11 +33,23 @@ func (s *Session) startTunnel(ctx context.Context, conn *cluster.Conn, key tunne
 	}
 	s.tun, s.facts.transport = c, tr
 	s.link.OnReplaced(func() {
+		// A gateway that restarted has a new key (it makes one at start).
+		if k, err := tunnel.ParseKey(s.link.Registration().GatewayPublicKey); err == nil {
+			changed, err := c.SetGatewayKey(k)
+			if err != nil {
+				s.cfg.Log.Warn("switch to the gateway's new key", "err", err)
+			}
+			if changed {
+				s.cfg.Log.Info("the gateway has a new key (it restarted): handshaking with it")
+				return
+			}
+		}
 		if err := c.Rehandshake(); err != nil {
 			s.cfg.Log.Warn("rehandshake with the new gateway pod", "err", err)
 		}
 	})
 	s.ic.cfg.Listen = s.inboundListener
+	s.ic.cfg.Inbound = c // the tunnel lets in only the intercepts' ports (and replies)
 	// A renewal that finds this workstation forgotten (a sleep past the
 	// registration TTL) registers again; the link re-keys the tunnel.
 	s.ic.cfg.Reregister = s.link.Register
