@@ -91,9 +91,6 @@ Apply it with kubectl apply -f -.`,
 			if spec.Policy, err = cluster.DiscoverGatewayPolicy(ctx, conn.Client, spec.Namespace, nil); err != nil {
 				return err
 			}
-			if spec.Policy, err = cluster.DiscoverGatewayPolicy(ctx, conn.Client, spec.Namespace, nil); err != nil {
-				return err
-			}
 			if err := cluster.InstallGateway(ctx, conn.Client, spec, upgrade); err != nil {
 				return err
 			}
