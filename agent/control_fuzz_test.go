@@ -141,7 +141,7 @@ func newFuzzControl(t *testing.T) *Control {
 	now := time.Unix(1_800_000_000, 0)
 	clock := func() time.Time { return now }
 	c := NewControl(ControlConfig{
-		Gateway: &fakePeers{peers: map[tunnel.Key]tunnel.PeerConfig{}, hs: map[tunnel.Key]time.Time{}},
+		Gateway:    &fakePeers{peers: map[tunnel.Key]tunnel.PeerConfig{}, hs: map[tunnel.Key]time.Time{}},
 		GatewayKey: fuzzGatewayKey, ClusterDNS: "10.96.0.10", TTL: time.Minute, Now: clock,
 		Auth: fakeAuth{}, Authz: onlyAlice{}, Intercepts: NewIntercepts(0, clock),
 	})
