@@ -51,7 +51,8 @@ const defaultWait = 60 * time.Second
 // environment, resolved as the kubelet does, and its volumes.
 type Replication struct {
 	Container string       // whose environment and volumes; "" = the one serving the port
-	EnvFile   string       // write the environment there as dotenv (0600, never through a symlink); "" = no file
+	EnvFile   string       // write the environment there (0600, never through a symlink); "" = no file
+	EnvFormat string       // EnvFormatDotenv ("" too) or EnvFormatDocker
 	Mount     string       // mirror the volumes under this directory; "" = session.DefaultPaths().Volumes/NS/SERVICE, removed when the intercept ends
 	NoMount   bool         // mirror no volumes and copy none of Volumes
 	Env       []EnvVar     // added after the pod's, so they win (bridgetun.yaml env:)
@@ -400,7 +401,7 @@ func replicate(ctx context.Context, cfg InterceptConfig, st session.Status, p *p
 		kv = append(kv, EnvVar{"BRIDGETUN_VOLUME_ROOT", dir})
 	}
 	if r.EnvFile != "" {
-		if err := user.Do(func() error { return writePrivateFile(r.EnvFile, dotenv(kv)) }); err != nil {
+		if err := user.Do(func() error { return writePrivateFile(r.EnvFile, renderEnv(r.EnvFormat, kv)) }); err != nil {
 			return replication{}, fmt.Errorf("--env-file %s: %w", r.EnvFile, err)
 		}
 		p.done("environment of %s/%s resolved (%d variables), written to %s", pod.Name, container, len(kv), r.EnvFile)

@@ -50,14 +50,15 @@ type ProjectConfig struct {
 // ProjectIntercept is bridgetun.yaml's intercept: the defaults for the
 // flags of the same names.
 type ProjectIntercept struct {
-	Service string   `json:"service"`
-	Port    string   `json:"port"`
-	Isolate bool     `json:"isolate"`
-	RouteAs string   `json:"routeAs"`
-	EnvFile string   `json:"envFile"`
-	Mount   string   `json:"mount"`
-	Wait    Duration `json:"wait"`
-	Grace   Duration `json:"grace"`
+	Service   string   `json:"service"`
+	Port      string   `json:"port"`
+	Isolate   bool     `json:"isolate"`
+	RouteAs   string   `json:"routeAs"`
+	EnvFile   string   `json:"envFile"`
+	EnvFormat string   `json:"envFormat"` // dotenv (default) or docker
+	Mount     string   `json:"mount"`
+	Wait      Duration `json:"wait"`
+	Grace     Duration `json:"grace"`
 }
 
 // Duration is a time.Duration written as Go writes one: "90s", "15m".
@@ -135,6 +136,7 @@ type InterceptFlags struct {
 	RouteAs   *string        // --route-as
 	Force     bool           // --force
 	EnvFile   *string        // --env-file
+	EnvFormat *string        // --env-format
 	Mount     *string        // --mount
 	Wait      *time.Duration // --wait
 	Grace     *time.Duration // --grace
@@ -187,12 +189,20 @@ func MergeIntercept(pc ProjectConfig, f InterceptFlags) (InterceptConfig, error)
 	if grace < 0 || (grace > 0 && grace < time.Second) || grace > MaxGrace {
 		return InterceptConfig{}, fmt.Errorf("--grace %s: want 1s to %s, e.g. 15m (how long the workload stays patched while this machine is away)", grace, MaxGrace)
 	}
+	envFormat := orFile(f.EnvFormat, fi.EnvFormat)
+	if envFormat == "" {
+		envFormat = EnvFormatDotenv
+	}
+	if envFormat != EnvFormatDotenv && envFormat != EnvFormatDocker {
+		return InterceptConfig{}, fmt.Errorf("--env-format %q: want %s (for a shell's `set -a; . FILE`, godotenv) or %s (for `docker run --env-file`)", envFormat, EnvFormatDotenv, EnvFormatDocker)
+	}
 	return InterceptConfig{
 		Spec: session.InterceptSpec{Service: service, Port: remote, LocalPort: local, RouteAs: routeAs, URLAddr: f.URLAddr, Grace: grace, Force: f.Force},
 		Wait: wait,
 		Replicate: Replication{
 			Container: f.Container,
 			EnvFile:   orFile(f.EnvFile, fi.EnvFile),
+			EnvFormat: envFormat,
 			Mount:     orFile(f.Mount, fi.Mount),
 			NoMount:   f.NoMount,
 			Env:       pc.Env,

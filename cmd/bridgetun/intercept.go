@@ -20,7 +20,7 @@ func newInterceptCmd() *cobra.Command {
 	var (
 		cf                              connFlags
 		port, routeAs, envFile, dir     string
-		urlAddr, container              string
+		urlAddr, container, envFormat   string
 		isolate, detach, noMount, force bool
 		asJSON                          bool
 		wait, grace                     time.Duration
@@ -71,7 +71,7 @@ could not be set up (the reason on stderr).
 A bridgetun.yaml in the working directory may set defaults:
   version: 1
   intercept: {service: api, port: "8080:http", isolate: true, routeAs: alice,
-              envFile: .env, mount: ./.bridgetun/volumes, wait: 2m, grace: 30m}
+              envFile: .env, envFormat: dotenv, mount: ./.bridgetun/volumes, wait: 2m, grace: 30m}
   env: [{name: LOG_LEVEL, value: debug}]          # added to / overriding the pod's
   volumes: [{path: /var/lib/data, local: ./data}] # copied out of the pod (needs tar there)`,
 		Example: `  # your server runs already on 8080
@@ -107,6 +107,7 @@ A bridgetun.yaml in the working directory may set defaults:
 				Isolate:   ifChanged(cmd, "isolate", &isolate),
 				RouteAs:   ifChanged(cmd, "route-as", &routeAs),
 				EnvFile:   ifChanged(cmd, "env-file", &envFile),
+				EnvFormat: ifChanged(cmd, "env-format", &envFormat),
 				Mount:     ifChanged(cmd, "mount", &dir),
 				Wait:      ifChanged(cmd, "wait", &wait),
 				Grace:     ifChanged(cmd, "grace", &grace),
@@ -157,7 +158,8 @@ A bridgetun.yaml in the working directory may set defaults:
 	f.StringVar(&port, "port", "", "LOCAL[:REMOTE]: local port of your server, and the Service port's name or number")
 	f.BoolVar(&isolate, "isolate", false, "route only requests carrying kubernetes-route-as: VALUE here")
 	f.StringVar(&routeAs, "route-as", "", "the header value for --isolate (default: derived from your user name)")
-	f.StringVar(&envFile, "env-file", "", "write the container's environment to this file (dotenv, mode 0600; a symlink there is refused)")
+	f.StringVar(&envFile, "env-file", "", "write the container's environment to this file (mode 0600; a symlink there is refused)")
+	f.StringVar(&envFormat, "env-format", devflow.EnvFormatDotenv, "format of --env-file: dotenv (KEY=\"value\" escaped, for a shell's set -a; . FILE and godotenv) or docker (KEY=value literal: docker run --env-file)")
 	f.StringVar(&dir, "mount", "", "mirror the container's volumes under this directory (default: $XDG_STATE_HOME/bridgetun/volumes/NS/SERVICE, ~/.local/state/... without it; removed when the intercept ends)")
 	f.BoolVar(&noMount, "no-mount", false, "do not mirror volumes")
 	f.BoolVar(&force, "force", false, "take the Service over from another developer's conflicting intercept (the gateway allows it only if you may update the workload; they see it as lost)")
