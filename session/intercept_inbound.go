@@ -36,6 +36,7 @@ func (ic *interceptor) listenInbound(st *interceptState, port int) error {
 	if err != nil {
 		return fmt.Errorf("intercept: listen on the tunnel address, port %d: %w", port, err)
 	}
+	ic.allowInbound(st, port)
 	if ln == nil {
 		ic.cfg.Log.Info("local server listens on every address: it takes intercepted connections itself", "port", port)
 		return nil
@@ -112,6 +113,26 @@ func (ic *interceptor) listenInbound(st *interceptState, port int) error {
 		return err
 	})
 	return nil
+}
+
+// inboundPorts is the tunnel's inbound filter (client.Client): from the
+// tunnel, only the ports it opened take new connections.
+type inboundPorts interface {
+	// AllowInbound opens port; calls are counted.
+	AllowInbound(port uint16)
+	// RevokeInbound undoes one AllowInbound.
+	RevokeInbound(port uint16)
+}
+
+// allowInbound opens the inbound filter for the port the gateway dials (the
+// local port) until st closes.
+func (ic *interceptor) allowInbound(st *interceptState, port int) {
+	in := ic.cfg.Inbound
+	if in == nil {
+		return
+	}
+	in.AllowInbound(uint16(port))
+	st.closers = append(st.closers, func() error { in.RevokeInbound(uint16(port)); return nil })
 }
 
 // Limits of the local URL's server; tests shorten them.

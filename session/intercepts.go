@@ -122,6 +122,9 @@ type interceptConfig struct {
 	// tunnel address; a nil listener with a nil error means the local
 	// server, bound to every address, takes them itself.
 	Listen func(port int) (net.Listener, error)
+	// Inbound opens the tunnel's inbound filter for an intercept's port
+	// while the intercept lasts; nil = no filter to open.
+	Inbound inboundPorts
 	// Dial reaches a Service for the isolated local URL; nil = net.Dialer.
 	Dial           func(ctx context.Context, network, addr string) (net.Conn, error)
 	Image          string                           // the sidecar's image: the gateway's own
