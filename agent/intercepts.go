@@ -386,6 +386,22 @@ func (t *Intercepts) TargetAllowed(target string) bool {
 	return false
 }
 
+// TargetServices returns the Services of namespace ns with a routed
+// intercept whose target is target, sorted: the relay lets a sidecar
+// CONNECT to a target only for a Service its pod backs.
+func (t *Intercepts) TargetServices(ns, target string) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []string
+	for _, e := range t.byID {
+		if e.live() && e.it.Namespace == ns && e.it.Target == target && !slices.Contains(out, e.it.Service) {
+			out = append(out, e.it.Service)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 func (t *Intercepts) tableLocked(ns, svc string) api.RouteTable {
 	tab := api.RouteTable{Version: t.version}
 	for _, e := range t.byID {

@@ -345,7 +345,7 @@ func TestRelayConnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	relay := NewRelay(RelayConfig{Intercepts: tab, Token: "tok", Dial: (&net.Dialer{}).DialContext, DialTimeout: time.Second, Registerer: reg})
+	relay := NewRelay(RelayConfig{Intercepts: tab, Auth: testSidecarAuth, Pods: testSidecarPods, Dial: (&net.Dialer{}).DialContext, DialTimeout: time.Second, Registerer: reg})
 	ln := listen(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)

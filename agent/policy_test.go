@@ -130,3 +130,43 @@ func TestParseGrant(t *testing.T) {
 		t.Errorf("ParseGrant = %+v, %v; want 10.1.0.0/16 and the API server", g, err)
 	}
 }
+
+// TestRegisterRecordsGrant: the control API records what each
+// registration asks of the policy for the peer's tunnel address, replaces
+// it on the next registration, and refuses a bad --also-proxy before
+// admitting anything.
+func TestRegisterRecordsGrant(t *testing.T) {
+	c, fp, _ := newTestControl(t)
+	c.policy = NewPolicy(PolicyConfig{ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12")}, APIServer: []netip.AddrPort{netip.MustParseAddrPort("10.96.0.1:443")}})
+	alice, priv := bearer("alice"), newKey(t)
+	req := regReq(t, c, alice, priv)
+	req.AlsoProxy, req.AllowAPIServer = []string{"10.50.0.0/16"}, true
+	rr, err := c.Register(alice, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := netip.AddrPortFrom(netip.MustParsePrefix(rr.Address).Addr(), 40000)
+	for dst, want := range map[string]bool{"10.96.0.1:443": true, "10.50.1.1:80": true, "10.51.0.1:80": false} {
+		if _, ok := c.policy.Allow(src, netip.MustParseAddrPort(dst), "tcp"); ok != want {
+			t.Errorf("after registering --also-proxy 10.50.0.0/16 --allow-api-server: %s allowed %v, want %v", dst, ok, want)
+		}
+	}
+	req = regReq(t, c, alice, priv) // the next `up` of this key, without the flags
+	if _, err := c.Register(alice, req); err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []string{"10.96.0.1:443", "10.50.1.1:80"} {
+		if _, ok := c.policy.Allow(src, netip.MustParseAddrPort(dst), "tcp"); ok {
+			t.Errorf("after registering without the flags: %s still allowed", dst)
+		}
+	}
+	other := newKey(t)
+	bad := regReq(t, c, alice, other)
+	bad.AlsoProxy = []string{"not-a-cidr"}
+	if _, err := c.Register(alice, bad); err == nil {
+		t.Errorf("register with also_proxy %q: admitted, want refused", bad.AlsoProxy[0])
+	}
+	if _, ok := fp.peers[other.PublicKey()]; ok {
+		t.Errorf("a refused registration added its peer")
+	}
+}

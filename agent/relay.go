@@ -2,16 +2,17 @@ package agent
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/bridgetun/bridgetun/agent/api"
 	"github.com/bridgetun/bridgetun/internal/obs"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,17 +20,24 @@ import (
 	"github.com/bridgetun/bridgetun/internal/splice"
 )
 
-// Relay serves sidecars on the pod network (see the protocol in routes.go):
-// route tables by long poll, and CONNECT into a workstation's tunnel.
+// Relay serves sidecars on the pod network (see the protocol in
+// agent/api): route tables by long poll, and CONNECT into a workstation's
+// tunnel. A sidecar authenticates with its pod's projected ServiceAccount
+// token (audience api.RelayTokenAudience, rotated by the kubelet), which
+// the relay verifies with the API server and binds: the token's pod must
+// back the Service whose routes it asks for, and it may CONNECT only to
+// the targets of that Service's routes.
 type Relay struct {
 	tab     *Intercepts
-	token   string
+	auth    Authenticator
+	pods    *podCache
 	dial    func(ctx context.Context, network, address string) (net.Conn, error)
 	timeout time.Duration
 	poll    time.Duration
 	drain   time.Duration
 	log     *slog.Logger
 	conns   *prometheus.CounterVec
+	refused *prometheus.CounterVec
 
 	mu      sync.Mutex
 	live    map[net.Conn]net.Conn // relays in flight: sidecar side → workstation side
@@ -40,7 +48,12 @@ type Relay struct {
 // RelayConfig configures the relay.
 type RelayConfig struct {
 	Intercepts *Intercepts
-	Token      string // the sidecar token; "" refuses every request
+	// Auth verifies sidecars' tokens (TokenReview for
+	// api.RelayTokenAudience); nil refuses every request.
+	Auth Authenticator
+	// Pods tells whether a sidecar's pod backs a Service; nil refuses
+	// every request.
+	Pods SidecarPods
 	// Dial reaches a workstation's tunnel address (the gateway netstack's DialContext).
 	Dial        func(ctx context.Context, network, address string) (net.Conn, error)
 	DialTimeout time.Duration // 0 = 2 s
@@ -55,7 +68,7 @@ type RelayConfig struct {
 
 // NewRelay returns the relay handler.
 func NewRelay(cfg RelayConfig) *Relay {
-	r := &Relay{tab: cfg.Intercepts, token: cfg.Token, dial: cfg.Dial, timeout: cfg.DialTimeout, poll: cfg.PollTimeout,
+	r := &Relay{tab: cfg.Intercepts, auth: cfg.Auth, pods: newPodCache(cfg.Pods, podCacheTTL), dial: cfg.Dial, timeout: cfg.DialTimeout, poll: cfg.PollTimeout,
 		drain: cfg.DrainTimeout, log: cfg.Log, live: map[net.Conn]net.Conn{}, idle: make(chan struct{})}
 	if r.timeout == 0 {
 		r.timeout = 2 * time.Second
@@ -74,8 +87,13 @@ func NewRelay(cfg RelayConfig) *Relay {
 		Name: "bridgetun_gateway_relay_connections_total",
 		Help: "Sidecar connections relayed into workstation tunnels, by result (ok, denied, dial_failed).",
 	}, []string{"result"})
+	r.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bridgetun_gateway_relay_refused_total",
+		Help: "Sidecar requests the relay refused for their credential, by reason (unauthenticated, forbidden, unavailable).",
+	}, []string{"reason"})
 	if cfg.Registerer != nil {
 		_ = cfg.Registerer.Register(r.conns)
+		_ = cfg.Registerer.Register(r.refused)
 		_ = cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "bridgetun_gateway_intercepts",
 			Help: "Live intercepts (leases not expired).",
@@ -86,35 +104,118 @@ func NewRelay(cfg RelayConfig) *Relay {
 
 // ServeHTTP serves GET /v1/routes and CONNECT.
 func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	if !r.authorized(req) {
-		http.Error(w, "relay: missing or wrong sidecar token", http.StatusUnauthorized)
+	isRoutes := req.Method == http.MethodGet && req.URL.Path == "/v1/routes"
+	if req.Method != http.MethodConnect && !isRoutes {
+		http.NotFound(w, req)
 		return
 	}
-	switch {
-	case req.Method == http.MethodConnect:
-		r.connect(w, req)
-	case req.Method == http.MethodGet && req.URL.Path == "/v1/routes":
-		q := req.URL.Query()
-		after, _ := strconv.ParseUint(q.Get("after"), 10, 64)
-		ctx, cancel := context.WithTimeout(req.Context(), r.poll)
-		defer cancel()
-		tab := r.tab.Wait(ctx, q.Get("namespace"), q.Get("service"), after)
-		writeJSON(w, tab)
-	default:
-		http.NotFound(w, req)
+	pod, err := r.sidecar(req)
+	if err != nil {
+		r.refuse(w, err)
+		return
 	}
+	if req.Method == http.MethodConnect {
+		r.connect(w, req, pod)
+		return
+	}
+	q := req.URL.Query()
+	ns, svc := q.Get("namespace"), q.Get("service")
+	if err := r.backs(req.Context(), pod, ns, svc); err != nil {
+		r.refuse(w, err)
+		return
+	}
+	after, _ := strconv.ParseUint(q.Get("after"), 10, 64)
+	ctx, cancel := context.WithTimeout(req.Context(), r.poll)
+	defer cancel()
+	writeJSON(w, r.tab.Wait(ctx, ns, svc, after))
 }
 
-func (r *Relay) authorized(req *http.Request) bool {
-	want := "Bearer " + r.token
-	return r.token != "" && subtle.ConstantTimeCompare([]byte(req.Header.Get("Authorization")), []byte(want)) == 1
+// sidecar verifies the request's bearer token: a projected ServiceAccount
+// token for api.RelayTokenAudience, bound to a pod. Errors wrap
+// ErrUnauthenticated or ErrForbidden, or are the API server's failure.
+func (r *Relay) sidecar(req *http.Request) (SidecarPod, error) {
+	token, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
+	if !ok || token == "" {
+		return SidecarPod{}, fmt.Errorf("%w: no bearer token: the sidecar presents its pod's ServiceAccount token for audience %q", ErrUnauthenticated, api.RelayTokenAudience)
+	}
+	if r.auth == nil {
+		return SidecarPod{}, fmt.Errorf("%w: this gateway verifies no sidecar tokens", ErrUnauthenticated)
+	}
+	id, err := r.auth.AuthenticateToken(req.Context(), token, []string{api.RelayTokenAudience})
+	if err != nil {
+		return SidecarPod{}, fmt.Errorf("sidecar token: %w", err)
+	}
+	ns, sa, ok := serviceAccountOf(id.User)
+	if !ok {
+		return SidecarPod{}, fmt.Errorf("%w: %s is not a ServiceAccount: only a sidecar's pod token is accepted", ErrForbidden, id.User)
+	}
+	name, uid := id.Pod()
+	if name == "" || uid == "" {
+		return SidecarPod{}, fmt.Errorf("%w: the token of %s is not bound to a pod", ErrForbidden, id.User)
+	}
+	return SidecarPod{Namespace: ns, Name: name, UID: uid, ServiceAccount: sa}, nil
 }
 
-func (r *Relay) connect(w http.ResponseWriter, req *http.Request) {
+// backs checks that pod backs Service ns/svc.
+func (r *Relay) backs(ctx context.Context, pod SidecarPod, ns, svc string) error {
+	if ns == "" || svc == "" {
+		return fmt.Errorf("%w: namespace and service are required", ErrForbidden)
+	}
+	if ns != pod.Namespace {
+		return fmt.Errorf("%w: pod %s/%s may not follow the routes of namespace %s", ErrForbidden, pod.Namespace, pod.Name, ns)
+	}
+	ok, err := r.pods.backs(ctx, pod, svc)
+	if err != nil {
+		return fmt.Errorf("check pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	if !ok {
+		return fmt.Errorf("%w: pod %s/%s is not an intercepted pod of service %s", ErrForbidden, pod.Namespace, pod.Name, svc)
+	}
+	return nil
+}
+
+// refuse answers a credential failure: 401, 403, or 503 when the API
+// server could not be asked (the sidecar retries).
+func (r *Relay) refuse(w http.ResponseWriter, err error) {
+	code, reason := http.StatusServiceUnavailable, "unavailable"
+	switch {
+	case errors.Is(err, ErrUnauthenticated):
+		code, reason = http.StatusUnauthorized, "unauthenticated"
+	case errors.Is(err, ErrForbidden):
+		code, reason = http.StatusForbidden, "forbidden"
+	}
+	r.refused.WithLabelValues(reason).Inc()
+	r.log.Debug("sidecar refused", "reason", reason, "err", err)
+	http.Error(w, "relay: "+err.Error(), code)
+}
+
+// serviceAccountOf splits "system:serviceaccount:NS:SA".
+func serviceAccountOf(user string) (ns, sa string, ok bool) {
+	rest, ok := strings.CutPrefix(user, "system:serviceaccount:")
+	if !ok {
+		return "", "", false
+	}
+	ns, sa, ok = strings.Cut(rest, ":")
+	return ns, sa, ok && ns != "" && sa != "" && !strings.Contains(sa, ":")
+}
+
+func (r *Relay) connect(w http.ResponseWriter, req *http.Request, pod SidecarPod) {
 	target := req.Host
-	if !r.tab.TargetAllowed(target) {
+	svcs := r.tab.TargetServices(pod.Namespace, target)
+	if len(svcs) == 0 {
 		r.conns.WithLabelValues("denied").Inc()
-		http.Error(w, fmt.Sprintf("relay: %s is not a live intercept's target", target), http.StatusForbidden)
+		http.Error(w, fmt.Sprintf("relay: %s is not a live intercept's target in namespace %s", target, pod.Namespace), http.StatusForbidden)
+		return
+	}
+	var err error
+	for _, svc := range svcs {
+		if err = r.backs(req.Context(), pod, pod.Namespace, svc); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		r.conns.WithLabelValues("denied").Inc()
+		r.refuse(w, fmt.Errorf("CONNECT %s (the target of %s): %w", target, strings.Join(svcs, ", "), err))
 		return
 	}
 	ctx, cancel := context.WithTimeout(req.Context(), r.timeout)

@@ -23,7 +23,7 @@ func TestServerTimeouts(t *testing.T) {
 			return c.Run(ctx, ln)
 		},
 		"relay": func(ctx context.Context, ln net.Listener) error {
-			r := NewRelay(RelayConfig{Intercepts: NewIntercepts(0, nil), Token: "tok", Dial: (&net.Dialer{}).DialContext})
+			r := NewRelay(RelayConfig{Intercepts: NewIntercepts(0, nil), Auth: testSidecarAuth, Pods: testSidecarPods, Dial: (&net.Dialer{}).DialContext})
 			return r.Run(ctx, ln)
 		},
 	}

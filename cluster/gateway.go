@@ -23,7 +23,6 @@ type GatewaySpec struct {
 	Image          string            // e.g. bridgetun.local/bridgetun-agent:dev
 	PullPolicy     corev1.PullPolicy // "" = IfNotPresent
 	PrivateKey     string            // base64 WireGuard private key, Secret key "private-key"
-	SidecarToken   string            // Secret key "sidecar-token"; "" = generate
 	ExposeNodePort bool              // also create a UDP NodePort Service for WireGuard
 	Version        string            // "" = internal/version.Version
 	// Policy is what the gateway's destination policy knows of the
@@ -39,12 +38,11 @@ const (
 	StreamPort    = 8082                // stream transport on 127.0.0.1 in the pod (port-forward only)
 	WireGuardPort = 51820               // UDP container port
 	MetricsPort   = 9090                // /metrics and /healthz on the pod IP
-	RelayPort     = 8083                // sidecars: route tables and CONNECT into workstation tunnels (token-protected)
+	RelayPort     = 8083                // sidecars: route tables and CONNECT into workstation tunnels (their pods' ServiceAccount tokens)
 	RelayName     = "bridgetun-relay"   // ClusterIP Service in front of RelayPort: sidecars survive a gateway restart
 
 	GatewayContainer = "gateway"
 	SecretKeyPrivate = "private-key"
-	SecretKeyToken   = "sidecar-token"
 
 	LabelName         = "app.kubernetes.io/name"
 	AnnotationVersion = "bridgetun.io/version"
@@ -63,9 +61,6 @@ func (s GatewaySpec) withDefaults() GatewaySpec {
 	}
 	if s.Version == "" {
 		s.Version = version.Version
-	}
-	if s.SidecarToken == "" {
-		s.SidecarToken = NewToken()
 	}
 	return s
 }
@@ -128,7 +123,6 @@ func GatewayObjects(spec GatewaySpec) []runtime.Object {
 			Type:       corev1.SecretTypeOpaque,
 			Data: map[string][]byte{
 				SecretKeyPrivate: []byte(s.PrivateKey),
-				SecretKeyToken:   []byte(s.SidecarToken),
 			},
 		},
 		gatewayDeployment(s, meta()),
@@ -235,7 +229,6 @@ func gatewayDeployment(s GatewaySpec, meta metav1.ObjectMeta) *appsv1.Deployment
 						Args:            append([]string{"gateway", "--in-cluster", "--metrics-addr", fmt.Sprintf(":%d", MetricsPort)}, s.Policy.args()...),
 						Env: []corev1.EnvVar{
 							secretEnv("BRIDGETUN_PRIVATE_KEY", SecretKeyPrivate),
-							secretEnv("BRIDGETUN_SIDECAR_TOKEN", SecretKeyToken),
 							{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
 							// The node, whose kubelet the destination policy refuses.
 							{Name: "HOST_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}}},

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -77,8 +79,10 @@ func TestGatewayYAML(t *testing.T) {
 	if got := string(secret.Data[SecretKeyPrivate]); got != spec.PrivateKey {
 		t.Errorf("secret private-key = %q, want %q", got, spec.PrivateKey)
 	}
-	if len(secret.Data[SecretKeyToken]) < 32 || secret.Type != corev1.SecretTypeOpaque {
-		t.Errorf("secret: token %q type %q, want a generated token and Opaque", secret.Data[SecretKeyToken], secret.Type)
+	// Only the key: sidecars present their pods' own tokens, so nothing
+	// in the Secret is meant for anyone but the gateway.
+	if len(secret.Data) != 1 || secret.Type != corev1.SecretTypeOpaque {
+		t.Errorf("secret: keys %v type %q, want only %s and Opaque", slices.Sorted(maps.Keys(secret.Data)), secret.Type, SecretKeyPrivate)
 	}
 
 	if dep.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType || *dep.Spec.Replicas != 1 {
@@ -129,10 +133,9 @@ func TestGatewayYAML(t *testing.T) {
 		}
 	}
 	wantEnv := map[string]string{
-		"BRIDGETUN_PRIVATE_KEY":   "secret:bridgetun-gateway/private-key",
-		"BRIDGETUN_SIDECAR_TOKEN": "secret:bridgetun-gateway/sidecar-token",
-		"POD_NAMESPACE":           "field:metadata.namespace",
-		"HOST_IP":                 "field:status.hostIP",
+		"BRIDGETUN_PRIVATE_KEY": "secret:bridgetun-gateway/private-key",
+		"POD_NAMESPACE":         "field:metadata.namespace",
+		"HOST_IP":               "field:status.hostIP",
 	}
 	if diff := cmp.Diff(wantEnv, env); diff != "" {
 		t.Errorf("env (-want +got):\n%s", diff)
@@ -227,9 +230,9 @@ func TestInstallGateway(t *testing.T) {
 	if diff := cmp.Diff(all, listAll(t, client, "bt")); diff != "" {
 		t.Errorf("objects after install (-want +got):\n%s", diff)
 	}
-	key, token, err := ReadGatewaySecret(ctx, client, "bt")
-	if err != nil || key != spec.PrivateKey || token == "" {
-		t.Fatalf("ReadGatewaySecret = %q, %q, %v; want %q and a token", key, token, err, spec.PrivateKey)
+	key, err := ReadGatewaySecret(ctx, client, "bt")
+	if err != nil || key != spec.PrivateKey {
+		t.Fatalf("ReadGatewaySecret = %q, %v; want %q", key, err, spec.PrivateKey)
 	}
 	// The server assigned a NodePort; a re-install must keep it.
 	svc, _ := client.CoreV1().Services("bt").Get(ctx, GatewayName, metav1.GetOptions{})
@@ -244,9 +247,9 @@ func TestInstallGateway(t *testing.T) {
 	if err := InstallGateway(ctx, client, again, false); err != nil {
 		t.Fatalf("idempotent re-install: %v", err)
 	}
-	key2, token2, err := ReadGatewaySecret(ctx, client, "bt")
-	if err != nil || key2 != key || token2 != token {
-		t.Errorf("after re-install: key %q token %q (%v), want the original %q %q", key2, token2, err, key, token)
+	key2, err := ReadGatewaySecret(ctx, client, "bt")
+	if err != nil || key2 != key {
+		t.Errorf("after re-install: key %q (%v), want the original %q", key2, err, key)
 	}
 	svc, _ = client.CoreV1().Services("bt").Get(ctx, GatewayName, metav1.GetOptions{})
 	if svc.Spec.Ports[0].NodePort != 31820 {
@@ -275,12 +278,45 @@ func TestInstallGateway(t *testing.T) {
 	if v, err := GatewayVersion(ctx, client, "bt"); err != nil || v != "v2.0.0" {
 		t.Errorf("GatewayVersion after upgrade = %q, %v; want v2.0.0", v, err)
 	}
-	if k, _, _ := ReadGatewaySecret(ctx, client, "bt"); k != key {
+	if k, _ := ReadGatewaySecret(ctx, client, "bt"); k != key {
 		t.Errorf("key after upgrade = %q, want %q", k, key)
 	}
 	d, _ := client.AppsV1().Deployments("bt").Get(ctx, GatewayName, metav1.GetOptions{})
 	if got := d.Spec.Template.Annotations[AnnotationVersion]; got != "v2.0.0" {
 		t.Errorf("pod template version = %q, want v2.0.0 (so the pods roll)", got)
+	}
+}
+
+// TestUpgradeDropsSidecarToken: an older gateway's Secret also held a
+// namespace-wide sidecar token; the upgrade keeps its key, ignores the
+// token and leaves only the key in the Secret.
+func TestUpgradeDropsSidecarToken(t *testing.T) {
+	ctx := t.Context()
+	client := fake.NewClientset()
+	older := testSpec
+	older.Version = "v0.9.0"
+	if err := InstallGateway(ctx, client, older, false); err != nil {
+		t.Fatal(err)
+	}
+	s, err := client.CoreV1().Secrets("bt").Get(ctx, GatewayName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Data["sidecar-token"] = []byte("an-old-namespace-wide-token")
+	if _, err := client.CoreV1().Secrets("bt").Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	upgrade := testSpec
+	upgrade.PrivateKey = "" // an upgrade takes the key from the Secret
+	if err := InstallGateway(ctx, client, upgrade, true); err != nil {
+		t.Fatalf("upgrade over a Secret with a sidecar token: %v", err)
+	}
+	s, err = client.CoreV1().Secrets("bt").Get(ctx, GatewayName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string][]byte{SecretKeyPrivate: []byte(testSpec.PrivateKey)}, s.Data); diff != "" {
+		t.Errorf("secret after the upgrade (-want +got):\n%s", diff)
 	}
 }
 

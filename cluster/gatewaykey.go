@@ -14,7 +14,7 @@ import (
 // error must never rotate the key under every workstation that shares the
 // gateway.
 func GatewayPrivateKey(ctx context.Context, client kubernetes.Interface, ns string, generate func() (string, error)) (key string, created bool, err error) {
-	key, _, err = ReadGatewaySecret(ctx, client, ns)
+	key, err = ReadGatewaySecret(ctx, client, ns)
 	switch {
 	case err == nil:
 		return key, false, nil

@@ -30,7 +30,7 @@ func TestGatewayPrivateKey(t *testing.T) {
 	}{
 		{name: "existing", objs: []runtime.Object{secret(map[string][]byte{SecretKeyPrivate: []byte("old-key")})}, wantKey: "old-key"},
 		{name: "no secret", wantKey: "new-key", wantCreated: true},
-		{name: "secret without key", objs: []runtime.Object{secret(map[string][]byte{SecretKeyToken: []byte("t")})}, wantKey: "new-key", wantCreated: true},
+		{name: "secret without key", objs: []runtime.Object{secret(map[string][]byte{"sidecar-token": []byte("t")})}, wantKey: "new-key", wantCreated: true},
 		{name: "timeout", objs: []runtime.Object{secret(map[string][]byte{SecretKeyPrivate: []byte("old-key")})},
 			getErr: apierrors.NewTimeoutError("etcd busy", 1), wantErr: "the gateway key is kept"},
 		{name: "forbidden", getErr: apierrors.NewForbidden(corev1.Resource("secrets"), GatewayName, errors.New("no")), wantErr: "forbidden"},

@@ -23,10 +23,12 @@ import (
 var ErrGatewayNotInstalled = errors.New("gateway not installed")
 
 // InstallGateway creates or updates the gateway's objects. It is idempotent.
-// An existing Secret's private key (and sidecar token) is kept, so the
-// gateway's identity survives re-installs and upgrades. A gateway of
-// another version is replaced only with upgrade; a NodePort Service left
-// from an earlier install with ExposeNodePort is removed without it.
+// An existing Secret's private key is kept, so the gateway's identity
+// survives re-installs and upgrades (keys an older version kept there,
+// such as its sidecar token, are dropped: sidecars now present their
+// pods' own tokens). A gateway of another version is replaced only with
+// upgrade; a NodePort Service left from an earlier install with
+// ExposeNodePort is removed without it.
 func InstallGateway(ctx context.Context, client kubernetes.Interface, spec GatewaySpec, upgrade bool) error {
 	if spec.Namespace == "" {
 		spec.Namespace = "default"
@@ -49,13 +51,10 @@ func InstallGateway(ctx context.Context, client kubernetes.Interface, spec Gatew
 		return fmt.Errorf("gateway in namespace %q is %s, this bridgetun is %s: run `bridgetun install --upgrade` to replace it", ns, have, spec.Version)
 	}
 
-	key, token, err := ReadGatewaySecret(ctx, client, ns)
+	key, err := ReadGatewaySecret(ctx, client, ns)
 	switch {
 	case err == nil:
 		spec.PrivateKey = key
-		if token != "" {
-			spec.SidecarToken = token
-		}
 	case errors.Is(err, ErrGatewayNotInstalled):
 		if spec.PrivateKey == "" {
 			return errors.New("install gateway: no private key given and no existing gateway Secret")
@@ -196,21 +195,21 @@ func upsert[T any, P kobject[T]](ctx context.Context, want P,
 	return nil
 }
 
-// ReadGatewaySecret returns the installed gateway's private key and sidecar
-// token. A missing Secret or key is ErrGatewayNotInstalled (wrapped).
-func ReadGatewaySecret(ctx context.Context, client kubernetes.Interface, ns string) (privateKey, sidecarToken string, err error) {
+// ReadGatewaySecret returns the installed gateway's private key. A missing
+// Secret or key is ErrGatewayNotInstalled (wrapped).
+func ReadGatewaySecret(ctx context.Context, client kubernetes.Interface, ns string) (privateKey string, err error) {
 	s, err := client.CoreV1().Secrets(ns).Get(ctx, GatewayName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return "", "", fmt.Errorf("secret %s/%s: %w", ns, GatewayName, ErrGatewayNotInstalled)
+		return "", fmt.Errorf("secret %s/%s: %w", ns, GatewayName, ErrGatewayNotInstalled)
 	}
 	if err != nil {
-		return "", "", fmt.Errorf("read secret %s/%s: %w", ns, GatewayName, err)
+		return "", fmt.Errorf("read secret %s/%s: %w", ns, GatewayName, err)
 	}
 	key := string(s.Data[SecretKeyPrivate])
 	if key == "" {
-		return "", "", fmt.Errorf("secret %s/%s has no %q: %w", ns, GatewayName, SecretKeyPrivate, ErrGatewayNotInstalled)
+		return "", fmt.Errorf("secret %s/%s has no %q: %w", ns, GatewayName, SecretKeyPrivate, ErrGatewayNotInstalled)
 	}
-	return key, string(s.Data[SecretKeyToken]), nil
+	return key, nil
 }
 
 // GatewayVersion returns the installed gateway Deployment's version
@@ -230,7 +229,7 @@ func GatewayVersion(ctx context.Context, client kubernetes.Interface, ns string)
 // are fine. The Deployment goes with background propagation, so its
 // ReplicaSets and pods are garbage-collected. While a workload of ns is
 // still patched for an intercept it refuses and deletes nothing: that
-// workload's sidecars read the gateway's Secret and relay through it.
+// workload's sidecars relay through the gateway.
 func UninstallGateway(ctx context.Context, client kubernetes.Interface, ns string) error {
 	patched, err := PatchedWorkloads(ctx, client, ns)
 	if err != nil {

@@ -36,7 +36,11 @@ const (
 	SidecarContainerName = "bridgetun-sidecar"
 	SidecarPortName      = "bt-intercept"
 	SidecarMetricsName   = "bt-metrics"
-	SidecarTokenEnv      = "BRIDGETUN_SIDECAR_TOKEN"
+	RelayTokenVolume     = "bridgetun-relay-token"                     // projected ServiceAccount token, mounted into the sidecar only
+	RelayTokenPath       = "/var/run/secrets/bridgetun.io/relay/token" // where the sidecar reads it (its --token-file)
+	RelayTokenSeconds    = 600                                         // the token's lifetime (the API server's minimum; the kubelet renews at 80%)
+	relayTokenDir        = "/var/run/secrets/bridgetun.io/relay"
+	relayTokenFile       = "token"
 
 	DefaultSidecarPort = 15001
 	DefaultProbePort   = 15002

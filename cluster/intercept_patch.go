@@ -19,6 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
+
+	"github.com/bridgetun/bridgetun/agent/api"
 )
 
 // SidecarSpec describes the init step and sidecar PatchWorkload adds.
@@ -26,8 +28,6 @@ type SidecarSpec struct {
 	Image       string            // the bridgetun-agent image
 	PullPolicy  corev1.PullPolicy // "" = IfNotPresent
 	Relay       string            // gateway relay host:port the sidecar reaches
-	TokenSecret string            // Secret (in the workload's namespace) holding the sidecar token
-	TokenKey    string            // key in TokenSecret
 	SidecarPort int32             // 0 = 15001
 	ProbePort   int32             // 0 = 15002
 	MetricsPort int32             // 0 = 15090
@@ -63,7 +63,7 @@ func (s SidecarSpec) withDefaults() SidecarSpec {
 // validate checks a defaulted spec against the intercepted port.
 func (s SidecarSpec) validate(containerPort int32) error {
 	for _, f := range []struct{ name, v string }{
-		{"image", s.Image}, {"relay address", s.Relay}, {"token secret", s.TokenSecret}, {"token key", s.TokenKey},
+		{"image", s.Image}, {"relay address", s.Relay},
 	} {
 		if f.v == "" {
 			return fmt.Errorf("sidecar spec has no %s", f.name)
@@ -90,9 +90,14 @@ func (s SidecarSpec) validate(containerPort int32) error {
 }
 
 // PatchWorkload adds the init step and the sidecar to t's workload and
-// saves the original pod template in an annotation. A workload already
-// patched for the same container port is left alone (false, nil); one
-// patched for another port is an error naming it.
+// saves the original pod template in an annotation. The patched pod is
+// first created with a server-side dry run, so an admission refusal (Pod
+// Security's baseline rejects the init step's root and NET_ADMIN) is one
+// line naming the namespace and policy, and nothing is patched. A
+// workload already patched for the same container port is left alone
+// (false, nil), unless an older bridgetun patched it (its sidecar has no
+// projected relay token): that one is patched again from the saved
+// original. One patched for another port is an error naming it.
 //
 // A Deployment and a RollingUpdate StatefulSet replace their pods
 // themselves. A bare ReplicaSet and an OnDelete StatefulSet do not, so
@@ -137,11 +142,20 @@ func patchWorkload(w *workload, t InterceptTarget, spec SidecarSpec, now time.Ti
 	}
 	added := hasContainer(tmpl.Spec.Containers, SidecarContainerName) || hasContainer(tmpl.Spec.InitContainers, InitContainerName)
 	if port, ok := w.meta.Annotations[AnnotationInterceptPort]; ok && added {
-		if port == strconv.Itoa(int(t.ContainerPort)) {
+		if port != strconv.Itoa(int(t.ContainerPort)) {
+			return false, fmt.Errorf("%s is already intercepted on container port %s: end that intercept before intercepting port %d",
+				w.ref, port, t.ContainerPort)
+		}
+		if hasRelayToken(tmpl) {
 			return false, nil
 		}
-		return false, fmt.Errorf("%s is already intercepted on container port %s: end that intercept before intercepting port %d",
-			w.ref, port, t.ContainerPort)
+		// Patched by an older bridgetun, whose sidecar authenticated with
+		// a Secret's token the gateway no longer takes: patch again from
+		// the saved original.
+		if _, err := unpatchWorkload(w); err != nil {
+			return false, err
+		}
+		added = false
 	}
 	if added {
 		return false, fmt.Errorf("%s has bridgetun's containers but no %s annotation: %s", w.ref, AnnotationInterceptPort, fixByHand(w.ref))
@@ -188,6 +202,9 @@ func patchTemplate(tmpl *corev1.PodTemplateSpec, t InterceptTarget, spec Sidecar
 	if target < 0 {
 		return fmt.Errorf("no container %q in the pod template", t.Container)
 	}
+	if slices.ContainsFunc(ps.Volumes, func(v corev1.Volume) bool { return v.Name == RelayTokenVolume }) {
+		return fmt.Errorf("the pod template already has a volume named %q, which the sidecar needs", RelayTokenVolume)
+	}
 	for _, c := range slices.Concat(ps.InitContainers, ps.Containers) {
 		for _, p := range c.Ports {
 			if p.ContainerPort == spec.SidecarPort || p.ContainerPort == spec.ProbePort || p.ContainerPort == spec.MetricsPort {
@@ -198,6 +215,7 @@ func patchTemplate(tmpl *corev1.PodTemplateSpec, t InterceptTarget, spec Sidecar
 	rewriteProbes(&ps.Containers[target], t.ContainerPort, spec.ProbePort)
 	ps.InitContainers = slices.Insert(ps.InitContainers, 0, initContainer(t, spec))
 	ps.Containers = append(ps.Containers, sidecarContainer(t, spec))
+	ps.Volumes = append(ps.Volumes, relayTokenVolume())
 
 	hasProm := false
 	for k := range tmpl.Annotations {
@@ -253,10 +271,11 @@ func sidecarContainer(t InterceptTarget, spec SidecarSpec) corev1.Container {
 			"--namespace", t.Namespace,
 			"--service", t.Service,
 			"--metrics-addr", fmt.Sprintf(":%d", spec.MetricsPort),
+			"--token-file", RelayTokenPath,
 		},
-		Env: []corev1.EnvVar{{Name: SidecarTokenEnv, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
-			LocalObjectReference: corev1.LocalObjectReference{Name: spec.TokenSecret}, Key: spec.TokenKey,
-		}}}},
+		// Only the sidecar mounts the relay token; the app's containers
+		// never see it.
+		VolumeMounts: []corev1.VolumeMount{{Name: RelayTokenVolume, MountPath: relayTokenDir, ReadOnly: true}},
 		Ports: []corev1.ContainerPort{
 			{Name: SidecarPortName, ContainerPort: spec.SidecarPort, Protocol: corev1.ProtocolTCP},
 			{Name: SidecarMetricsName, ContainerPort: spec.MetricsPort, Protocol: corev1.ProtocolTCP},
@@ -273,6 +292,25 @@ func sidecarContainer(t InterceptTarget, spec SidecarSpec) corev1.Container {
 			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 		},
 	}
+}
+
+// relayTokenVolume is the sidecar's credential for the gateway relay: the
+// pod's own ServiceAccount token for api.RelayTokenAudience, bound to the
+// pod and rotated by the kubelet (it rewrites the file at 80% of the
+// lifetime; the sidecar reads it for each request).
+func relayTokenVolume() corev1.Volume {
+	return corev1.Volume{Name: RelayTokenVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+			Audience: api.RelayTokenAudience, ExpirationSeconds: ptr(int64(RelayTokenSeconds)), Path: relayTokenFile,
+		}}},
+		DefaultMode: ptr(int32(0o444)), // the sidecar's UID is not the file's owner
+	}}}
+}
+
+// hasRelayToken reports whether a patched template mounts the relay token
+// (older bridgetun versions gave the sidecar a Secret's token instead).
+func hasRelayToken(tmpl *corev1.PodTemplateSpec) bool {
+	return slices.ContainsFunc(tmpl.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == RelayTokenVolume })
 }
 
 func smallRequests() corev1.ResourceRequirements {
@@ -400,7 +438,7 @@ func WorkloadPatchedFor(ctx context.Context, client kubernetes.Interface, ref Wo
 	if err != nil {
 		return false, err
 	}
-	return hasContainer(w.template.Spec.Containers, SidecarContainerName) &&
+	return hasContainer(w.template.Spec.Containers, SidecarContainerName) && hasRelayToken(w.template) &&
 		w.meta.Annotations[AnnotationInterceptPort] == strconv.Itoa(int(containerPort)), nil
 }
 

@@ -244,10 +244,8 @@ func TestResolveNamedTargetPortMissing(t *testing.T) {
 }
 
 var testSidecar = SidecarSpec{
-	Image:       "bridgetun.local/bridgetun-agent:dev",
-	Relay:       "bridgetun-gateway.bt.svc:8083",
-	TokenSecret: "bridgetun-sidecar",
-	TokenKey:    "token",
+	Image: "bridgetun.local/bridgetun-agent:dev",
+	Relay: "bridgetun-gateway.bt.svc:8083",
 }
 
 func apiTarget() InterceptTarget {
@@ -290,9 +288,9 @@ func TestPatchWorkload(t *testing.T) {
 	wantSidecar := corev1.Container{
 		Name: "bridgetun-sidecar", Image: testSidecar.Image, ImagePullPolicy: corev1.PullIfNotPresent,
 		Args: []string{"sidecar", "--listen", ":15001", "--probe-listen", ":15002", "--original", "127.0.0.1:8080",
-			"--gateway", "bridgetun-gateway.bt.svc:8083", "--namespace", "shop", "--service", "api", "--metrics-addr", ":15090"},
-		Env: []corev1.EnvVar{{Name: "BRIDGETUN_SIDECAR_TOKEN", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
-			LocalObjectReference: corev1.LocalObjectReference{Name: "bridgetun-sidecar"}, Key: "token"}}}},
+			"--gateway", "bridgetun-gateway.bt.svc:8083", "--namespace", "shop", "--service", "api", "--metrics-addr", ":15090",
+			"--token-file", "/var/run/secrets/bridgetun.io/relay/token"},
+		VolumeMounts: []corev1.VolumeMount{{Name: "bridgetun-relay-token", MountPath: "/var/run/secrets/bridgetun.io/relay", ReadOnly: true}},
 		Ports: []corev1.ContainerPort{
 			{Name: "bt-intercept", ContainerPort: 15001, Protocol: corev1.ProtocolTCP},
 			{Name: "bt-metrics", ContainerPort: 15090, Protocol: corev1.ProtocolTCP},
@@ -310,6 +308,11 @@ func TestPatchWorkload(t *testing.T) {
 	want.Annotations = map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": "15090"}
 	want.Spec.InitContainers = []corev1.Container{wantInit, want.Spec.InitContainers[0]}
 	want.Spec.Containers = append(want.Spec.Containers, wantSidecar)
+	// The sidecar's relay credential: the pod's own token for the relay's
+	// audience, short-lived (the kubelet rotates it).
+	want.Spec.Volumes = append(want.Spec.Volumes, corev1.Volume{Name: "bridgetun-relay-token", VolumeSource: corev1.VolumeSource{
+		Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+			Audience: "bridgetun-relay", ExpirationSeconds: ptr(int64(600)), Path: "token"}}}, DefaultMode: ptr(int32(0o444))}}})
 	api := &want.Spec.Containers[0]
 	api.LivenessProbe.HTTPGet.Port = intstr.FromInt32(15002)    // "http" is 8080
 	api.ReadinessProbe.TCPSocket.Port = intstr.FromInt32(15002) // 8080
@@ -359,6 +362,48 @@ func TestPatchWorkload(t *testing.T) {
 	}
 }
 
+// TestPatchWorkloadUpgradesOldSidecar: a workload patched by an older
+// bridgetun, whose sidecar read a namespace-wide token from the gateway
+// Secret (which the gateway no longer takes), is not "already patched": a
+// re-attach sees it needs patching, and the patch starts again from the
+// saved original, so the new template has the projected token and the
+// original is still the one saved.
+func TestPatchWorkloadUpgradesOldSidecar(t *testing.T) {
+	client := interceptWorld(t)
+	if _, err := PatchWorkload(t.Context(), client, apiTarget(), testSidecar); err != nil {
+		t.Fatal(err)
+	}
+	want := getDeployment(t, client, "api")
+	// Make it look like the old patch: the sidecar's token from a Secret.
+	old := want.DeepCopy()
+	ps := &old.Spec.Template.Spec
+	ps.Volumes = slices.DeleteFunc(ps.Volumes, func(v corev1.Volume) bool { return v.Name == RelayTokenVolume })
+	sc := &ps.Containers[len(ps.Containers)-1]
+	sc.VolumeMounts = nil
+	sc.Env = []corev1.EnvVar{{Name: "BRIDGETUN_SIDECAR_TOKEN", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+		LocalObjectReference: corev1.LocalObjectReference{Name: GatewayName}, Key: "sidecar-token"}}}}
+	if _, err := client.AppsV1().Deployments(testNS).Update(t.Context(), old, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := WorkloadPatchedFor(t.Context(), client, apiTarget().Ref(), 8080); ok || err != nil {
+		t.Errorf("WorkloadPatchedFor an old sidecar: got %v, %v; want false (it must be patched again)", ok, err)
+	}
+	changed, err := PatchWorkload(t.Context(), client, apiTarget(), testSidecar)
+	if err != nil || !changed {
+		t.Fatalf("patch over the old sidecar: got changed=%v, %v; want true, nil", changed, err)
+	}
+	got := getDeployment(t, client, "api")
+	if diff := cmp.Diff(want.Spec.Template, got.Spec.Template); diff != "" {
+		t.Errorf("template patched over the old sidecar (-fresh patch +got):\n%s", diff)
+	}
+	if got.Annotations[AnnotationOriginalTemplate] != want.Annotations[AnnotationOriginalTemplate] {
+		t.Errorf("saved original changed by the re-patch")
+	}
+	if ok, err := WorkloadPatchedFor(t.Context(), client, apiTarget().Ref(), 8080); !ok || err != nil {
+		t.Errorf("WorkloadPatchedFor after the re-patch: got %v, %v; want true", ok, err)
+	}
+}
+
 func TestPatchWorkloadKeepsPrometheusAnnotations(t *testing.T) {
 	client := interceptWorld(t)
 	target := InterceptTarget{Namespace: testNS, Service: "web", Kind: KindDeployment, Name: "web", Container: "nginx", ContainerPort: 80}
@@ -384,6 +429,9 @@ func TestPatchWorkloadRefuses(t *testing.T) {
 		{name: "port taken", edit: func(d *appsv1.Deployment) {
 			d.Spec.Template.Spec.Containers[1].Ports = []corev1.ContainerPort{{ContainerPort: 15090}}
 		}, wantErr: `patch deployment/api in namespace shop: container "logger" uses port 15090, which the sidecar needs: choose other sidecar ports`},
+		{name: "volume name taken", edit: func(d *appsv1.Deployment) {
+			d.Spec.Template.Spec.Volumes = append(d.Spec.Template.Spec.Volumes, corev1.Volume{Name: RelayTokenVolume})
+		}, wantErr: `patch deployment/api in namespace shop: the pod template already has a volume named "bridgetun-relay-token", which the sidecar needs`},
 		{name: "sidecar without annotations", edit: func(d *appsv1.Deployment) {
 			d.Spec.Template.Spec.Containers = append(d.Spec.Template.Spec.Containers, corev1.Container{Name: SidecarContainerName})
 		}, wantErr: "deployment/api in namespace shop has bridgetun's containers but no bridgetun.io/intercept-port annotation: re-apply"},

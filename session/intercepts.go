@@ -281,7 +281,7 @@ func (ic *interceptor) Intercept(ctx context.Context, spec InterceptSpec, report
 	st.grace = grantedGrace(it, spec.Grace)
 	st.sidecar = cluster.SidecarSpec{
 		Image: ic.cfg.Image, PullPolicy: ic.cfg.PullPolicy, Relay: relay,
-		TokenSecret: cluster.GatewayName, TokenKey: cluster.SecretKeyToken, Grace: st.grace, PatchedBy: ic.cfg.PublicKey,
+		Grace: st.grace, PatchedBy: ic.cfg.PublicKey,
 	}
 	changed, err = cluster.PatchWorkload(ctx, ic.cfg.Client, t, st.sidecar)
 	if err != nil {

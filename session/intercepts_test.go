@@ -184,7 +184,7 @@ func TestInterceptRenewReAddsForgotten(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cluster.PatchWorkload(t.Context(), cs, tgt, cluster.SidecarSpec{Image: "agent:test", Relay: "10.96.0.99:8083", TokenSecret: "s", TokenKey: "k"}); err != nil {
+	if _, err := cluster.PatchWorkload(t.Context(), cs, tgt, cluster.SidecarSpec{Image: "agent:test", Relay: "10.96.0.99:8083"}); err != nil {
 		t.Fatal(err)
 	}
 	add := func(svc, id string, port int) {
@@ -264,7 +264,7 @@ func TestRepairRestoresOnlyUnheld(t *testing.T) {
 				t.Fatal(err)
 			}
 			spec := tc.spec
-			spec.Image, spec.Relay, spec.TokenSecret, spec.TokenKey = "agent:test", "10.96.0.99:8083", "s", "k"
+			spec.Image, spec.Relay = "agent:test", "10.96.0.99:8083"
 			if _, err := cluster.PatchWorkload(t.Context(), cs, tgt, spec); err != nil {
 				t.Fatal(err)
 			}

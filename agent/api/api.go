@@ -171,16 +171,21 @@ type Intercept struct {
 
 // The gateway ↔ sidecar protocol. A sidecar reaches the gateway's relay
 // listener (RelayPort, on the pod network, behind the bridgetun-relay
-// Service) with the sidecar token as a bearer token:
+// Service) with its pod's projected ServiceAccount token (audience
+// RelayTokenAudience) as a bearer token. The gateway verifies it with a
+// TokenReview and binds it: the token's pod must back the Service it asks
+// about, and may CONNECT only to the targets of that Service's routes.
 //
 //	GET /v1/routes?namespace=NS&service=SVC&after=N
 //	    Long poll: answers the RouteTable of NS/SVC as soon as its Version
 //	    is greater than N, or after about 25 s with the current one.
-//	    401 on a wrong token.
+//	    401 on a token the API server does not accept (expired, another
+//	    audience); 403 when the token's pod does not back NS/SVC.
 //	CONNECT TARGET HTTP/1.1  (TARGET = a Route's Target, addr:port)
 //	    The gateway dials TARGET through its netstack (into the workstation's
 //	    tunnel) within DialTimeout; 200 and then raw bytes both ways, 403 if
-//	    TARGET is not a live route's target, 502 if the dial failed.
+//	    TARGET is not a live route's target of a Service the token's pod
+//	    backs, 502 if the dial failed.
 
 // RelayPort is where the gateway serves sidecars on the pod network.
 const RelayPort = 8083

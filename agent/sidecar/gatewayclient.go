@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,9 +26,31 @@ import (
 
 // GatewayClientConfig configures a GatewayClient.
 type GatewayClientConfig struct {
-	Addr  string       // the gateway's relay listener, host:port (required), e.g. "bridgetun-relay.bridgetun:8083"
-	Token string       // the sidecar token, sent as a bearer token
+	Addr string // the gateway's relay listener, host:port (required), e.g. "bridgetun-relay.bridgetun:8083"
+	// Token returns the bearer token to send, asked for each request (the
+	// pod's projected ServiceAccount token, which the kubelet rotates:
+	// TokenFile); required.
+	Token func() (string, error)
 	Log   *slog.Logger // nil discards
+}
+
+// TokenFile returns a GatewayClientConfig.Token that reads path on every
+// call: the kubelet replaces a projected token's file before it expires.
+func TokenFile(path string) func() (string, error) {
+	return func() (string, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("read the relay token: %w: the pod needs bridgetun's projected ServiceAccount token volume (redo the intercept to repair the pod)", err)
+		}
+		tok := strings.TrimSpace(string(b))
+		if strings.ContainsAny(tok, " \t\r\n") {
+			return "", fmt.Errorf("relay token %s is not one token", path)
+		}
+		if tok == "" {
+			return "", fmt.Errorf("relay token %s is empty: the pod needs bridgetun's projected ServiceAccount token volume (redo the intercept to repair the pod)", path)
+		}
+		return tok, nil
+	}
 }
 
 // GatewayClient is the sidecar's side of the protocol in agent/routes.go:
@@ -70,7 +93,11 @@ func (c *GatewayClient) Poll(ctx context.Context, namespace, service string, aft
 	if err != nil {
 		return api.RouteTable{}, fmt.Errorf("routes of %s/%s: %w", namespace, service, err)
 	}
-	req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
+	token, err := c.cfg.Token()
+	if err != nil {
+		return api.RouteTable{}, fmt.Errorf("routes of %s/%s: %w", namespace, service, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return api.RouteTable{}, fmt.Errorf("routes of %s/%s from gateway %s: %w", namespace, service, c.cfg.Addr, err)
@@ -78,8 +105,8 @@ func (c *GatewayClient) Poll(ctx context.Context, namespace, service string, aft
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusOK:
-	case http.StatusUnauthorized:
-		return api.RouteTable{}, fmt.Errorf("routes of %s/%s: gateway %s refused the sidecar token (401): the token is wrong or outdated; redo the intercept to refresh it", namespace, service, c.cfg.Addr)
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return api.RouteTable{}, fmt.Errorf("routes of %s/%s: gateway %s refused the pod's relay token (%s): %s: check the gateway's log, or redo the intercept to repair the pod", namespace, service, c.cfg.Addr, resp.Status, readSnippet(resp.Body))
 	default:
 		return api.RouteTable{}, fmt.Errorf("routes of %s/%s: gateway %s answered %s: %s", namespace, service, c.cfg.Addr, resp.Status, readSnippet(resp.Body))
 	}
@@ -156,6 +183,10 @@ func (c *GatewayClient) Dial(ctx context.Context, target string) (net.Conn, erro
 	if target == "" || strings.ContainsAny(target, " \t\r\n") {
 		return nil, fmt.Errorf("relay to %q: not an addr:port", target)
 	}
+	token, err := c.cfg.Token()
+	if err != nil {
+		return nil, fmt.Errorf("relay to %s: %w", target, err)
+	}
 	conn, err := c.dialer.DialContext(ctx, "tcp", c.cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("relay to %s: dial gateway %s: %w", target, c.cfg.Addr, err)
@@ -170,7 +201,7 @@ func (c *GatewayClient) Dial(ctx context.Context, target string) (net.Conn, erro
 		}
 		return nil, err
 	}
-	req := "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\nAuthorization: Bearer " + c.cfg.Token + "\r\n\r\n"
+	req := "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\nAuthorization: Bearer " + token + "\r\n\r\n"
 	if _, err := io.WriteString(conn, req); err != nil {
 		return fail(fmt.Errorf("relay to %s: write to gateway %s: %w", target, c.cfg.Addr, err))
 	}

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -21,7 +23,7 @@ import (
 
 func TestWatchRoutesFollowsVersions(t *testing.T) {
 	gw := newFakeGateway(t)
-	gc := NewGatewayClient(GatewayClientConfig{Addr: gw.addr(), Token: testToken, Log: testLogger(t)})
+	gc := NewGatewayClient(GatewayClientConfig{Addr: gw.addr(), Token: staticToken(testToken), Log: testLogger(t)})
 	got := make(chan api.RouteTable, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -66,7 +68,7 @@ func TestGatewayClientWrongToken(t *testing.T) {
 	target := rawServer(t, "workstation")
 	gw.set(api.Route{ID: "a", Target: target, Holder: "alice@laptop"})
 	var logs syncBuffer
-	gc := NewGatewayClient(GatewayClientConfig{Addr: gw.addr(), Token: "wrong", Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	gc := NewGatewayClient(GatewayClientConfig{Addr: gw.addr(), Token: staticToken("wrong"), Log: slog.New(slog.NewTextHandler(&logs, nil))})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 
@@ -82,13 +84,66 @@ func TestGatewayClientWrongToken(t *testing.T) {
 	calls := 0
 	done := make(chan error, 1)
 	go func() { done <- gc.WatchRoutes(wctx, "shop", "web", func(api.RouteTable) { calls++ }) }()
-	testkit.WaitFor(t, 5*time.Second, "the refused token in the log", func() bool { return strings.Contains(logs.String(), "refused the sidecar token") })
+	testkit.WaitFor(t, 5*time.Second, "the refused token in the log", func() bool { return strings.Contains(logs.String(), "refused the pod's relay token") })
 	wcancel()
 	if err := <-done; err != nil {
 		t.Errorf("WatchRoutes: got %v, want nil after cancel", err)
 	}
 	if calls != 0 {
 		t.Errorf("onChange: got %d calls, want 0", calls)
+	}
+}
+
+// TestGatewayClientTokenFile: the client reads the pod's projected token
+// file for every request, so when the kubelet rotates it the next poll and
+// the next relay carry the new token; a missing file fails before any
+// request, naming the volume to repair.
+func TestGatewayClientTokenFile(t *testing.T) {
+	gw := newFakeGateway(t)
+	target := rawServer(t, "workstation")
+	gw.set(api.Route{ID: "a", Target: target, Holder: "alice@laptop"})
+	path := filepath.Join(t.TempDir(), "token")
+	write := func(tok string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gc := NewGatewayClient(GatewayClientConfig{Addr: gw.addr(), Token: TokenFile(path), Log: testLogger(t)})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	dial := func() error {
+		c, err := gc.Dial(ctx, target)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+
+	if _, err := gc.Poll(ctx, "shop", "web", 0); err == nil || !strings.Contains(err.Error(), "projected ServiceAccount token") {
+		t.Errorf("Poll without the token file: got %v, want an error naming the projected token volume", err)
+	}
+	if err := dial(); err == nil || !strings.Contains(err.Error(), "projected ServiceAccount token") {
+		t.Errorf("Dial without the token file: got %v, want an error naming the projected token volume", err)
+	}
+	if n := gw.connects(); n != 0 {
+		t.Errorf("gateway got %d CONNECTs without a token, want 0", n)
+	}
+
+	write(testToken)
+	if _, err := gc.Poll(ctx, "shop", "web", 0); err != nil {
+		t.Fatalf("Poll: %v", err)
+	}
+	gw.rotate("rotated-token") // the old token is no longer accepted
+	if _, err := gc.Poll(ctx, "shop", "web", 0); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("Poll with the old token: got %v, want 401", err)
+	}
+	write("rotated-token") // the kubelet writes the new one
+	if _, err := gc.Poll(ctx, "shop", "web", 0); err != nil {
+		t.Errorf("Poll after the rotation: %v", err)
+	}
+	if err := dial(); err != nil {
+		t.Errorf("Dial after the rotation: %v", err)
 	}
 }
 
@@ -128,7 +183,7 @@ func TestDial(t *testing.T) {
 				_, _ = io.WriteString(c, tc.answer)
 				_, _ = io.Copy(io.Discard, c)
 			})
-			gc := NewGatewayClient(GatewayClientConfig{Addr: ln.Addr().String(), Token: testToken})
+			gc := NewGatewayClient(GatewayClientConfig{Addr: ln.Addr().String(), Token: staticToken(testToken)})
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			defer cancel()
 			start := time.Now()

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -33,12 +34,18 @@ import (
 
 const testToken = "s3cret"
 
+// staticToken is a GatewayClientConfig.Token that always answers tok.
+func staticToken(tok string) func() (string, error) {
+	return func() (string, error) { return tok, nil }
+}
+
 // fakeGateway implements the gateway's side of the sidecar protocol.
 type fakeGateway struct {
 	srv    *httptest.Server
 	closed chan struct{}
 
 	mu      sync.Mutex
+	token   string // the bearer token accepted; "" = testToken
 	table   api.RouteTable
 	changed chan struct{}     // closed and replaced on every change
 	hang    map[string]bool   // CONNECT targets that are never answered
@@ -94,8 +101,19 @@ func (g *fakeGateway) hangOn(target string) {
 	g.hang[target] = true
 }
 
+// rotate makes the gateway accept only tok from now on, as when the
+// kubelet has replaced the pod's projected token (and the old one expired).
+func (g *fakeGateway) rotate(tok string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.token = tok
+}
+
 func (g *fakeGateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Header.Get("Authorization") != "Bearer "+testToken {
+	g.mu.Lock()
+	want := cmp.Or(g.token, testToken)
+	g.mu.Unlock()
+	if r.Header.Get("Authorization") != "Bearer "+want {
 		http.Error(w, "unknown sidecar token", http.StatusUnauthorized)
 		return
 	}
@@ -303,7 +321,7 @@ func newEnv(t *testing.T, opt envOptions) *env {
 	}
 	gw := newFakeGateway(t)
 	log := testLogger(t)
-	gc := NewGatewayClient(GatewayClientConfig{Addr: gw.addr(), Token: testToken, Log: log})
+	gc := NewGatewayClient(GatewayClientConfig{Addr: gw.addr(), Token: staticToken(testToken), Log: log})
 	state := &RouteState{}
 	ln, probe := listen(t), listen(t)
 	sc, err := New(Config{

@@ -77,3 +77,21 @@ func authError(err error) error {
 func identityOf(info cluster.UserInfo) agent.Identity {
 	return agent.Identity{User: info.User, UID: info.UID, Groups: info.Groups, Extra: info.Extra}
 }
+
+// sidecarPods is the relay's agent.SidecarPods: a sidecar's pod must be
+// in the gateway's namespace (intercepts live there, and so do the
+// gateway's read rights) and back the Service it asks about.
+type sidecarPods struct {
+	client kubernetes.Interface
+	ns     string
+}
+
+var _ agent.SidecarPods = sidecarPods{}
+
+// Backs implements agent.SidecarPods.
+func (p sidecarPods) Backs(ctx context.Context, pod agent.SidecarPod, svc string) (bool, error) {
+	if pod.Namespace != p.ns {
+		return false, nil
+	}
+	return cluster.PodBacksService(ctx, p.client, pod.Namespace, pod.Name, pod.UID, pod.ServiceAccount, svc)
+}

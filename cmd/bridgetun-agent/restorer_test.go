@@ -90,7 +90,7 @@ func TestRestorerHonoursGraceAfterRestart(t *testing.T) {
 				t.Fatal(err)
 			}
 			if _, err := cluster.PatchWorkload(ctx, cs, tgt, cluster.SidecarSpec{Image: "agent:test", Relay: "10.96.0.99:8083",
-				TokenSecret: "s", TokenKey: "k", Grace: tc.grace}); err != nil {
+				Grace: tc.grace}); err != nil {
 				t.Fatal(err)
 			}
 			ref := tgt.Ref()

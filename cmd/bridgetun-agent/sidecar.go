@@ -19,13 +19,14 @@ import (
 	"github.com/bridgetun/bridgetun/internal/obs"
 )
 
-// sidecarTokenEnv carries the sidecar's bearer token for the gateway relay.
-const sidecarTokenEnv = "BRIDGETUN_SIDECAR_TOKEN"
+// defaultTokenFile is where the patched pod mounts its projected
+// ServiceAccount token for the relay (cluster.RelayTokenPath).
+const defaultTokenFile = "/var/run/secrets/bridgetun.io/relay/token"
 
 func newSidecarCmd() *cobra.Command {
 	var (
 		listen, probeListen, original, gateway string
-		namespace, service                     string
+		namespace, service, tokenFile          string
 		metricsAddr, logLevel                  string
 		dialTimeout, drain                     time.Duration
 	)
@@ -48,15 +49,17 @@ A workstation that cannot be reached within --dial-timeout is skipped: the traff
 goes to the original, so an intercept never takes the Service down. Connections to
 --probe-listen (the kubelet's rewritten probes) always go to the original.
 
-The gateway token comes from $` + sidecarTokenEnv + `.`,
+The sidecar authenticates to the gateway with its pod's projected ServiceAccount
+token for audience "` + api.RelayTokenAudience + `" (--token-file), read for every request: the
+kubelet rotates it, and the gateway serves this pod only its own Service's routes.`,
 		Example: `  bridgetun-agent sidecar --listen :15001 --probe-listen :15002 \
     --original 127.0.0.1:8080 --gateway bridgetun-relay.bridgetun:8083 \
     --namespace shop --service web --metrics-addr :15090`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			token := os.Getenv(sidecarTokenEnv)
-			if token == "" {
-				return fmt.Errorf("sidecar: $%s is empty: the pod spec must set it from bridgetun's sidecar Secret (redo the intercept to repair the pod)", sidecarTokenEnv)
+			token := sidecar.TokenFile(tokenFile)
+			if _, err := token(); err != nil {
+				return fmt.Errorf("sidecar: --token-file: %w", err)
 			}
 			log, err := obs.NewLogger(os.Stderr, logLevel)
 			if err != nil {
@@ -122,6 +125,7 @@ The gateway token comes from $` + sidecarTokenEnv + `.`,
 	f.StringVar(&gateway, "gateway", "", fmt.Sprintf("the gateway's relay, HOST:PORT (its port is %d)", api.RelayPort))
 	f.StringVar(&namespace, "namespace", "", "namespace of the intercepted Service")
 	f.StringVar(&service, "service", "", "name of the intercepted Service")
+	f.StringVar(&tokenFile, "token-file", defaultTokenFile, "the pod's projected ServiceAccount token for the gateway relay (audience "+api.RelayTokenAudience+")")
 	f.DurationVar(&drain, "drain", 3*time.Second, "on SIGTERM keep serving this long before exiting: the pod's endpoints take a moment to drop it everywhere, and the app may still be draining")
 	f.DurationVar(&dialTimeout, "dial-timeout", 2*time.Second, "give up on a workstation not reached within this and pass the traffic to --original")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (e.g. :15090); empty = off")
