@@ -28,7 +28,7 @@ const (
 	inClusterControl = "127.0.0.1:8081"
 	inClusterStream  = "127.0.0.1:8082"
 	inClusterUDPPort = 51820
-	inClusterRelay   = ":8083" // api.RelayPort on the pod network, for sidecars (token-protected)
+	inClusterRelay   = ":8083" // api.RelayPort on the pod network, for sidecars (their pods' projected ServiceAccount tokens)
 )
 
 func newGatewayCmd() *cobra.Command {
@@ -151,10 +151,16 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 	}
 	defer gw.Close()
 	ns := os.Getenv("POD_NAMESPACE")
+	restorer, err := newRestorer(ns)
+	if err != nil {
+		return err
+	}
+	verify := newClusterAuth(restorer.client)
 	intercepts := agent.NewIntercepts(0, nil)
 	ctl := agent.NewControl(agent.ControlConfig{
 		Gateway: gw, GatewayKey: key, ClusterDNS: dns, ClusterDomain: domain,
 		Namespace: ns, Log: log, Registerer: reg, Intercepts: intercepts, Policy: policy,
+		Auth: verify, Authz: verify,
 	})
 	ln, err := net.Listen("tcp", inClusterControl)
 	if err != nil {
@@ -166,15 +172,9 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 		return fmt.Errorf("relay listen %s: %w", inClusterRelay, err)
 	}
 	relay := agent.NewRelay(agent.RelayConfig{
-		Intercepts: intercepts, Token: os.Getenv("BRIDGETUN_SIDECAR_TOKEN"),
+		Intercepts: intercepts, Auth: verify, Pods: sidecarPods{client: restorer.client, ns: ns},
 		Dial: gw.Stack().DialContext, Registerer: reg, Log: log,
 	})
-	restorer, err := newRestorer(ns)
-	if err != nil {
-		ln.Close()
-		relayLn.Close()
-		return err
-	}
 	ready.Store(true)
 	log.Info("ready", "public_key", key.PublicKey().String(), "cluster_dns", dns, "cluster_domain", domain)
 	g, gctx := errgroup.WithContext(ctx)
