@@ -184,7 +184,7 @@ func TestTCPRefused(t *testing.T) {
 				t.Errorf("refusal took %v, want well under the 5s dial timeout", d)
 			}
 			if got := testutil.ToFloat64(p.gw.m.refused.WithLabelValues(ReasonLocal)); got != tt.wantDenied {
-				t.Errorf("denied_total: got %v, want %v", got, tt.wantDenied)
+				t.Errorf("refused_total{reason=local}: got %v, want %v", got, tt.wantDenied)
 			}
 			if got := testutil.ToFloat64(p.gw.m.dialErrors.WithLabelValues("tcp")); got != tt.wantDialErr {
 				t.Errorf("dial_errors_total{tcp}: got %v, want %v", got, tt.wantDialErr)
