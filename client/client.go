@@ -7,6 +7,7 @@
 package client
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -234,6 +235,16 @@ func (c *Client) SetGatewayKey(k tunnel.Key) (bool, error) {
 	}
 	c.gateway.PublicKey = k
 	return true, c.dev.AddPeer(c.gateway)
+}
+
+// ServeUAPI serves wireguard-tools' control socket for the TUN device
+// (`wg show bt0`) until ctx ends; in netstack mode there is no interface
+// to name, so it returns at once.
+func (c *Client) ServeUAPI(ctx context.Context) error {
+	if c.kernelTUN == nil {
+		return nil
+	}
+	return c.dev.ServeUAPI(ctx, c.TUNName())
 }
 
 // AllowInbound lets new TCP connections from the tunnel reach port on the

@@ -9,10 +9,11 @@ command -v iptables-restore >/dev/null || need+=(iptables)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v dbus-daemon >/dev/null || need+=(dbus-daemon)
+command -v wg >/dev/null || need+=(wireguard-tools) # `wg show` against the device's UAPI socket
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 go mod download

@@ -37,11 +37,13 @@ type Config struct {
 	AlsoProxy        []netip.Prefix
 	AllowAPIServer   bool // the gateway's destination policy lets this workstation reach the API server
 	MTU              int
-	Forwards         []string // netstack mode: [udp:]LOCAL=REMOTE or SVC[:PORT][=LOCALPORT] forwards
-	ForwardAll       bool     // netstack mode: forward every Service of the namespace, kept current by a watch
-	DNS              string   // auto (split DNS, OS configured in TUN mode) or none
-	SOCKSAddr        string   // netstack mode: SOCKS5 listen address; "" = off
-	HTTPProxyAddr    string   // netstack mode: HTTP proxy listen address; "" = off
+	Forwards         []string         // netstack mode: [udp:]LOCAL=REMOTE or SVC[:PORT][=LOCALPORT] forwards
+	ForwardAll       bool             // netstack mode: forward every Service of the namespace, kept current by a watch
+	DNS              string           // auto (split DNS, OS configured in TUN mode) or none
+	SOCKSAddr        string           // netstack mode: SOCKS5 listen address; "" = off
+	HTTPProxyAddr    string           // netstack mode: HTTP proxy listen address; "" = off
+	SOCKSAuth        ProxyCredentials // netstack mode: the SOCKS5 proxy's username/password; zero = none
+	HTTPProxyAuth    ProxyCredentials // netstack mode: the HTTP proxy's Basic credentials; zero = none
 	Paths            Paths
 	Log              *slog.Logger          // nil discards
 	Progress         io.Writer             // human progress lines; nil discards
@@ -124,7 +126,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	ctx, down := context.WithCancel(ctx)
 	defer down()
-	api, err := listenAPI(cfg.Paths, apiHandlers{status: s.Status, down: down, intercept: s.ic.Intercept, leave: s.ic.Leave})
+	api, err := listenAPI(cfg.Paths, apiHandlers{status: s.apiStatus, down: down, intercept: s.ic.Intercept, leave: s.ic.Leave})
 	if err != nil {
 		return err
 	}
@@ -142,6 +144,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	g.Go(func() error { return s.fwd.Run(gctx) })
 	g.Go(func() error { return api.Run(gctx) })
+	g.Go(func() error {
+		// `wg show` is a convenience: a failure costs the session nothing.
+		if err := s.tun.ServeUAPI(gctx); err != nil {
+			s.cfg.Log.Warn("wireguard-tools socket (wg show) not served", "err", err)
+		}
+		return nil
+	})
 	return g.Wait()
 }
 

@@ -1,0 +1,78 @@
+package tunnel
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bridgetun/bridgetun/internal/testkit"
+)
+
+// TestServeUAPI: the device's control socket answers wireguard-tools'
+// protocol (and `wg show` itself when installed) with the real peer and
+// its handshake; after ctx ends ServeUAPI returns and the socket is gone.
+func TestServeUAPI(t *testing.T) {
+	testkit.RequireRoot(t)
+	checkGoroutines(t)
+	ck := mustKey(t)
+	cip := netip.MustParseAddr("100.64.0.2")
+	tn := newTestNet(t, "udp", map[Key]netip.Addr{ck.PublicKey(): cip})
+	client := tn.addClient(ck, cip)
+	ping(t, client, tn.server, 3*time.Second)
+
+	name := "btuapitest0"
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- client.dev.ServeUAPI(ctx, name) }()
+	sock := filepath.Join(UAPIDir, name+".sock")
+	testkit.WaitFor(t, 5*time.Second, "the control socket", func() bool { _, err := os.Stat(sock); return err == nil })
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm()&0o077 != 0 {
+		t.Errorf("socket %s: mode %v (%v), want root only", sock, fi.Mode(), err)
+	}
+
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("get=1\n\n")); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	sc := bufio.NewScanner(c)
+	for sc.Scan() && sc.Text() != "" {
+		k, v, _ := strings.Cut(sc.Text(), "=")
+		got[k] = v
+	}
+	c.Close()
+	if got["public_key"] != tn.server.key.PublicKey().hex() || got["errno"] != "0" || got["last_handshake_time_sec"] == "0" || got["endpoint"] == "" {
+		t.Errorf("UAPI get: %v\nwant the gateway peer %s with an endpoint, a handshake and errno 0", got, tn.server.key.PublicKey().hex())
+	}
+	if wg, err := exec.LookPath("wg"); err == nil {
+		out, err := exec.Command(wg, "show", name).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "peer: "+tn.server.key.PublicKey().String()) || !strings.Contains(string(out), "latest handshake") {
+			t.Errorf("wg show %s: %v\n%s\nwant the gateway peer and its handshake", name, err, out)
+		}
+	} else {
+		t.Log("wg not installed: checked the UAPI protocol only")
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("ServeUAPI after cancel: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeUAPI did not return after ctx ended")
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket %s left behind: %v", sock, err)
+	}
+}
