@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -81,7 +82,8 @@ func TestTwoDevelopers(t *testing.T) {
 	// `up` works with only the printed Role: A with a TUN device, B in
 	// netstack mode beside it (its SOCKS proxy is how B's programs reach
 	// the cluster).
-	if out, err := wa.run(ctx, "up", "--background", "-n", SampleNamespace, "--transport", "stream"); err != nil {
+	const metricsA = "127.0.0.1:19093"
+	if out, err := wa.run(ctx, "up", "--background", "-n", SampleNamespace, "--transport", "stream", "--metrics-addr", metricsA); err != nil {
 		t.Fatalf("A: up with the printed Role: %v\n%s", err, out)
 	}
 	const socksB = "127.0.0.1:11085"
@@ -93,6 +95,14 @@ func TestTwoDevelopers(t *testing.T) {
 		t.Fatal(err)
 	}
 	tunnelA := strings.Split(stA.TunnelAddress, "/")[0]
+
+	// wireguard-tools see A's device like any WireGuard interface.
+	if out, err := exec.CommandContext(ctx, "wg", "show", stA.TUN).CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), "interface: "+stA.TUN) || !strings.Contains(string(out), "latest handshake") || !strings.Contains(string(out), "transfer:") {
+		t.Errorf("wg show %s: %v\n%s\nwant the gateway peer with its handshake and transfer", stA.TUN, err, out)
+	} else {
+		t.Logf("wg show %s:\n%s", stA.TUN, out)
+	}
 
 	// A isolates api; B is refused the same Service in full and A's
 	// route-as value, each in one line naming A.
@@ -176,6 +186,45 @@ func TestTwoDevelopers(t *testing.T) {
 		t.Errorf("B reached A's non-intercepted port %s:18093 through the gateway", tunnelA)
 	} else if took := time.Since(start); took > 10*time.Second {
 		t.Errorf("B's dial of A's port was refused only after %s, want it refused fast", took)
+	}
+	// Nor does the gateway itself get in: A points its own intercept at that
+	// port without opening it locally, as a forged intercept would. The
+	// sidecar's relay dial reaches A's workstation, whose inbound filter
+	// drops it (and counts it) instead of handing it to the server.
+	ctlA := controlAs(t, ctx, c, wa.env[0][len("KUBECONFIG="):])
+	realA := api.InterceptRequest{PublicKey: keyA.PublicKey().String(), Namespace: SampleNamespace, Service: "api",
+		Workload: api.Workload{Namespace: SampleNamespace, Kind: "Deployment", Name: "api"}, Port: 18091, RouteAs: "dev-a"}
+	forged := realA
+	forged.Port = 18093
+	droppedA := func() float64 {
+		out, err := c.inWS(ctx, c.Testapp, "get", "-timeout", "5s", "http://"+metricsA+"/metrics")
+		if err != nil {
+			t.Fatalf("A's metrics: %v", err)
+		}
+		return metricValue(out, `bridgetun_tunnel_inbound_dropped_total{proto="tcp"}`)
+	}
+	droppedBefore := droppedA()
+	if code, body := ctlA(http.MethodPost, "/v1/intercepts", forged); code != http.StatusOK {
+		t.Fatalf("A points its intercept at port 18093: got %d %s, want 200", code, body)
+	}
+	var reached bool
+	if err := Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
+		if m, err := frontendVia(ctx, c, frontendURL, "dev-a"); err == nil && hop(m, 1, "service") == "private-a" {
+			reached = true
+			return nil
+		}
+		if got := droppedA(); got <= droppedBefore {
+			return fmt.Errorf("A's workstation counted no TCP dropped from the tunnel (%v)", got)
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("the gateway's dial of A's port 18093: %v", err)
+	}
+	if reached {
+		t.Errorf("the gateway reached A's non-intercepted port %s:18093: A's private server answered", tunnelA)
+	}
+	if code, body := ctlA(http.MethodPost, "/v1/intercepts", realA); code != http.StatusOK {
+		t.Fatalf("A points its intercept back at port 18091: got %d %s, want 200", code, body)
 	}
 
 	pb.stop(t)
