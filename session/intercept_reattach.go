@@ -234,7 +234,12 @@ func (ic *interceptor) reattach(ctx context.Context, st *interceptState, readd b
 		}
 		switch {
 		case isConflict(err):
-			ic.lose(st, "while this machine was away, "+shortErr(err), "start again once they leave with `"+startAgain(st.spec)+"`")
+			// Someone holds it now: they took it while this machine was
+			// away, or took it over with --force.
+			ic.lose(st, "the gateway gave it to someone else: "+shortErr(err), "start again once they leave with `"+startAgain(st.spec)+"`")
+			return
+		case isForbidden(err):
+			ic.lose(st, "the gateway refused to re-add it: "+shortErr(err), "start again with `"+startAgain(st.spec)+"`")
 			return
 		case err != nil:
 			stillFailing("re-add at the gateway: " + shortErr(err))

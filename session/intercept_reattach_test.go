@@ -335,7 +335,7 @@ func TestInterceptReaddRefusedIsLost(t *testing.T) {
 	r.wake(t, time.Minute, true)
 	r.ic.reattachPending(t.Context())
 	got := r.info(t)
-	if got.State != InterceptLost || !strings.HasPrefix(got.StateReason, "while this machine was away, api is intercepted by bob@laptop; ") ||
+	if got.State != InterceptLost || !strings.HasPrefix(got.StateReason, "the gateway gave it to someone else: api is intercepted by bob@laptop; ") ||
 		!strings.HasSuffix(got.StateReason, "start again once they leave with `bridgetun intercept api --port 8080`") {
 		t.Fatalf("got %q: %q, want lost naming the new holder", got.State, got.StateReason)
 	}
