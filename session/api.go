@@ -48,6 +48,7 @@ type Status struct {
 	HTTPProxy        string          `json:"http_proxy,omitempty"`
 	Forwards         []Forward       `json:"forwards,omitempty"`
 	Intercepts       []InterceptInfo `json:"intercepts,omitempty"`
+	ProxyAuth        *ProxyAuth      `json:"proxy_auth,omitempty"` // only in the socket API's answer, for run's proxy URLs; status never prints it
 }
 
 // apiHandlers are what the session socket serves.

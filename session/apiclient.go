@@ -136,16 +136,21 @@ func notRunning(err error) error {
 }
 
 // RunEnv is what `bridgetun run` adds to a command's environment so it
-// reaches the cluster: proxy variables in netstack mode, and the gRPC
-// resolver that honours the system's (split) DNS.
+// reaches the cluster: proxy variables in netstack mode (with the proxies'
+// credentials when st carries them, as the socket API's answer does), and
+// the gRPC resolver that honours the system's (split) DNS.
 func RunEnv(st Status) []string {
 	env := []string{"GRPC_DNS_RESOLVER=native"}
+	var auth ProxyAuth
+	if st.ProxyAuth != nil {
+		auth = *st.ProxyAuth
+	}
 	if st.HTTPProxy != "" {
-		u := "http://" + st.HTTPProxy
+		u := proxyURL("http", st.HTTPProxy, auth.HTTP)
 		env = append(env, "HTTP_PROXY="+u, "HTTPS_PROXY="+u, "http_proxy="+u, "https_proxy="+u)
 	}
 	if st.SOCKSProxy != "" {
-		u := "socks5h://" + st.SOCKSProxy
+		u := proxyURL("socks5h", st.SOCKSProxy, auth.SOCKS)
 		env = append(env, "ALL_PROXY="+u, "all_proxy="+u)
 	}
 	if st.HTTPProxy != "" || st.SOCKSProxy != "" {
@@ -171,4 +176,13 @@ func RunEnv(st Status) []string {
 		env = append(env, pfx+"="+proto+"://"+f.Local, pfx+"_PROTO="+proto, pfx+"_PORT="+port, pfx+"_ADDR="+host)
 	}
 	return env
+}
+
+// proxyURL is scheme://[user:pass@]addr, the credentials escaped.
+func proxyURL(scheme, addr string, c ProxyCredentials) string {
+	u := url.URL{Scheme: scheme, Host: addr}
+	if !c.IsZero() {
+		u.User = url.UserPassword(c.User, c.Password)
+	}
+	return u.String()
 }

@@ -87,7 +87,7 @@ func (s *Session) startServices(ctx context.Context, conn *cluster.Conn, closers
 	} else {
 		s.progress("DNS: split resolver on %s (OS settings unchanged)", s.dns.listen)
 	}
-	p := proxyConfig{DNS: s.dns.listen, SOCKSAddr: s.cfg.SOCKSAddr, HTTPAddr: s.cfg.HTTPProxyAddr, Log: s.cfg.Log, Registerer: s.cfg.Registerer}
+	p := proxyConfig{DNS: s.dns.listen, SOCKSAddr: s.cfg.SOCKSAddr, HTTPAddr: s.cfg.HTTPProxyAddr, SOCKSAuth: s.cfg.SOCKSAuth, HTTPAuth: s.cfg.HTTPProxyAuth, Log: s.cfg.Log, Registerer: s.cfg.Registerer}
 	f := forwardConfig{Client: conn.Client, Namespace: conn.Namespace, Specs: s.cfg.Forwards, All: s.cfg.ForwardAll, Log: s.cfg.Log, Note: s.progress}
 	if stack != nil {
 		p.Dial = stack.DialContext

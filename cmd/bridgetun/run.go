@@ -20,7 +20,8 @@ func newRunCmd() *cobra.Command {
 		Short: "Run a local command with the cluster's network (and a pod's environment)",
 		Long: `Run CMD with what it needs to reach the session's cluster from this machine:
 in netstack mode HTTP_PROXY, HTTPS_PROXY and ALL_PROXY pointing at the
-session's proxies (names resolve in the cluster), and GRPC_DNS_RESOLVER=native.
+session's proxies (names resolve in the cluster; with up's --socks-auth or
+--http-proxy-auth the URLs carry the credentials), and GRPC_DNS_RESOLVER=native.
 With --service, also the environment of the container behind that Service,
 resolved as the kubelet does (ConfigMap/Secret references, service links);
 -n says which namespace the Service is in (default: the session's; the

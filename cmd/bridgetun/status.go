@@ -38,6 +38,7 @@ it prints {"state": "down"} and exits 0, so scripts can test .state.`,
 			if err != nil {
 				return err
 			}
+			st.ProxyAuth = nil // the proxies' credentials are for run, never printed
 			if asJSON {
 				return printJSON(w, st)
 			}

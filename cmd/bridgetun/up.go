@@ -66,6 +66,7 @@ func newUpCmd() *cobra.Command {
 		transport, endpoint, tunName, expose     string
 		metricsAddr, logLevel, dnsMode           string
 		socksAddr, httpProxyAddr                 string
+		socksAuth, httpProxyAuth                 string
 		netstackMode, allowConflicts, background bool
 		asJSON                                   bool
 		upgrade, forwardAll, allowAPIServer      bool
@@ -81,7 +82,12 @@ in-cluster gateway (installed on first use).
 
 TUN mode (default) needs root and routes the cluster's service and pod CIDRs
 through a TUN device, for every program on the machine. --netstack needs no
-root: the tunnel ends in a userspace network stack.
+root: the tunnel ends in a userspace network stack, reached through SOCKS5
+(--socks) and HTTP (--http-proxy) proxies on loopback and --forward
+listeners. Other local users can reach loopback too: --socks-auth and
+--http-proxy-auth USER:PASS (or, kept out of ps, $BRIDGETUN_SOCKS_AUTH and
+$BRIDGETUN_HTTP_PROXY_AUTH) make the proxies require credentials, and
+` + "`bridgetun run`" + ` exports proxy URLs that carry them.
 
 The session runs in the foreground until Ctrl-C (or --background shows its
 steps and returns once it is connected); then routes and device are removed.
@@ -103,6 +109,7 @@ stdout gets the connected session's status as ` + "`bridgetun status --json`" + 
 		Example: `  sudo bridgetun up -n my-app
   sudo bridgetun up --background --transport udp --expose nodeport
   bridgetun up --netstack
+  BRIDGETUN_SOCKS_AUTH=me:s3cret bridgetun up --netstack --socks 0.0.0.0:1080
   bridgetun up --netstack --forward-all --forward db=15432`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -140,6 +147,17 @@ stdout gets the connected session's status as ` + "`bridgetun status --json`" + 
 				SOCKSAddr: socksAddr, HTTPProxyAddr: httpProxyAddr, AllowAPIServer: allowAPIServer,
 			}
 			cfg.Cluster.ReadAs = u
+			if !netstackMode && (socksAuth != "" || httpProxyAuth != "") {
+				return errors.New("--socks-auth and --http-proxy-auth need --netstack (the proxies run only in netstack mode; in TUN mode programs reach cluster addresses directly)")
+			}
+			if netstackMode {
+				if cfg.SOCKSAuth, err = session.ProxyCredentialsFrom("socks-auth", socksAuth, session.SOCKSAuthEnv); err != nil {
+					return err
+				}
+				if cfg.HTTPProxyAuth, err = session.ProxyCredentialsFrom("http-proxy-auth", httpProxyAuth, session.HTTPAuthEnv); err != nil {
+					return err
+				}
+			}
 			if dnsMode != session.DNSAuto && dnsMode != session.DNSNone {
 				return fmt.Errorf("--dns %q: want auto or none", dnsMode)
 			}
@@ -194,6 +212,8 @@ stdout gets the connected session's status as ` + "`bridgetun status --json`" + 
 	cmd.Flags().BoolVar(&background, "background", false, "show the session's steps until it is connected, then return and leave it running (logs in ~/.local/state/bridgetun/)")
 	cmd.Flags().StringVar(&socksAddr, "socks", "127.0.0.1:1080", "netstack mode: SOCKS5 proxy address (CONNECT, UDP ASSOCIATE, names resolved in the cluster); empty = off")
 	cmd.Flags().StringVar(&httpProxyAddr, "http-proxy", "127.0.0.1:3128", "netstack mode: HTTP proxy address (CONNECT and plain requests); empty = off")
+	cmd.Flags().StringVar(&socksAuth, "socks-auth", "", "netstack mode: USER:PASS the SOCKS5 proxy requires (RFC 1929); default $"+session.SOCKSAuthEnv+", which keeps it out of ps; with credentials the proxy may listen beyond loopback")
+	cmd.Flags().StringVar(&httpProxyAuth, "http-proxy-auth", "", "netstack mode: USER:PASS the HTTP proxy requires (Proxy-Authorization: Basic, else 407); default $"+session.HTTPAuthEnv+", which keeps it out of ps")
 	cmd.Flags().StringVar(&dnsMode, "dns", session.DNSAuto, "auto: cluster names resolve on this machine (split DNS via systemd-resolved or /etc/resolv.conf, restored on exit); none: leave the OS resolver alone")
 	cmd.Flags().BoolVar(&upgrade, "upgrade", false, "upgrade the gateway when its version differs from this client's")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address, e.g. 127.0.0.1:9091")
