@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"github.com/bridgetun/bridgetun/agent"
 	"github.com/bridgetun/bridgetun/cluster"
@@ -22,19 +21,6 @@ var (
 	_ agent.Authenticator = (*clusterAuth)(nil)
 	_ agent.Authorizer    = (*clusterAuth)(nil)
 )
-
-// inClusterClient is the gateway's client with its own ServiceAccount.
-func inClusterClient() (kubernetes.Interface, error) {
-	cfg, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("in-cluster API config: %w", err)
-	}
-	c, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	return c, nil
-}
 
 func newClusterAuth(client kubernetes.Interface) *clusterAuth {
 	return &clusterAuth{v: &cluster.Verifier{Client: client}}
