@@ -189,11 +189,8 @@ func MergeIntercept(pc ProjectConfig, f InterceptFlags) (InterceptConfig, error)
 	if grace < 0 || (grace > 0 && grace < time.Second) || grace > MaxGrace {
 		return InterceptConfig{}, fmt.Errorf("--grace %s: want 1s to %s, e.g. 15m (how long the workload stays patched while this machine is away)", grace, MaxGrace)
 	}
-	envFormat := orFile(f.EnvFormat, fi.EnvFormat)
-	if envFormat == "" {
-		envFormat = EnvFormatDotenv
-	}
-	if envFormat != EnvFormatDotenv && envFormat != EnvFormatDocker {
+	envFormat := orFile(f.EnvFormat, fi.EnvFormat) // "" = dotenv
+	if envFormat != "" && envFormat != EnvFormatDotenv && envFormat != EnvFormatDocker {
 		return InterceptConfig{}, fmt.Errorf("--env-format %q: want %s (for a shell's `set -a; . FILE`, godotenv) or %s (for `docker run --env-file`)", envFormat, EnvFormatDotenv, EnvFormatDocker)
 	}
 	return InterceptConfig{
