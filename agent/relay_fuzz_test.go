@@ -82,7 +82,7 @@ func FuzzRelay(f *testing.F) {
 		routes("namespace=ns&service=api", ""),
 		[]byte("POST /v1/routes HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer tok\r\n\r\n"),
 		[]byte("GET /v1/routes HTTP/1.1\r\nHost: gateway\r\nAuthorization: bearer tok\r\n\r\n"),
-		[]byte("CONNECT /x HTTP/1.1\r\nHost: " + apiTarget + "\r\nAuthorization: Bearer tok\r\n\r\n"),
+		[]byte("CONNECT /x HTTP/1.1\r\nHost: "+apiTarget+"\r\nAuthorization: Bearer tok\r\n\r\n"),
 	)
 	f.Fuzz(func(t *testing.T, in []byte) {
 		r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(in)))
