@@ -152,13 +152,15 @@ func appendRuleChecks(checks []AccessCheck, rules []rbacv1.PolicyRule) []AccessC
 }
 
 // InterceptAccessChecks lists what `bridgetun intercept` needs in ns: find
-// the workload behind a Service, patch and restore its pod template, wait
-// for the rollout (and delete a bare ReplicaSet's pods), read the pod's
+// the workload behind a Service, check the patched pod with a server-side
+// dry run (create pods), patch and restore its pod template, wait for the
+// rollout (and delete a bare ReplicaSet's pods), read the pod's
 // ConfigMaps and Secrets for its environment and volumes.
 func InterceptAccessChecks() []AccessCheck {
 	checks := []AccessCheck{
 		{Verb: "get", Resource: "services"},
 		{Verb: "list", Resource: "pods"},
+		{Verb: "create", Resource: "pods"},
 		{Verb: "delete", Resource: "pods"},
 		{Verb: "get", Resource: "configmaps"},
 		{Verb: "get", Resource: "secrets"},

@@ -136,14 +136,17 @@ func GatewayObjects(spec GatewaySpec) []runtime.Object {
 
 // gatewayRoleRules is all the gateway may do, in its own namespace only:
 // read Services, Endpoints/EndpointSlices and Pods, to resolve and dial
-// in-namespace workloads and to find intercept sidecars; and put back the
-// pod templates of workloads whose intercept lease ran out (update the
-// workload, delete pods of a bare ReplicaSet so they take the template).
+// in-namespace workloads and to check that a sidecar's pod backs the
+// Service whose routes it asks for; put back the pod templates of
+// workloads whose intercept lease ran out (update the workload, delete
+// pods of a bare ReplicaSet so they take the template); and create pods,
+// which it only ever does as a server-side dry run, to check a patched pod
+// against admission before it patches a workload for a caller.
 func gatewayRoleRules() []rbacv1.PolicyRule {
 	read := []string{"get", "list", "watch"}
 	return []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"services", "endpoints"}, Verbs: read},
-		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: append(read, "delete")},
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: append(read, "create", "delete")},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: read},
 		{APIGroups: []string{"apps"}, Resources: []string{"deployments", "statefulsets", "replicasets"}, Verbs: append(read, "update", "patch")},
 	}

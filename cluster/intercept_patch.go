@@ -121,6 +121,11 @@ func PatchWorkload(ctx context.Context, client kubernetes.Interface, t Intercept
 		if err != nil || !c {
 			return err
 		}
+		// Admission judges the patched pod first: a refusal (Pod
+		// Security, a webhook) leaves the workload as it was.
+		if err := dryRunPatchedPod(ctx, client, w); err != nil {
+			return err
+		}
 		if err := w.update(ctx); err != nil {
 			return fmt.Errorf("update %s: %w", ref, err)
 		}

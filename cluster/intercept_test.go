@@ -159,7 +159,9 @@ func interceptWorld(t *testing.T) *fake.Clientset {
 		fixtureService("dns", testNS, api, corev1.ServicePort{Port: 53, Protocol: corev1.ProtocolUDP}),
 		fixtureService("front", testNS, map[string]string{"tier": "front"}, corev1.ServicePort{Port: 80}),
 	}
-	return fake.NewClientset(objs...)
+	cs := fake.NewClientset(objs...)
+	acceptDryRuns(cs)
+	return cs
 }
 
 func TestResolveInterceptTarget(t *testing.T) {

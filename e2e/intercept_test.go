@@ -460,10 +460,12 @@ func TestIntercept(t *testing.T) {
 		}
 
 		// Missing RBAC, decided by the real API server: a developer whose
-		// Role allows `up` but not what an intercept needs is told what is
-		// missing before anything is touched.
+		// Role allows `up` and all an intercept needs but reading
+		// ConfigMaps is told what is missing before anything is touched.
 		limited := newWorkstation(t, c, "limited", false)
-		kc, cleanupRBAC, err := c.LimitedKubeconfig(ctx, SampleNamespace, "bt-e2e-limited", limited.stateDir, cluster.UpAccessChecks(SampleNamespace))
+		allow := slices.DeleteFunc(append(cluster.UpAccessChecks(SampleNamespace), cluster.InterceptAccessChecks()...),
+			func(a cluster.AccessCheck) bool { return a.Resource == "configmaps" })
+		kc, cleanupRBAC, err := c.LimitedKubeconfig(ctx, SampleNamespace, "bt-e2e-limited", limited.stateDir, allow)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -680,7 +682,7 @@ func TestIntercept(t *testing.T) {
 		// A full intercept of a service someone else isolates is refused,
 		// naming them, and changes nothing.
 		out, err := ws.run(ctx, "intercept", "api", "--port", "18090", "--detach", "--no-mount")
-		if err == nil || !strings.Contains(out, "intercepted by "+User+"@") || !strings.Contains(out, `route-as "bob"`) {
+		if err == nil || !strings.Contains(out, "intercepted by ") || !strings.Contains(out, User+"@") || !strings.Contains(out, `route-as "bob"`) {
 			t.Errorf("full intercept over bob's isolated one: %v\n%s\nwant a refusal naming %s and route-as bob", err, out, User)
 		}
 		if m, err := frontendEventually(ctx, c, frontendURL, "bob"); err != nil || hop(m, 1, "service") != "api-bob" {

@@ -57,7 +57,21 @@ func apiWorld() *fake.Clientset {
 	cs.PrependReactor("create", "selfsubjectaccessreviews", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, &authorizationv1.SelfSubjectAccessReview{Status: authorizationv1.SubjectAccessReviewStatus{Allowed: true}}, nil
 	})
+	acceptDryRuns(cs)
 	return cs
+}
+
+// acceptDryRuns makes cs answer a dry-run create (the patch's check of
+// the patched pod) the way an admitting API server does: the object back,
+// nothing stored (the fake tracker would store it).
+func acceptDryRuns(cs *fake.Clientset) {
+	cs.PrependReactor("create", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		c, ok := a.(k8stesting.CreateActionImpl)
+		if !ok || !slices.Contains(c.GetCreateOptions().DryRun, metav1.DryRunAll) {
+			return false, nil, nil
+		}
+		return true, c.GetObject(), nil
+	})
 }
 
 // testInterceptor is an interceptor over apiWorld and a fake gateway, with
