@@ -222,6 +222,8 @@ func TestTwoDevelopers(t *testing.T) {
 	}
 	if reached {
 		t.Errorf("the gateway reached A's non-intercepted port %s:18093: A's private server answered", tunnelA)
+	} else {
+		t.Logf("the gateway's dials of A's port 18093 were dropped at A: bridgetun_tunnel_inbound_dropped_total{proto=\"tcp\"} %v → %v", droppedBefore, droppedA())
 	}
 	if code, body := ctlA(http.MethodPost, "/v1/intercepts", realA); code != http.StatusOK {
 		t.Fatalf("A points its intercept back at port 18091: got %d %s, want 200", code, body)
