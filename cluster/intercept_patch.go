@@ -577,8 +577,9 @@ func refOf(kind string, m *metav1.ObjectMeta) WorkloadRef {
 }
 
 // rollPods deletes w's live pods whose sidecar presence is not
-// wantSidecar, when w does not replace them itself; its controller
-// recreates them from the template.
+// wantSidecar (with wantSidecar, an older bridgetun's sidecar without the
+// relay token counts as none), when w does not replace them itself; its
+// controller recreates them from the template.
 func rollPods(ctx context.Context, client kubernetes.Interface, w *workload, wantSidecar bool) error {
 	if !w.rollsByDeletion {
 		return nil
@@ -589,7 +590,11 @@ func rollPods(ctx context.Context, client kubernetes.Interface, w *workload, wan
 	}
 	var errs []error
 	for _, p := range pods {
-		if p.DeletionTimestamp != nil || hasContainer(p.Spec.Containers, SidecarContainerName) == wantSidecar {
+		has := hasContainer(p.Spec.Containers, SidecarContainerName)
+		if wantSidecar {
+			has = has && slices.ContainsFunc(p.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == RelayTokenVolume })
+		}
+		if p.DeletionTimestamp != nil || has == wantSidecar {
 			continue
 		}
 		err := client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{})

@@ -680,6 +680,21 @@ func TestPatchReplicaSetRollsPods(t *testing.T) {
 	if !slices.Contains(podNames(t, client, testNS), "legacy-c") {
 		t.Error("second patch deleted a pod that already has the sidecar")
 	}
+	// A pod still running an older bridgetun's sidecar (no relay token)
+	// is replaced too.
+	old := again.DeepCopy()
+	old.Name = "legacy-old"
+	old.Spec.Volumes = slices.DeleteFunc(old.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == RelayTokenVolume })
+	if _, err := client.CoreV1().Pods(testNS).Create(ctx, old, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rollPods(ctx, client, replicaSetWorkload(client, rs), true); err != nil {
+		t.Fatal(err)
+	}
+	gone("legacy-old")
+	if !slices.Contains(podNames(t, client, testNS), "legacy-c") {
+		t.Error("rolling deleted a pod with the current sidecar")
+	}
 	if _, err := RestoreWorkload(ctx, client, target.Ref()); err != nil {
 		t.Fatal(err)
 	}
