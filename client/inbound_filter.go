@@ -36,16 +36,9 @@ import (
 // in; nothing on the per-packet path allocates.
 type inboundFilter struct {
 	tun.Device
-	local4 [4]byte // the tunnel address, when it is IPv4
-	local6 [16]byte
-	has4   bool
-	has6   bool
-	now    func() int64 // monotonic nanoseconds
-
-	ports  [1 << 10]atomic.Uint64 // bit p: TCP port p is open (AllowInbound)
-	portMu sync.Mutex
-	refs   map[uint16]int // AllowInbound calls per port not yet revoked; guarded by portMu
-
+	local tunnelAddr
+	now   func() int64 // monotonic nanoseconds
+	ports portSet      // TCP ports open for new connections (AllowInbound)
 	flows flowTable
 
 	writeMu sync.Mutex // serialises Write's use of kept
@@ -71,15 +64,9 @@ var _ tun.Device = (*inboundFilter)(nil)
 // newInboundFilter wraps dev for a workstation whose tunnel address is local.
 // reg (nil = no metrics) gets bridgetun_tunnel_inbound_dropped_total.
 func newInboundFilter(dev tun.Device, local netip.Addr, reg prometheus.Registerer) (*inboundFilter, error) {
-	f := &inboundFilter{Device: dev, refs: map[uint16]int{}, flows: newFlowTable()}
+	f := &inboundFilter{Device: dev, local: newTunnelAddr(local), ports: portSet{refs: map[uint16]int{}}, flows: newFlowTable()}
 	start := time.Now()
 	f.now = func() int64 { return int64(time.Since(start)) }
-	local = local.Unmap()
-	if local.Is4() {
-		f.local4, f.has4 = local.As4(), true
-	} else {
-		f.local6, f.has6 = local.As16(), true
-	}
 	vec := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "bridgetun_tunnel_inbound_dropped_total",
 		Help: "Packets from the tunnel the workstation dropped: not to an intercept's port, nor a reply to a flow it opened; by protocol.",
@@ -99,30 +86,11 @@ func newInboundFilter(dev tun.Device, local netip.Addr, reg prometheus.Registere
 // AllowInbound opens TCP port for new connections from the tunnel to the
 // tunnel address. Calls are counted: the port stays open until as many
 // RevokeInbound calls.
-func (f *inboundFilter) AllowInbound(port uint16) {
-	f.portMu.Lock()
-	defer f.portMu.Unlock()
-	f.refs[port]++
-	f.ports[port>>6].Or(1 << (port & 63))
-}
+func (f *inboundFilter) AllowInbound(port uint16) { f.ports.allow(port) }
 
 // RevokeInbound undoes one AllowInbound. Connections already open keep
 // working (their packets are flows the workstation sent on); new ones are dropped.
-func (f *inboundFilter) RevokeInbound(port uint16) {
-	f.portMu.Lock()
-	defer f.portMu.Unlock()
-	switch n := f.refs[port]; {
-	case n > 1:
-		f.refs[port] = n - 1
-	case n == 1:
-		delete(f.refs, port)
-		f.ports[port>>6].And(^uint64(1 << (port & 63)))
-	}
-}
-
-func (f *inboundFilter) portOpen(port uint16) bool {
-	return f.ports[port>>6].Load()&(1<<(port&63)) != 0
-}
+func (f *inboundFilter) RevokeInbound(port uint16) { f.ports.revoke(port) }
 
 // Read hands wireguard-go what the local stack sends into the tunnel, and
 // notes each packet's flow so that its replies may come back.
@@ -179,4 +147,63 @@ func (f *inboundFilter) Write(bufs [][]byte, offset int) (int, error) {
 		return n, err
 	}
 	return len(bufs), nil
+}
+
+// portSet is a set of ports with a count per port. Lookups are lock-free
+// (one atomic load); changes take mu.
+type portSet struct {
+	bits [1 << 10]atomic.Uint64 // bit p: port p is in the set
+	mu   sync.Mutex
+	refs map[uint16]int // allow calls per port not yet revoked; guarded by mu
+}
+
+func (s *portSet) allow(port uint16) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refs[port]++
+	s.bits[port>>6].Or(1 << (port & 63))
+}
+
+func (s *portSet) revoke(port uint16) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch n := s.refs[port]; {
+	case n > 1:
+		s.refs[port] = n - 1
+	case n == 1:
+		delete(s.refs, port)
+		s.bits[port>>6].And(^uint64(1 << (port & 63)))
+	}
+}
+
+func (s *portSet) open(port uint16) bool {
+	return s.bits[port>>6].Load()&(1<<(port&63)) != 0
+}
+
+// tunnelAddr is the workstation's tunnel address as the packet parser sees it.
+type tunnelAddr struct {
+	v4         [4]byte
+	v6         [16]byte
+	has4, has6 bool
+}
+
+func newTunnelAddr(a netip.Addr) tunnelAddr {
+	var t tunnelAddr
+	if a = a.Unmap(); a.Is4() {
+		t.v4, t.has4 = a.As4(), true
+	} else if a.Is6() {
+		t.v6, t.has6 = a.As16(), true
+	}
+	return t
+}
+
+// is reports whether addr (4 or 16 bytes) is the tunnel address.
+func (t *tunnelAddr) is(addr []byte) bool {
+	switch len(addr) {
+	case 4:
+		return t.has4 && [4]byte(addr) == t.v4
+	case 16:
+		return t.has6 && [16]byte(addr) == t.v6
+	}
+	return false
 }

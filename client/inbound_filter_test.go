@@ -244,7 +244,7 @@ func TestInboundFilterConcurrent(t *testing.T) {
 	}()
 	wg.Wait()
 	for p := range 2000 {
-		if f.portOpen(uint16(p)) {
+		if f.ports.open(uint16(p)) {
 			t.Fatalf("port %d open after as many revokes as allows", p)
 		}
 	}

@@ -125,7 +125,7 @@ func mix64(x uint64) uint64 {
 // the tunnel. Called with f.flows.mu held.
 func (f *inboundFilter) noteOutbound(pkt []byte, now int64) {
 	var p ipPacket
-	if !parseIP(pkt, &p) || p.later || !f.isLocal(p.src) {
+	if !parseIP(pkt, &p) || p.later || !f.local.is(p.src) {
 		return
 	}
 	k := flowKey{proto: p.proto, v6: len(p.dst) == 16}
@@ -179,7 +179,7 @@ func (f *inboundFilter) checkInbound(pkt []byte, now int64) int {
 	if !parseIP(pkt, &p) {
 		return dropOther
 	}
-	if !f.isLocal(p.dst) {
+	if !f.local.is(p.dst) {
 		return dropVerdict(p.proto)
 	}
 	if p.later {
@@ -194,7 +194,7 @@ func (f *inboundFilter) checkInbound(pkt []byte, now int64) int {
 			return dropTCP
 		}
 		k.rport, k.lport = be16(l4[0:]), be16(l4[2:])
-		if f.portOpen(k.lport) {
+		if f.ports.open(k.lport) {
 			return pass
 		}
 		e := f.flows.find(k, now)
@@ -250,7 +250,7 @@ func (f *inboundFilter) checkInbound(pkt []byte, now int64) int {
 // cut short) is one the workstation sent on a flow it holds.
 func (f *inboundFilter) checkICMPError(inner []byte, v6 bool, now int64) int {
 	var q ipPacket
-	if !parseIP(inner, &q) || q.later || (len(q.src) == 16) != v6 || !f.isLocal(q.src) {
+	if !parseIP(inner, &q) || q.later || (len(q.src) == 16) != v6 || !f.local.is(q.src) {
 		return dropICMP
 	}
 	k := flowKey{proto: q.proto, v6: v6}
@@ -272,17 +272,6 @@ func (f *inboundFilter) checkICMPError(inner []byte, v6 bool, now int64) int {
 		return dropICMP
 	}
 	return pass
-}
-
-// isLocal reports whether addr (4 or 16 bytes) is the tunnel address.
-func (f *inboundFilter) isLocal(addr []byte) bool {
-	switch len(addr) {
-	case 4:
-		return f.has4 && [4]byte(addr) == f.local4
-	case 16:
-		return f.has6 && [16]byte(addr) == f.local6
-	}
-	return false
 }
 
 func dropVerdict(proto uint8) int {
