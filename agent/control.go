@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/bridgetun/bridgetun/agent/api"
+	"github.com/bridgetun/bridgetun/internal/netlimit"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -403,7 +404,7 @@ func (c *Control) Run(ctx context.Context, ln net.Listener) error {
 			}
 		}
 	}()
-	err := srv.Serve(ln)
+	err := srv.Serve(netlimit.Listener(ln, netlimit.MaxControl, nil))
 	cancel() // Serve failed on its own: stop the expiry loop too
 	wg.Wait()
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bridgetun/bridgetun/agent/api"
+	"github.com/bridgetun/bridgetun/internal/netlimit"
 	"github.com/bridgetun/bridgetun/internal/obs"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -322,7 +323,7 @@ func (r *Relay) Run(ctx context.Context, ln net.Listener) error {
 		<-ctx.Done()
 		_ = srv.Close()
 	}()
-	err := srv.Serve(ln)
+	err := srv.Serve(netlimit.Listener(ln, netlimit.MaxRelay, r.refused.WithLabelValues("connection_cap")))
 	r.drainRelays()
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("relay: %w", err)

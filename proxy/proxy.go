@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/bridgetun/bridgetun/internal/netlimit"
 	"github.com/bridgetun/bridgetun/internal/obs"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -164,6 +165,7 @@ func (s *Server) listen(proto, addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy: listen %s on %s: %w", proto, addr, err)
 	}
+	ln = netlimit.Listener(ln, netlimit.MaxProxy, netlimit.Refused(s.cfg.Registerer, "proxy_"+proto))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {

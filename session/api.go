@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bridgetun/bridgetun/internal/invoker"
+	"github.com/bridgetun/bridgetun/internal/netlimit"
 )
 
 // Status is what `bridgetun status` shows.
@@ -98,7 +99,7 @@ func listenAPI(p Paths, h apiHandlers) (*apiServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &apiServer{path: path, owner: u, ln: &peerListener{Listener: ln, owner: u.UID, ownerName: u.Name},
+	a := &apiServer{path: path, owner: u, ln: &peerListener{Listener: netlimit.Listener(ln, netlimit.MaxSocket, nil), owner: u.UID, ownerName: u.Name},
 		srv: &http.Server{Handler: peerCheck(apiMux(h)), ConnContext: peerContext, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}}
 	if err := writeMarker(p); err != nil {
 		a.Close()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/bridgetun/bridgetun/agent/api"
 	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/internal/netlimit"
 	"github.com/bridgetun/bridgetun/internal/splice"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -58,11 +59,12 @@ func (ic *interceptor) listenInbound(st *interceptState, port int) error {
 			delete(active, c)
 		}
 	}
+	capped := netlimit.Listener(ln, netlimit.MaxInbound, nil)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for {
-			c, err := ln.Accept()
+			c, err := capped.Accept()
 			if err != nil {
 				return
 			}
@@ -189,7 +191,7 @@ func (ic *interceptor) serveLocalURL(ctx context.Context, st *interceptState, sp
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		_ = srv.Serve(ln)
+		_ = srv.Serve(netlimit.Listener(ln, netlimit.MaxLocalURL, nil))
 	}()
 	st.closers = append(st.closers, func() error {
 		err := srv.Close()

@@ -5,12 +5,14 @@ import (
 	"net"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bridgetun/bridgetun/internal/netlimit"
 )
 
 // peerUID is the uid of the process at the other end of a Unix socket
 // connection, from SO_PEERCRED (what it was when it connected).
 func peerUID(c net.Conn) (int, error) {
-	uc, ok := c.(*net.UnixConn)
+	uc, ok := netlimit.Unwrap(c).(*net.UnixConn)
 	if !ok {
 		return -1, fmt.Errorf("peer credentials: %T is not a Unix socket", c)
 	}

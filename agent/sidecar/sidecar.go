@@ -23,6 +23,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/netlimit"
 	"github.com/bridgetun/bridgetun/internal/obs"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -182,6 +183,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 
 // acceptLoop hands every connection of ln to handle, in its own goroutine.
 func (s *Sidecar) acceptLoop(ctx context.Context, ln net.Listener, handle func(context.Context, net.Conn)) error {
+	ln = netlimit.Listener(ln, netlimit.MaxSidecar, netlimit.Refused(s.cfg.Registerer, "sidecar"))
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()

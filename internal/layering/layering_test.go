@@ -45,7 +45,7 @@ var table = []rule{
 	{pkg: "session", job: "the up session's components", notDeps: []string{gvisor, module + "/agent", module + "/netstack"},
 		directK8: []string{"k8s.io/api/", "k8s.io/apimachinery/", "k8s.io/client-go/kubernetes"}},
 	{pkg: "cluster", job: "client-go: kubeconfig, discovery, install, port-forward, workloads", notDeps: []string{gvisor, module + "/session", module + "/agent", module + "/netstack"}},
-	{pkg: "internal/...", job: "test kit, splice relay, metrics helpers, namespace topologies", notDeps: []string{kubernetes, module + "/cluster", module + "/session"}},
+	{pkg: "internal/...", job: "test kit, splice relay, metrics helpers, connection caps, namespace topologies", notDeps: []string{kubernetes, module + "/cluster", module + "/session"}},
 	{pkg: "e2e/...", job: "real-cluster tests and harness"},
 	{pkg: "bench/...", job: "benchmarks"},
 }

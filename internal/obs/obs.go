@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/bridgetun/bridgetun/internal/netlimit"
 )
 
 // NewLogger returns a text logger at the named level ("debug", "info", "warn", "error").
@@ -64,7 +66,7 @@ func ServeMetrics(ctx context.Context, addr string, reg *prometheus.Registry, lo
 		_ = srv.Close()
 	}()
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(netlimit.Listener(ln, netlimit.MaxMetrics, netlimit.Refused(reg, "metrics"))); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server stopped", "err", err)
 		}
 	}()

@@ -109,8 +109,8 @@ func (r *Relayer) half(e *ending, dst, src net.Conn, dir string) int64 {
 // copy is io.Copy through the kernel's fast path where one applies, else
 // through a pooled buffer.
 func (r *Relayer) copy(dst, src net.Conn) (int64, error) {
-	if kernelPath(dst, src) {
-		return io.Copy(dst, src)
+	if d, s := unwrap(dst), unwrap(src); kernelPath(d, s) {
+		return io.Copy(d, s)
 	}
 	bp := r.pool.Get().(*[]byte)
 	defer r.pool.Put(bp)
@@ -134,6 +134,21 @@ func kernelPair(dst, src net.Conn) bool {
 	_, dstUnix := dst.(*net.UnixConn)
 	_, srcUnix := src.(*net.UnixConn)
 	return dstTCP && (srcTCP || srcUnix) || dstUnix && srcTCP
+}
+
+// unwrap returns the socket under wrappers that only watch a connection
+// and pass its bytes unchanged (internal/netlimit's cap says so with
+// WatchedConn; tls.Conn's NetConn is no such promise), so their sockets
+// keep the kernel's fast path. Closes and half-closes still go through
+// the wrapper.
+func unwrap(c net.Conn) net.Conn {
+	for {
+		u, ok := c.(interface{ WatchedConn() net.Conn })
+		if !ok {
+			return c
+		}
+		c = u.WatchedConn()
+	}
 }
 
 // ending closes both connections once, on the first cause of the relay's

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/netlimit"
 	"github.com/bridgetun/bridgetun/internal/testkit"
 )
 
@@ -56,6 +57,11 @@ var transports = []transport{
 		b, s := tcpPair(t)
 		const head = "HEAD "
 		return rig{client: c, a: &BufferedConn{Conn: a, R: io.MultiReader(strings.NewReader(head), a)}, b: b, server: s, prefix: head}
+	}},
+	{"capped-tcp", true, func(t *testing.T) rig { // accepted through internal/netlimit's cap
+		c, a := cappedPair(t)
+		s, b := cappedPair(t)
+		return rig{client: c, a: a, b: b, server: s}
 	}},
 	{"pipe-tcp", false, func(t *testing.T) rig {
 		c, a := net.Pipe()
@@ -260,6 +266,7 @@ func TestKernelPair(t *testing.T) {
 	uc, _ := unixPair(t)
 	p, _ := net.Pipe()
 	buf := &BufferedConn{Conn: tc, R: tc}
+	_, capped := cappedPair(t)
 	for _, row := range []struct {
 		name     string
 		dst, src net.Conn
@@ -273,6 +280,8 @@ func TestKernelPair(t *testing.T) {
 		{"pipe<-tcp", p, tc, false},
 		{"tcp<-buffered", tc, buf, false},
 		{"buffered<-tcp", buf, tc, false},
+		{"capped<-capped", unwrap(capped), unwrap(capped), true},
+		{"capped wrapper itself", capped, tc, false},
 	} {
 		if got := kernelPair(row.dst, row.src); got != row.want {
 			t.Errorf("kernelPair(%s): got %v, want %v", row.name, got, row.want)
@@ -301,7 +310,7 @@ func TestRelayerBuffers(t *testing.T) {
 			if err := <-done; err != nil {
 				t.Fatalf("Relay: %v", err)
 			}
-			kernel := kernelPath(r.b, r.a) && kernelPath(r.a, r.b)
+			kernel := kernelPath(unwrap(r.b), unwrap(r.a)) && kernelPath(unwrap(r.a), unwrap(r.b))
 			if got := made.Load(); kernel && got != 0 || !kernel && got == 0 {
 				t.Errorf("buffers made: got %d, want none only on the kernel path (kernel path: %v)", got, kernel)
 			}
@@ -400,6 +409,28 @@ func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 	}
 	t.Cleanup(func() { c.Close(); s.Close() })
 	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// cappedPair is tcpPair with the accepted end counted by a
+// netlimit.Listener (a wrapper that keeps the socket reachable).
+func cappedPair(t *testing.T) (*net.TCPConn, net.Conn) {
+	t.Helper()
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := netlimit.Listener(raw, 1, nil)
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s
 }
 
 // unixPair returns both ends of one stream Unix socket connection.
