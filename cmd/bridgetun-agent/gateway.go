@@ -128,9 +128,9 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 	if err != nil {
 		return err
 	}
-	key, err := tunnel.ParseKey(os.Getenv("BRIDGETUN_PRIVATE_KEY"))
+	key, err := gatewayKey(os.Getenv("BRIDGETUN_PRIVATE_KEY"))
 	if err != nil {
-		return fmt.Errorf("$BRIDGETUN_PRIVATE_KEY: %w (the gateway Secret is missing or damaged: run `bridgetun install --upgrade`)", err)
+		return err
 	}
 	dns, domain := agent.ReadClusterDNS("/etc/resolv.conf")
 	dnsAddr, _ := netip.ParseAddr(dns) // invalid = no DNS on the tunnel address
@@ -187,6 +187,26 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 	err = g.Wait()
 	log.Info("shutting down")
 	return errors.Join(err, gw.Close())
+}
+
+// gatewayKey is the gateway's WireGuard key: made fresh at each start and
+// kept only in memory, so no Secret holds it for anyone with `get secrets`
+// in the namespace to read (workstations learn the public key from the
+// control API and follow a change when they register again). A key in
+// $BRIDGETUN_PRIVATE_KEY (an older install's Secret) is still used.
+func gatewayKey(env string) (tunnel.Key, error) {
+	if env == "" {
+		k, err := tunnel.GenerateKey()
+		if err != nil {
+			return tunnel.Key{}, fmt.Errorf("generate the gateway key: %w", err)
+		}
+		return k, nil
+	}
+	k, err := tunnel.ParseKey(env)
+	if err != nil {
+		return tunnel.Key{}, fmt.Errorf("$BRIDGETUN_PRIVATE_KEY: %w (an older install's gateway Secret is damaged: run `bridgetun install --upgrade`)", err)
+	}
+	return k, nil
 }
 
 // startGateway opens the stream listener (if any) and starts the gateway.
