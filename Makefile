@@ -9,7 +9,7 @@ E2E_TIMEOUT ?= 45m
 # kubectl as built for the e2e cluster (fresh machines have no other).
 KUBECTL ?= $(HOME)/.cache/bridgetun/k8s-v1.34.4/kubectl
 
-.PHONY: all build deps test e2e ci bench bench-dataplane bench-cluster bench-headless bench-dns lint cluster-up cluster-down images demo clean
+.PHONY: all build deps test fuzz e2e ci bench bench-dataplane bench-cluster bench-headless bench-dns lint cluster-up cluster-down images demo clean
 
 all: build
 
@@ -23,6 +23,28 @@ build:
 # root; with CI set (.ci/run sets it) a root-only test fails instead of skipping.
 test: deps
 	$(GOTEST) -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v /e2e)
+
+# Every parser's fuzz target, a short run each (FUZZTIME) on top of its
+# committed corpus (testdata/fuzz/FuzzXxx): `-fuzz` takes one package and
+# one target at a time, so they run one after the other.
+FUZZTIME ?= 5s
+FUZZ_TARGETS = \
+	./agent:FuzzControl \
+	./agent:FuzzRelay \
+	./agent/sidecar:FuzzSniff \
+	./agent/sidecar:FuzzIsolationRouter \
+	./proxy:FuzzSOCKS \
+	./proxy:FuzzSOCKSUDPDatagram \
+	./proxy:FuzzHTTPProxy \
+	./session:FuzzAPI \
+	./devflow:FuzzProjectConfig
+
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	done
 
 STATICCHECK_VERSION ?= v0.8.2
 
@@ -61,7 +83,7 @@ e2e: deps build
 	e2e/run.sh $(E2E_TIMEOUT)
 
 # What CI runs (README's test command).
-ci: lint test e2e
+ci: lint test fuzz e2e
 
 bench: bench-dataplane
 
