@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -149,6 +148,3 @@ func exchange(t *testing.T, addr string, in []byte) []byte {
 	}
 	return out
 }
-
-// contains reports whether b holds sub.
-func contains(b []byte, sub string) bool { return bytes.Contains(b, []byte(sub)) }
