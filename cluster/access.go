@@ -107,7 +107,6 @@ func InstallAccessChecks(ns string) []AccessCheck {
 	checks := UpAccessChecks(ns)
 	for _, r := range []struct{ group, resource string }{
 		{"apps", "deployments"},
-		{"", "secrets"},
 		{"", "serviceaccounts"},
 		{"rbac.authorization.k8s.io", "roles"},
 		{"rbac.authorization.k8s.io", "rolebindings"},

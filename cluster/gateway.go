@@ -22,7 +22,6 @@ type GatewaySpec struct {
 	Namespace      string            // "" = "default"
 	Image          string            // e.g. bridgetun.local/bridgetun-agent:dev
 	PullPolicy     corev1.PullPolicy // "" = IfNotPresent
-	PrivateKey     string            // base64 WireGuard private key, Secret key "private-key"
 	ExposeNodePort bool              // also create a UDP NodePort Service for WireGuard
 	Version        string            // "" = internal/version.Version
 	// Policy is what the gateway's destination policy knows of the
@@ -33,7 +32,7 @@ type GatewaySpec struct {
 
 // Names and ports of the gateway.
 const (
-	GatewayName   = "bridgetun-gateway" // Deployment, ServiceAccount, Role, RoleBinding, Secret, Service
+	GatewayName   = "bridgetun-gateway" // Deployment, ServiceAccount, Role, RoleBinding, Service (and an older install's key Secret)
 	ControlPort   = 8081                // control API on 127.0.0.1 in the pod (port-forward only)
 	StreamPort    = 8082                // stream transport on 127.0.0.1 in the pod (port-forward only)
 	WireGuardPort = 51820               // UDP container port
@@ -42,7 +41,6 @@ const (
 	RelayName     = "bridgetun-relay"   // ClusterIP Service in front of RelayPort: sidecars survive a gateway restart
 
 	GatewayContainer = "gateway"
-	SecretKeyPrivate = "private-key"
 
 	LabelName         = "app.kubernetes.io/name"
 	AnnotationVersion = "bridgetun.io/version"
@@ -73,7 +71,8 @@ func NewToken() string {
 }
 
 // GatewayObjects returns the gateway's objects in creation order:
-// ServiceAccount, Role, RoleBinding, Secret, Deployment and, with
+// ServiceAccount, Role, RoleBinding, ClusterRole, ClusterRoleBinding,
+// Deployment, the relay Service and, with
 // ExposeNodePort, the NodePort Service. TypeMeta is set on each.
 func GatewayObjects(spec GatewaySpec) []runtime.Object {
 	s := spec.withDefaults()
@@ -116,14 +115,6 @@ func GatewayObjects(spec GatewaySpec) []runtime.Object {
 			ObjectMeta: clusterMeta(meta(), gatewayClusterBindingName(s.Namespace)),
 			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: GatewayName},
 			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: GatewayName, Namespace: s.Namespace}},
-		},
-		&corev1.Secret{
-			TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
-			ObjectMeta: meta(),
-			Type:       corev1.SecretTypeOpaque,
-			Data: map[string][]byte{
-				SecretKeyPrivate: []byte(s.PrivateKey),
-			},
 		},
 		gatewayDeployment(s, meta()),
 		relayService(s.Namespace, meta()),
@@ -195,17 +186,13 @@ func relayService(ns string, meta metav1.ObjectMeta) *corev1.Service {
 
 func gatewayDeployment(s GatewaySpec, meta metav1.ObjectMeta) *appsv1.Deployment {
 	podLabels := map[string]string{LabelName: GatewayName, "app.kubernetes.io/part-of": "bridgetun"}
-	secretEnv := func(name, key string) corev1.EnvVar {
-		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
-			LocalObjectReference: corev1.LocalObjectReference{Name: GatewayName}, Key: key,
-		}}}
-	}
 	return &appsv1.Deployment{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
 		ObjectMeta: meta,
 		Spec: appsv1.DeploymentSpec{
 			Replicas: ptr(int32(1)),
-			// Recreate: two gateways with one key would fight over peers.
+			// Recreate: one gateway at a time holds the namespace's peers
+			// (each makes its own key at start).
 			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType},
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{LabelName: GatewayName}},
 			Template: corev1.PodTemplateSpec{
@@ -231,7 +218,6 @@ func gatewayDeployment(s GatewaySpec, meta metav1.ObjectMeta) *appsv1.Deployment
 						ImagePullPolicy: s.PullPolicy,
 						Args:            append([]string{"gateway", "--in-cluster", "--metrics-addr", fmt.Sprintf(":%d", MetricsPort)}, s.Policy.args()...),
 						Env: []corev1.EnvVar{
-							secretEnv("BRIDGETUN_PRIVATE_KEY", SecretKeyPrivate),
 							{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
 							// The node, whose kubelet the destination policy refuses.
 							{Name: "HOST_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}}},

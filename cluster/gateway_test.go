@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"maps"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,10 +19,9 @@ import (
 )
 
 var testSpec = GatewaySpec{
-	Namespace:  "bt",
-	Image:      "bridgetun.local/bridgetun-agent:dev",
-	PrivateKey: "a2V5LW9uZQ==",
-	Version:    "v1.0.0",
+	Namespace: "bt",
+	Image:     "bridgetun.local/bridgetun-agent:dev",
+	Version:   "v1.0.0",
 }
 
 func TestGatewayYAML(t *testing.T) {
@@ -37,7 +34,6 @@ func TestGatewayYAML(t *testing.T) {
 	var kinds []string
 	var dep *appsv1.Deployment
 	var svc, relay *corev1.Service
-	var secret *corev1.Secret
 	for _, doc := range bytes.Split(out, []byte("\n---\n")) {
 		obj, gvk, err := Decoder().Decode(doc, nil, nil)
 		if err != nil {
@@ -68,22 +64,14 @@ func TestGatewayYAML(t *testing.T) {
 				continue
 			}
 			svc = o
-		case *corev1.Secret:
-			secret = o
 		}
 	}
-	if diff := cmp.Diff([]string{"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Secret", "Deployment", "Service", "Service"}, kinds); diff != "" {
+	if diff := cmp.Diff([]string{"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "Service"}, kinds); diff != "" {
 		t.Errorf("kinds (-want +got):\n%s", diff)
 	}
 
-	if got := string(secret.Data[SecretKeyPrivate]); got != spec.PrivateKey {
-		t.Errorf("secret private-key = %q, want %q", got, spec.PrivateKey)
-	}
-	// Only the key: sidecars present their pods' own tokens, so nothing
-	// in the Secret is meant for anyone but the gateway.
-	if len(secret.Data) != 1 || secret.Type != corev1.SecretTypeOpaque {
-		t.Errorf("secret: keys %v type %q, want only %s and Opaque", slices.Sorted(maps.Keys(secret.Data)), secret.Type, SecretKeyPrivate)
-	}
+	// No Secret: the gateway makes its key at start, so nobody with
+	// `get secrets` in the namespace can read it.
 
 	if dep.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType || *dep.Spec.Replicas != 1 {
 		t.Errorf("deployment strategy %q replicas %d, want Recreate 1", dep.Spec.Strategy.Type, *dep.Spec.Replicas)
@@ -127,15 +115,14 @@ func TestGatewayYAML(t *testing.T) {
 	for _, e := range c.Env {
 		switch {
 		case e.ValueFrom.SecretKeyRef != nil:
-			env[e.Name] = "secret:" + e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
+			t.Errorf("env %s from Secret %s: the gateway reads no Secret", e.Name, e.ValueFrom.SecretKeyRef.Name)
 		case e.ValueFrom.FieldRef != nil:
 			env[e.Name] = "field:" + e.ValueFrom.FieldRef.FieldPath
 		}
 	}
 	wantEnv := map[string]string{
-		"BRIDGETUN_PRIVATE_KEY": "secret:bridgetun-gateway/private-key",
-		"POD_NAMESPACE":         "field:metadata.namespace",
-		"HOST_IP":               "field:status.hostIP",
+		"POD_NAMESPACE": "field:metadata.namespace",
+		"HOST_IP":       "field:status.hostIP",
 	}
 	if diff := cmp.Diff(wantEnv, env); diff != "" {
 		t.Errorf("env (-want +got):\n%s", diff)
@@ -226,13 +213,9 @@ func TestInstallGateway(t *testing.T) {
 	if err := InstallGateway(ctx, client, spec, false); err != nil {
 		t.Fatal(err)
 	}
-	all := []string{"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Secret", "Deployment", "Service"}
+	all := []string{"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"}
 	if diff := cmp.Diff(all, listAll(t, client, "bt")); diff != "" {
 		t.Errorf("objects after install (-want +got):\n%s", diff)
-	}
-	key, err := ReadGatewaySecret(ctx, client, "bt")
-	if err != nil || key != spec.PrivateKey {
-		t.Fatalf("ReadGatewaySecret = %q, %v; want %q", key, err, spec.PrivateKey)
 	}
 	// The server assigned a NodePort; a re-install must keep it.
 	svc, _ := client.CoreV1().Services("bt").Get(ctx, GatewayName, metav1.GetOptions{})
@@ -241,15 +224,8 @@ func TestInstallGateway(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Re-install with another key: the gateway keeps its identity.
-	again := spec
-	again.PrivateKey = "b3RoZXIta2V5"
-	if err := InstallGateway(ctx, client, again, false); err != nil {
+	if err := InstallGateway(ctx, client, spec, false); err != nil {
 		t.Fatalf("idempotent re-install: %v", err)
-	}
-	key2, err := ReadGatewaySecret(ctx, client, "bt")
-	if err != nil || key2 != key {
-		t.Errorf("after re-install: key %q (%v), want the original %q", key2, err, key)
 	}
 	svc, _ = client.CoreV1().Services("bt").Get(ctx, GatewayName, metav1.GetOptions{})
 	if svc.Spec.Ports[0].NodePort != 31820 {
@@ -260,14 +236,14 @@ func TestInstallGateway(t *testing.T) {
 	if err := InstallGateway(ctx, client, testSpec, false); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(all[:7], listAll(t, client, "bt")); diff != "" {
+	if diff := cmp.Diff(all[:6], listAll(t, client, "bt")); diff != "" {
 		t.Errorf("objects after install without NodePort (-want +got):\n%s", diff)
 	}
 
 	// Another version: refused without upgrade, applied with it.
 	newer := testSpec
 	newer.Version = "v2.0.0"
-	err = InstallGateway(ctx, client, newer, false)
+	err := InstallGateway(ctx, client, newer, false)
 	want := "gateway in namespace \"bt\" is version v1.0.0, this bridgetun is v2.0.0: run `bridgetun install --upgrade` to replace it"
 	if err == nil || err.Error() != want {
 		t.Fatalf("version mismatch: got %v, want %q", err, want)
@@ -278,53 +254,26 @@ func TestInstallGateway(t *testing.T) {
 	if v, err := GatewayVersion(ctx, client, "bt"); err != nil || v != "v2.0.0" {
 		t.Errorf("GatewayVersion after upgrade = %q, %v; want v2.0.0", v, err)
 	}
-	if k, _ := ReadGatewaySecret(ctx, client, "bt"); k != key {
-		t.Errorf("key after upgrade = %q, want %q", k, key)
-	}
 	d, _ := client.AppsV1().Deployments("bt").Get(ctx, GatewayName, metav1.GetOptions{})
 	if got := d.Spec.Template.Annotations[AnnotationVersion]; got != "v2.0.0" {
 		t.Errorf("pod template version = %q, want v2.0.0 (so the pods roll)", got)
 	}
 }
 
-// TestUpgradeDropsSidecarToken: an older gateway's Secret also held a
-// namespace-wide sidecar token; the upgrade keeps its key, ignores the
-// token and leaves only the key in the Secret.
-func TestUpgradeDropsSidecarToken(t *testing.T) {
+// TestUpgradeDeletesKeySecret: an older gateway kept its key (and a
+// namespace-wide sidecar token) in a Secret every developer could read;
+// the upgrade deletes it.
+func TestUpgradeDeletesKeySecret(t *testing.T) {
 	ctx := t.Context()
-	client := fake.NewClientset()
-	older := testSpec
-	older.Version = "v0.9.0"
-	if err := InstallGateway(ctx, client, older, false); err != nil {
-		t.Fatal(err)
+	client := fake.NewClientset(&corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: GatewayName, Namespace: "bt"},
+		Data:       map[string][]byte{"private-key": []byte("a2V5LW9uZQ=="), "sidecar-token": []byte("an-old-namespace-wide-token")},
+	})
+	if err := InstallGateway(ctx, client, testSpec, true); err != nil {
+		t.Fatalf("upgrade over an older install's Secret: %v", err)
 	}
-	s, err := client.CoreV1().Secrets("bt").Get(ctx, GatewayName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Data["sidecar-token"] = []byte("an-old-namespace-wide-token")
-	if _, err := client.CoreV1().Secrets("bt").Update(ctx, s, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	upgrade := testSpec
-	upgrade.PrivateKey = "" // an upgrade takes the key from the Secret
-	if err := InstallGateway(ctx, client, upgrade, true); err != nil {
-		t.Fatalf("upgrade over a Secret with a sidecar token: %v", err)
-	}
-	s, err = client.CoreV1().Secrets("bt").Get(ctx, GatewayName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(map[string][]byte{SecretKeyPrivate: []byte(testSpec.PrivateKey)}, s.Data); diff != "" {
-		t.Errorf("secret after the upgrade (-want +got):\n%s", diff)
-	}
-}
-
-func TestInstallGatewayNeedsKey(t *testing.T) {
-	spec := testSpec
-	spec.PrivateKey = ""
-	if err := InstallGateway(t.Context(), fake.NewClientset(), spec, false); err == nil {
-		t.Error("install without a key and without a Secret succeeded")
+	if _, err := client.CoreV1().Secrets("bt").Get(ctx, GatewayName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the older install's key Secret after the upgrade: %v, want it deleted", err)
 	}
 }
 

@@ -23,12 +23,11 @@ import (
 var ErrGatewayNotInstalled = errors.New("gateway not installed")
 
 // InstallGateway creates or updates the gateway's objects. It is idempotent.
-// An existing Secret's private key is kept, so the gateway's identity
-// survives re-installs and upgrades (keys an older version kept there,
-// such as its sidecar token, are dropped: sidecars now present their
-// pods' own tokens). A gateway of another version is replaced only with
-// upgrade; a NodePort Service left from an earlier install with
-// ExposeNodePort is removed without it.
+// No Secret is made: the gateway makes its WireGuard key at start and keeps
+// it in memory, so nobody with `get secrets` in the namespace can read it;
+// an older install's key Secret is deleted. A gateway of another version is
+// replaced only with upgrade; a NodePort Service left from an earlier
+// install with ExposeNodePort is removed without it.
 func InstallGateway(ctx context.Context, client kubernetes.Interface, spec GatewaySpec, upgrade bool) error {
 	if spec.Namespace == "" {
 		spec.Namespace = "default"
@@ -51,21 +50,16 @@ func InstallGateway(ctx context.Context, client kubernetes.Interface, spec Gatew
 		return fmt.Errorf("gateway in namespace %q is %s, this bridgetun is %s: run `bridgetun install --upgrade` to replace it", ns, have, spec.Version)
 	}
 
-	key, err := ReadGatewaySecret(ctx, client, ns)
-	switch {
-	case err == nil:
-		spec.PrivateKey = key
-	case errors.Is(err, ErrGatewayNotInstalled):
-		if spec.PrivateKey == "" {
-			return errors.New("install gateway: no private key given and no existing gateway Secret")
-		}
-	default:
-		return err
-	}
-
 	for _, o := range GatewayObjects(spec) {
 		if err := createOrUpdate(ctx, client, o); err != nil {
 			return fmt.Errorf("install gateway in namespace %q: %w", ns, err)
+		}
+	}
+	// An older install kept the gateway's key (and a sidecar token) in a
+	// Secret every developer could read: the new gateway makes its own.
+	if _, err := client.CoreV1().Secrets(ns).Get(ctx, GatewayName, metav1.GetOptions{}); err == nil {
+		if err := client.CoreV1().Secrets(ns).Delete(ctx, GatewayName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("install gateway: delete the older install's key Secret %s/%s: %w", ns, GatewayName, err)
 		}
 	}
 	if !spec.ExposeNodePort {
@@ -195,23 +189,6 @@ func upsert[T any, P kobject[T]](ctx context.Context, want P,
 	return nil
 }
 
-// ReadGatewaySecret returns the installed gateway's private key. A missing
-// Secret or key is ErrGatewayNotInstalled (wrapped).
-func ReadGatewaySecret(ctx context.Context, client kubernetes.Interface, ns string) (privateKey string, err error) {
-	s, err := client.CoreV1().Secrets(ns).Get(ctx, GatewayName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("secret %s/%s: %w", ns, GatewayName, ErrGatewayNotInstalled)
-	}
-	if err != nil {
-		return "", fmt.Errorf("read secret %s/%s: %w", ns, GatewayName, err)
-	}
-	key := string(s.Data[SecretKeyPrivate])
-	if key == "" {
-		return "", fmt.Errorf("secret %s/%s has no %q: %w", ns, GatewayName, SecretKeyPrivate, ErrGatewayNotInstalled)
-	}
-	return key, nil
-}
-
 // GatewayVersion returns the installed gateway Deployment's version
 // annotation, or an error wrapping ErrGatewayNotInstalled.
 func GatewayVersion(ctx context.Context, client kubernetes.Interface, ns string) (string, error) {
@@ -250,7 +227,7 @@ func UninstallGateway(ctx context.Context, client kubernetes.Interface, ns strin
 	}{
 		{"deployment", client.AppsV1().Deployments(ns).Delete},
 		{"service", client.CoreV1().Services(ns).Delete},
-		{"secret", client.CoreV1().Secrets(ns).Delete},
+		{"secret", client.CoreV1().Secrets(ns).Delete}, // an older install's key Secret
 		{"rolebinding", client.RbacV1().RoleBindings(ns).Delete},
 		{"role", client.RbacV1().Roles(ns).Delete},
 		{"serviceaccount", client.CoreV1().ServiceAccounts(ns).Delete},

@@ -11,7 +11,6 @@ import (
 
 	"github.com/bridgetun/bridgetun/cluster"
 	"github.com/bridgetun/bridgetun/internal/version"
-	"github.com/bridgetun/bridgetun/tunnel"
 )
 
 // gatewaySetup is what ensuring the gateway needs.
@@ -34,8 +33,7 @@ type gatewayPod struct {
 
 // ensureGateway installs the gateway when missing (or when asked to
 // upgrade or expose it) and waits for a ready pod of this version. The
-// gateway's key is kept: it is created only when its Secret does not exist,
-// so a failed read never rotates it under other workstations.
+// gateway makes its own key at start; no Secret holds it.
 //
 // A gateway this call installed into a namespace that had none, and that
 // never became ready (an image that cannot be pulled, a bad namespace), is
@@ -64,11 +62,6 @@ func ensureGateway(ctx context.Context, g gatewaySetup) (_ gatewayPod, err error
 			return gatewayPod{}, err
 		}
 		spec := cluster.GatewaySpec{Namespace: g.Namespace, Image: g.Image, ExposeNodePort: g.ExposeNodePort, Version: version.Version}
-		key, _, err := cluster.GatewayPrivateKey(ctx, g.Client, g.Namespace, generateKey)
-		if err != nil {
-			return gatewayPod{}, err
-		}
-		spec.PrivateKey = key
 		// Every install and upgrade tells the gateway the cluster's CIDRs
 		// anew. Not found = a gateway that dials nothing of the cluster
 		// (closed, never open); the session's own discovery says why next.
@@ -129,12 +122,4 @@ func checkInstallAccess(ctx context.Context, client kubernetes.Interface, ns str
 		what = "install the gateway in " + ns + " (there is none)"
 	}
 	return fmt.Errorf("cannot %s: %w; an admin can run `bridgetun install -n %s`, then `up` needs only `bridgetun install --print-rbac`'s role", what, err, ns)
-}
-
-func generateKey() (string, error) {
-	k, err := tunnel.GenerateKey()
-	if err != nil {
-		return "", err
-	}
-	return k.String(), nil
 }

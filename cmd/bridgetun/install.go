@@ -13,7 +13,6 @@ import (
 
 	"github.com/bridgetun/bridgetun/cluster"
 	"github.com/bridgetun/bridgetun/internal/version"
-	"github.com/bridgetun/bridgetun/tunnel"
 )
 
 func newInstallCmd() *cobra.Command {
@@ -28,7 +27,8 @@ func newInstallCmd() *cobra.Command {
 		Use:   "install",
 		Short: "Install (or upgrade) the in-cluster gateway; `up` does this on first use",
 		Long: `Install the in-cluster gateway: a ServiceAccount, a Role and RoleBinding with
-the fewest verbs it needs, a Secret with its WireGuard key, and a Deployment
+the fewest verbs it needs, a ClusterRole to verify callers (TokenReview,
+SubjectAccessReview, identity CSRs), and a Deployment
 running bridgetun-agent as non-root with no added capabilities. With
 --expose nodeport also a UDP NodePort Service for the udp transport.
 --dry-run -o yaml prints the manifests instead.
@@ -67,7 +67,6 @@ Apply it with kubectl apply -f -.`,
 				if spec.Namespace == "" {
 					spec.Namespace = "default"
 				}
-				spec.PrivateKey = "<generated at install>"
 				b, err := cluster.GatewayYAML(spec)
 				if err != nil {
 					return err
@@ -84,9 +83,6 @@ Apply it with kubectl apply -f -.`,
 			spec.Namespace = cf.gatewayNamespace
 			if spec.Namespace == "" {
 				spec.Namespace = conn.Namespace
-			}
-			if spec.PrivateKey, _, err = cluster.GatewayPrivateKey(ctx, conn.Client, spec.Namespace, newKey); err != nil {
-				return err
 			}
 			if spec.Policy, err = cluster.DiscoverGatewayPolicy(ctx, conn.Client, spec.Namespace, nil); err != nil {
 				return err
@@ -212,13 +208,4 @@ func restoreAll(ctx context.Context, client kubernetes.Interface, out io.Writer)
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// newKey makes a gateway private key (only when none is installed).
-func newKey() (string, error) {
-	k, err := tunnel.GenerateKey()
-	if err != nil {
-		return "", err
-	}
-	return k.String(), nil
 }
