@@ -87,7 +87,9 @@ func TestTwoDevelopers(t *testing.T) {
 		t.Fatalf("A: up with the printed Role: %v\n%s", err, out)
 	}
 	const socksB = "127.0.0.1:11085"
-	if out, err := wb.run(ctx, "up", "--background", "--netstack", "-n", SampleNamespace, "--transport", "stream", "--socks", socksB, "--http-proxy="); err != nil {
+	if out, err := wb.run(ctx, "up", "--background", "--netstack", "-n", SampleNamespace, "--transport", "stream", "--socks", socksB, "--http-proxy=",
+		// B routes the workstations' range to the gateway as if to reach A: the gateway's policy refuses it.
+		"--also-proxy", api.TunnelNetwork.String()); err != nil {
 		t.Fatalf("B: up with the printed Role: %v\n%s", err, out)
 	}
 	stA, err := wa.status(ctx)

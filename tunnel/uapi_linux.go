@@ -1,12 +1,15 @@
 package tunnel
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"golang.zx2c4.com/wireguard/ipc"
@@ -58,7 +61,7 @@ func (d *Device) ServeUAPI(ctx context.Context, name string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d.wg.IpcHandle(c) // closes c
+			d.serveUAPIConn(c)
 			mu.Lock()
 			delete(conns, c)
 			mu.Unlock()
@@ -73,3 +76,51 @@ func (d *Device) ServeUAPI(ctx context.Context, name string) error {
 	}
 	return fmt.Errorf("wireguard control socket %s: %w", path, err)
 }
+
+// serveUAPIConn answers one wireguard-tools request. `get` is answered
+// here, from the device's own state, so an endpoint that is no IP:port —
+// the stream transport's "stream", which wg cannot parse and fails the
+// whole `wg show` on — is left out; anything else (`set`) goes to
+// wireguard-go as is.
+func (d *Device) serveUAPIConn(c net.Conn) {
+	br := bufio.NewReader(c)
+	op, err := br.Peek(6)
+	if err != nil || string(op) != "get=1\n" {
+		d.wg.IpcHandle(&prefixedConn{Conn: c, r: br}) // closes c
+		return
+	}
+	defer c.Close()
+	for { // the request ends with an empty line
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if line == "\n" {
+			break
+		}
+	}
+	state, err := d.wg.IpcGet()
+	var out strings.Builder
+	if err == nil {
+		for line := range strings.Lines(state) {
+			if ep, ok := strings.CutPrefix(strings.TrimSuffix(line, "\n"), "endpoint="); ok {
+				if _, perr := netip.ParseAddrPort(ep); perr != nil {
+					continue
+				}
+			}
+			out.WriteString(line)
+		}
+		out.WriteString("errno=0\n\n")
+	} else {
+		out.WriteString("errno=5\n\n") // EIO
+	}
+	_, _ = c.Write([]byte(out.String()))
+}
+
+// prefixedConn replays what was peeked at before handing the connection on.
+type prefixedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (p *prefixedConn) Read(b []byte) (int, error) { return p.r.Read(b) }
