@@ -148,17 +148,8 @@ func buildEchoReply(req []byte) ([]byte, error) {
 			return nil, fmt.Errorf("build echo reply: invalid IPv4 packet of %d bytes", len(req))
 		}
 		body := req[ip.HeaderLength():ip.TotalLength()]
-		out := make([]byte, header.IPv4MinimumSize+len(body))
-		oip := header.IPv4(out)
-		oip.Encode(&header.IPv4Fields{
-			TotalLength: uint16(len(out)),
-			TTL:         64,
-			Protocol:    uint8(header.ICMPv4ProtocolNumber),
-			SrcAddr:     ip.DestinationAddress(),
-			DstAddr:     ip.SourceAddress(),
-		})
-		oip.SetChecksum(^oip.CalculateChecksum())
-		ic := header.ICMPv4(out[header.IPv4MinimumSize:])
+		out, icmp := icmpv4Back(ip, len(body))
+		ic := header.ICMPv4(icmp)
 		copy(ic, body)
 		ic.SetType(header.ICMPv4EchoReply)
 		ic.SetCode(0)
@@ -171,16 +162,9 @@ func buildEchoReply(req []byte) ([]byte, error) {
 			return nil, fmt.Errorf("build echo reply: invalid IPv6 packet of %d bytes", len(req))
 		}
 		body := req[header.IPv6MinimumSize : header.IPv6MinimumSize+int(ip.PayloadLength())]
-		out := make([]byte, header.IPv6MinimumSize+len(body))
+		out, icmp := icmpv6Back(ip, len(body))
+		ic := header.ICMPv6(icmp)
 		src, dst := ip.DestinationAddress(), ip.SourceAddress()
-		header.IPv6(out).Encode(&header.IPv6Fields{
-			PayloadLength:     uint16(len(body)),
-			TransportProtocol: header.ICMPv6ProtocolNumber,
-			HopLimit:          64,
-			SrcAddr:           src,
-			DstAddr:           dst,
-		})
-		ic := header.ICMPv6(out[header.IPv6MinimumSize:])
 		copy(ic, body)
 		ic.SetType(header.ICMPv6EchoReply)
 		ic.SetCode(0)
@@ -189,6 +173,37 @@ func buildEchoReply(req []byte) ([]byte, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("build echo reply: IP version %d", req[0]>>4)
+}
+
+// icmpv4Back allocates an IPv4 packet carrying icmpLen bytes of ICMP from
+// ip's destination back to its source, its IP header filled in; it
+// returns the packet and its ICMP part, for the caller to fill.
+func icmpv4Back(ip header.IPv4, icmpLen int) (packet, icmp []byte) {
+	packet = make([]byte, header.IPv4MinimumSize+icmpLen)
+	oip := header.IPv4(packet)
+	oip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(len(packet)),
+		TTL:         64,
+		Protocol:    uint8(header.ICMPv4ProtocolNumber),
+		SrcAddr:     ip.DestinationAddress(),
+		DstAddr:     ip.SourceAddress(),
+	})
+	oip.SetChecksum(^oip.CalculateChecksum())
+	return packet, packet[header.IPv4MinimumSize:]
+}
+
+// icmpv6Back is icmpv4Back for IPv6 (the ICMPv6 checksum covers the
+// addresses: the caller computes it from ip's swapped pair).
+func icmpv6Back(ip header.IPv6, icmpLen int) (packet, icmp []byte) {
+	packet = make([]byte, header.IPv6MinimumSize+icmpLen)
+	header.IPv6(packet).Encode(&header.IPv6Fields{
+		PayloadLength:     uint16(icmpLen),
+		TransportProtocol: header.ICMPv6ProtocolNumber,
+		HopLimit:          64,
+		SrcAddr:           ip.DestinationAddress(),
+		DstAddr:           ip.SourceAddress(),
+	})
+	return packet, packet[header.IPv6MinimumSize:]
 }
 
 // hostPing pings dst from the host: first with an unprivileged ICMP datagram

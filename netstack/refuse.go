@@ -32,17 +32,8 @@ func prohibited(orig []byte) ([]byte, error) {
 			return nil, fmt.Errorf("icmp prohibited: invalid IPv4 packet of %d bytes", len(orig))
 		}
 		quote := orig[:min(int(ip.TotalLength()), int(ip.HeaderLength())+8)]
-		out := make([]byte, header.IPv4MinimumSize+header.ICMPv4MinimumSize+len(quote))
-		oip := header.IPv4(out)
-		oip.Encode(&header.IPv4Fields{
-			TotalLength: uint16(len(out)),
-			TTL:         64,
-			Protocol:    uint8(header.ICMPv4ProtocolNumber),
-			SrcAddr:     ip.DestinationAddress(),
-			DstAddr:     ip.SourceAddress(),
-		})
-		oip.SetChecksum(^oip.CalculateChecksum())
-		ic := header.ICMPv4(out[header.IPv4MinimumSize:])
+		out, icmp := icmpv4Back(ip, header.ICMPv4MinimumSize+len(quote))
+		ic := header.ICMPv4(icmp)
 		ic.SetType(header.ICMPv4DstUnreachable)
 		ic.SetCode(header.ICMPv4AdminProhibited)
 		copy(ic[header.ICMPv4MinimumSize:], quote)
@@ -54,16 +45,9 @@ func prohibited(orig []byte) ([]byte, error) {
 			return nil, fmt.Errorf("icmp prohibited: invalid IPv6 packet of %d bytes", len(orig))
 		}
 		quote := orig[:min(len(orig), icmpv6ErrorMax-header.IPv6MinimumSize-header.ICMPv6MinimumSize)]
-		out := make([]byte, header.IPv6MinimumSize+header.ICMPv6MinimumSize+len(quote))
+		out, icmp := icmpv6Back(ip, header.ICMPv6MinimumSize+len(quote))
 		src, dst := ip.DestinationAddress(), ip.SourceAddress()
-		header.IPv6(out).Encode(&header.IPv6Fields{
-			PayloadLength:     uint16(len(out) - header.IPv6MinimumSize),
-			TransportProtocol: header.ICMPv6ProtocolNumber,
-			HopLimit:          64,
-			SrcAddr:           src,
-			DstAddr:           dst,
-		})
-		ic := header.ICMPv6(out[header.IPv6MinimumSize:])
+		ic := header.ICMPv6(icmp)
 		ic.SetType(header.ICMPv6DstUnreachable)
 		ic.SetCode(header.ICMPv6Prohibited)
 		copy(ic[header.ICMPv6MinimumSize:], quote)
