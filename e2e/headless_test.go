@@ -38,6 +38,28 @@ func userCmd(ctx context.Context, c *Cluster, env []string, args ...string) *exe
 	return cmd
 }
 
+// userBridgetun returns a runner of bridgetun (bin) as User with env (plus
+// extra per call), and ends that user's session at cleanup, logging the
+// session log's tail (under state) when the test failed.
+func userBridgetun(t *testing.T, ctx context.Context, c *Cluster, bin, state string, env []string) func(extra []string, args ...string) (string, error) {
+	t.Cleanup(func() {
+		out, _ := userCmd(context.Background(), c, env, bin, "down").CombinedOutput()
+		if t.Failed() {
+			t.Logf("down: %s", out)
+			if b, err := os.ReadFile(filepath.Join(state, "bridgetun", "bridgetun.log")); err == nil {
+				t.Logf("--- session log (tail):\n%s", tailLines(string(b), 60))
+			}
+		}
+	})
+	return func(extra []string, args ...string) (string, error) {
+		out, err := userCmd(ctx, c, append(append([]string{}, env...), extra...), append([]string{bin}, args...)...).CombinedOutput()
+		if err != nil {
+			return string(out), fmt.Errorf("bridgetun %s: %w\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out), nil
+	}
+}
+
 func TestHeadless(t *testing.T) {
 	c := Start(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
@@ -66,22 +88,8 @@ func TestHeadless(t *testing.T) {
 		t.Fatalf("chown: %v %s", err, out)
 	}
 	env := []string{"XDG_RUNTIME_DIR=" + xdg, "XDG_STATE_HOME=" + state, "TMPDIR=" + tmp, "TERM=dumb"}
-	run := func(args ...string) (string, error) {
-		out, err := userCmd(ctx, c, env, append([]string{bin}, args...)...).CombinedOutput()
-		if err != nil {
-			return string(out), fmt.Errorf("bridgetun %s: %w\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out), nil
-	}
-	t.Cleanup(func() {
-		out, _ := userCmd(context.Background(), c, env, bin, "down").CombinedOutput()
-		if t.Failed() {
-			t.Logf("down: %s", out)
-			if b, err := os.ReadFile(filepath.Join(state, "bridgetun", "bridgetun.log")); err == nil {
-				t.Logf("--- session log (tail):\n%s", tailLines(string(b), 60))
-			}
-		}
-	})
+	runWith := userBridgetun(t, ctx, c, bin, state, env)
+	run := func(args ...string) (string, error) { return runWith(nil, args...) }
 
 	t.Run("status before up: exit code 1, one line saying what to do", func(t *testing.T) {
 		out, err := run("status")

@@ -48,22 +48,7 @@ func TestProxyCredentials(t *testing.T) {
 		httpProxy = "127.0.0.1:13128"
 	)
 	env := []string{"XDG_RUNTIME_DIR=" + xdg, "XDG_STATE_HOME=" + state, "TERM=dumb"}
-	run := func(extra []string, args ...string) (string, error) {
-		out, err := userCmd(ctx, c, append(append([]string{}, env...), extra...), append([]string{bin}, args...)...).CombinedOutput()
-		if err != nil {
-			return string(out), fmt.Errorf("bridgetun %s: %w\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out), nil
-	}
-	t.Cleanup(func() {
-		out, _ := userCmd(context.Background(), c, env, bin, "down").CombinedOutput()
-		if t.Failed() {
-			t.Logf("down: %s", out)
-			if b, err := os.ReadFile(filepath.Join(state, "bridgetun", "bridgetun.log")); err == nil {
-				t.Logf("--- session log (tail):\n%s", tailLines(string(b), 60))
-			}
-		}
-	})
+	run := userBridgetun(t, ctx, c, bin, state, env)
 	secrets := []string{"BRIDGETUN_SOCKS_AUTH=dev:" + socksPass, "BRIDGETUN_HTTP_PROXY_AUTH=web:" + httpPass}
 	out, err := run(secrets, "up", "--background", "--netstack", "-n", SampleNamespace, "--gateway-image", gatewayImage,
 		"--transport", "stream", "--upgrade", "--socks", socks, "--http-proxy", httpProxy)
