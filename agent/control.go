@@ -38,6 +38,7 @@ type Control struct {
 	pub    tunnel.Key
 	auth   Authenticator
 	authz  Authorizer
+	wl     WorkloadPatcher // nil = workloads are not patched here
 	info   api.RegisterResponse
 	ttl    time.Duration
 	log    *slog.Logger
@@ -90,6 +91,10 @@ type ControlConfig struct {
 	// Authz checks a caller's own rights on a workload before an
 	// intercept of it (and before --force); nil = refused.
 	Authz Authorizer
+	// Workloads patches and restores intercepted workloads on callers'
+	// behalf; nil = this gateway only routes (the workloads are patched
+	// by someone else: unit tests of the routing).
+	Workloads WorkloadPatcher
 }
 
 // NewControl returns the control API handler.
@@ -100,6 +105,7 @@ func NewControl(cfg ControlConfig) *Control {
 		pub:   cfg.GatewayKey.PublicKey(),
 		auth:  cfg.Auth,
 		authz: cfg.Authz,
+		wl:    cfg.Workloads,
 		ttl:   cfg.TTL,
 		log:   cfg.Log,
 		now:   cfg.Now,
@@ -464,6 +470,18 @@ func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request, who Ca
 			c.log.Info("intercept left", "namespace", req.Namespace, "service", req.Service, "user", who.User, "remaining", remaining)
 		}
 		writeJSON(w, api.LeaveResponse{Removed: removed, Remaining: remaining})
+	case r.URL.Path == "/v1/workloads/restore" && r.Method == http.MethodPost:
+		var req api.RestoreRequest
+		if err := json.NewDecoder(body).Decode(&req); err != nil {
+			http.Error(w, "restore: bad JSON: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		rr, err := c.RestoreWorkload(r.Context(), who, req.Workload)
+		if err != nil {
+			http.Error(w, err.Error(), interceptStatus(err))
+			return
+		}
+		writeJSON(w, rr)
 	case r.URL.Path == "/v1/intercepts/renew" && r.Method == http.MethodPost:
 		var req api.RenewRequest
 		if err := json.NewDecoder(body).Decode(&req); err != nil {
@@ -510,54 +528,139 @@ func (c *Control) listFor(who Caller, ns string) []api.Intercept {
 // gateway routes its traffic on the caller's behalf); with Force it may
 // replace another identity's conflicting intercept, which it is then told
 // in the log and the victim sees as lost.
+//
+// With a WorkloadPatcher the gateway finds the workload behind the Service
+// port itself (the caller's Workload is replaced), checks the caller's
+// right on that one, and patches it with its own ServiceAccount; a patch
+// that fails drops a new intercept again, so nothing is left half-made.
 func (c *Control) AddIntercept(ctx context.Context, who Caller, req api.InterceptRequest) (api.Intercept, error) {
 	_, l, err := c.ownKey(who, req.PublicKey)
 	if err != nil {
 		return api.Intercept{}, fmt.Errorf("intercept %s/%s: %w", req.Namespace, req.Service, err)
 	}
-	if err := c.mayUpdate(ctx, who, req.Workload); err != nil {
+	if c.wl != nil {
+		w, err := c.wl.Resolve(ctx, req.Namespace, req.Service, req.ServicePort)
+		if err != nil {
+			return api.Intercept{}, fmt.Errorf("%w: %w", ErrWorkload, err)
+		}
+		req.Workload = w
+	}
+	if err := c.mayIntercept(ctx, who, req.Workload); err != nil {
 		return api.Intercept{}, fmt.Errorf("intercept %s/%s: %w", req.Namespace, req.Service, err)
+	}
+	if req.Force {
+		if err := c.mayUpdate(ctx, who, req.Workload); err != nil {
+			return api.Intercept{}, fmt.Errorf("intercept %s/%s: %w", req.Namespace, req.Service, err)
+		}
 	}
 	req.Holder = who.User
 	if req.Label != "" {
 		req.Holder += " (" + req.Label + ")"
 	}
-	it, err := c.icpt.Add(req, l.addr)
-	if errors.Is(err, ErrConflict) && req.Force {
-		evicted := c.icpt.Evict(req)
-		c.log.Warn("intercept replaced by force", "namespace", req.Namespace, "service", req.Service, "by", who.User, "evicted", evicted)
+	var it api.Intercept
+	err = c.icpt.WithWorkloads(func() error {
+		had := c.icpt.Has(req.PublicKey, req.Namespace, req.Service)
+		var err error
 		it, err = c.icpt.Add(req, l.addr)
-	}
+		if errors.Is(err, ErrConflict) && req.Force {
+			evicted := c.icpt.Evict(req)
+			c.log.Warn("intercept replaced by force", "namespace", req.Namespace, "service", req.Service, "by", who.User, "evicted", evicted)
+			it, err = c.icpt.Add(req, l.addr)
+		}
+		if err != nil || c.wl == nil {
+			return err
+		}
+		it.Patched, err = c.wl.Patch(ctx, req.Namespace, req.Service, req.ServicePort, req.Workload, effectiveGrace(it.GraceSeconds), req.PublicKey)
+		if err != nil {
+			if !had {
+				c.icpt.Remove(req.PublicKey, req.Namespace, req.Service)
+			}
+			return fmt.Errorf("%w: %w", ErrWorkload, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return api.Intercept{}, err
 	}
 	c.log.Info("intercept", "namespace", req.Namespace, "service", req.Service, "workload", req.Workload.String(),
-		"target", it.Target, "route_as", req.RouteAs, "holder", req.Holder)
+		"target", it.Target, "route_as", req.RouteAs, "holder", req.Holder, "patched", it.Patched)
 	return it, nil
+}
+
+// ErrWorkload: the gateway could not find or patch the workload (the
+// message says why: admission refused the patched pod, the Service has no
+// workload bridgetun can patch, …).
+var ErrWorkload = errors.New("workload")
+
+// RestoreWorkload puts w's original pod template back for a caller who may
+// update it, unless an intercept at this gateway (anyone's, routed or held)
+// still holds it.
+func (c *Control) RestoreWorkload(ctx context.Context, who Caller, w api.Workload) (api.RestoreResponse, error) {
+	if c.wl == nil {
+		return api.RestoreResponse{}, fmt.Errorf("%w: this gateway does not patch workloads", ErrWorkload)
+	}
+	if err := c.mayIntercept(ctx, who, w); err != nil {
+		return api.RestoreResponse{}, fmt.Errorf("restore %s: %w", w, err)
+	}
+	var rr api.RestoreResponse
+	err := c.icpt.WithWorkloads(func() error {
+		if n := c.icpt.OnWorkload(w); n > 0 {
+			return fmt.Errorf("%w: %s stays patched: %d intercept(s) at the gateway hold it", ErrConflict, w, n)
+		}
+		var err error
+		rr.Restored, err = c.wl.Restore(ctx, w)
+		if err != nil {
+			return fmt.Errorf("%w: restore %s: %w", ErrWorkload, w, err)
+		}
+		return nil
+	})
+	if err == nil && rr.Restored {
+		c.log.Info("workload restored", "workload", w.String(), "by", who.User)
+	}
+	return rr, err
 }
 
 // workloadResources maps workload kinds to their API resource.
 var workloadResources = map[string]string{"Deployment": "deployments", "StatefulSet": "statefulsets", "ReplicaSet": "replicasets"}
 
+// mayIntercept asks the API server whether the caller may intercept the
+// workload: the custom verb api.InterceptVerb on it (what `bridgetun
+// install --print-rbac` grants: no right to edit the workload itself), or
+// update (a developer with the built-in edit role).
+func (c *Control) mayIntercept(ctx context.Context, who Caller, w api.Workload) error {
+	for _, verb := range []string{api.InterceptVerb, "update"} {
+		ok, err := c.allowed(ctx, who, verb, w)
+		if err != nil || ok {
+			return err
+		}
+	}
+	return fmt.Errorf("%w: %s may not intercept %s %s/%s (it needs %q or \"update\" on %s: `bridgetun install --print-rbac` shows the Role to ask your admin for)", ErrForbidden, who.User, strings.ToLower(w.Kind), w.Namespace, w.Name, api.InterceptVerb, workloadResources[w.Kind])
+}
+
 // mayUpdate asks the API server whether the caller may update the
-// workload itself.
+// workload itself: replacing a colleague's intercept (--force) needs it.
 func (c *Control) mayUpdate(ctx context.Context, who Caller, w api.Workload) error {
+	ok, err := c.allowed(ctx, who, "update", w)
+	if err != nil || ok {
+		return err
+	}
+	return fmt.Errorf("%w: %s may not update %s %s/%s (taking over an intercept with --force needs that right)", ErrForbidden, who.User, strings.ToLower(w.Kind), w.Namespace, w.Name)
+}
+
+// allowed is a SubjectAccessReview of the caller's verb on workload w.
+func (c *Control) allowed(ctx context.Context, who Caller, verb string, w api.Workload) (bool, error) {
 	res, ok := workloadResources[w.Kind]
 	if !ok {
-		return fmt.Errorf("workload kind %q: want Deployment, StatefulSet or ReplicaSet", w.Kind)
+		return false, fmt.Errorf("workload kind %q: want Deployment, StatefulSet or ReplicaSet", w.Kind)
 	}
 	if c.authz == nil {
-		return fmt.Errorf("%w: this gateway cannot check rights (no authorizer): run `bridgetun install --upgrade`", ErrForbidden)
+		return false, fmt.Errorf("%w: this gateway cannot check rights (no authorizer): run `bridgetun install --upgrade`", ErrForbidden)
 	}
-	a := Access{Verb: "update", Group: "apps", Resource: res, Namespace: w.Namespace, Name: w.Name}
-	ok, err := c.authz.Allowed(ctx, who.Identity, a)
+	ok, err := c.authz.Allowed(ctx, who.Identity, Access{Verb: verb, Group: "apps", Resource: res, Namespace: w.Namespace, Name: w.Name})
 	if err != nil {
-		return fmt.Errorf("check your rights on %s: %w", w, err)
+		return false, fmt.Errorf("check your rights on %s: %w", w, err)
 	}
-	if !ok {
-		return fmt.Errorf("%w: %s may not update %s %s/%s (intercepting it needs that right)", ErrForbidden, who.User, strings.ToLower(w.Kind), w.Namespace, w.Name)
-	}
-	return nil
+	return ok, nil
 }
 
 // interceptStatus is the HTTP status of a failed intercept call.
@@ -573,6 +676,8 @@ func interceptStatus(err error) int {
 		return http.StatusForbidden
 	case errors.Is(err, ErrLimit):
 		return http.StatusTooManyRequests
+	case errors.Is(err, ErrWorkload):
+		return http.StatusUnprocessableEntity
 	}
 	return http.StatusBadRequest
 }

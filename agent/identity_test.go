@@ -45,10 +45,12 @@ func cutPrefix(s, p string) (string, bool) {
 }
 
 // fakeAuthz allows everything except the users it lists.
+// fakeAuthz denies a user everything (deny["bob"]) or one verb
+// (deny["bob:update"]).
 type fakeAuthz struct{ deny map[string]bool }
 
-func (f fakeAuthz) Allowed(_ context.Context, id Identity, _ Access) (bool, error) {
-	return !f.deny[id.User], nil
+func (f fakeAuthz) Allowed(_ context.Context, id Identity, a Access) (bool, error) {
+	return !f.deny[id.User] && !f.deny[id.User+":"+a.Verb], nil
 }
 
 // bearer is the caller a bearer token "user:NAME" makes.
@@ -174,14 +176,14 @@ func TestControlIdentity(t *testing.T) {
 	mine.PublicKey, mine.Label = bobKey, ""
 	code, body = call(http.MethodPost, "/v1/intercepts", as("bob"), mine)
 	want("bob intercepts the same service", code, body, http.StatusConflict, "intercepted by alice (laptop)")
-	authz.deny["bob"] = true
+	authz.deny["bob:update"] = true // may intercept, may not edit the workload
 	mine.Force = true
 	code, body = call(http.MethodPost, "/v1/intercepts", as("bob"), mine)
 	want("bob forces without the right", code, body, http.StatusForbidden, "bob may not update deployment ns/api")
 	if tab := c.icpt.Table("ns", "api"); len(tab.Routes) != 1 || tab.Routes[0].Holder != "alice (laptop)" {
 		t.Errorf("after refused force: routes %+v, want alice's only", tab.Routes)
 	}
-	delete(authz.deny, "bob")
+	delete(authz.deny, "bob:update")
 	code, body = call(http.MethodPost, "/v1/intercepts", as("bob"), mine)
 	want("bob forces with the right", code, body, http.StatusOK, `"holder":"bob"`)
 	code, body = call(http.MethodPost, "/v1/intercepts/renew", as("alice"), api.RenewRequest{PublicKey: aliceKey, IDs: []string{aliceIt.ID}})

@@ -49,6 +49,27 @@ type Intercepts struct {
 	changed chan struct{}  // closed and replaced on every route change
 	expired []api.Workload // workloads whose last intercept and hold ended, for the restorer
 	kick    chan struct{}  // signals the restorer
+	// patching serialises changes of workloads (patch, restore) with
+	// the table checks they depend on (WithWorkloads).
+	patching sync.Mutex
+}
+
+// WithWorkloads runs fn while no other caller patches or restores a
+// workload: a restore that found a workload unheld cannot undo an
+// intercept added (and found patched) meanwhile.
+func (t *Intercepts) WithWorkloads(fn func() error) error {
+	t.patching.Lock()
+	defer t.patching.Unlock()
+	return fn()
+}
+
+// Has reports whether the workstation pub has an intercept (routed or
+// held) of ns/svc.
+func (t *Intercepts) Has(pub, ns, svc string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.byID[interceptID(pub, ns, svc)]
+	return ok
 }
 
 // entry is one intercept: routed while heldUntil is zero, else held.
@@ -327,10 +348,13 @@ func (t *Intercepts) Live(w api.Workload) bool {
 
 // Holds reports whether anything keeps a workload patched: a routed
 // intercept or a grace hold.
-func (t *Intercepts) Holds(w api.Workload) bool {
+func (t *Intercepts) Holds(w api.Workload) bool { return t.OnWorkload(w) > 0 }
+
+// OnWorkload counts the intercepts (routed or held) on w.
+func (t *Intercepts) OnWorkload(w api.Workload) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.onWorkloadLocked(w) > 0
+	return t.onWorkloadLocked(w)
 }
 
 // List returns the intercepts of namespace ns ("" = all), routed and held,

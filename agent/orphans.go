@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -19,6 +20,9 @@ type PatchedWorkload struct {
 	// (OrphanConfig.Grace applies).
 	Grace time.Duration
 }
+
+// errHeld: an intercept holds the workload, so it stays patched.
+var errHeld = errors.New("held by an intercept")
 
 // WorkloadRestorer lists and restores patched workloads; the agent binary
 // implements it with the Kubernetes API (this package stays client-go free).
@@ -69,14 +73,19 @@ func RunOrphanRestorer(ctx context.Context, cfg OrphanConfig) {
 	log = obs.Component(log, "orphans")
 	start := cfg.Now()
 	restore := func(w api.Workload, why string) {
-		if cfg.Intercepts.Holds(w) {
-			return
-		}
-		if err := cfg.Restorer.Restore(ctx, w); err != nil {
+		err := cfg.Intercepts.WithWorkloads(func() error {
+			if cfg.Intercepts.Holds(w) {
+				return errHeld
+			}
+			return cfg.Restorer.Restore(ctx, w)
+		})
+		switch {
+		case errors.Is(err, errHeld):
+		case err != nil:
 			log.Warn("restore workload", "workload", w.String(), "err", err)
-			return
+		default:
+			log.Info("workload restored", "workload", w.String(), "why", why)
 		}
-		log.Info("workload restored", "workload", w.String(), "why", why)
 	}
 	t := time.NewTicker(cfg.Every)
 	defer t.Stop()

@@ -9,6 +9,8 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/bridgetun/bridgetun/agent/api"
 )
 
 // AccessCheck is one permission: Verb on Group/Resource[/Subresource].
@@ -150,24 +152,42 @@ func appendRuleChecks(checks []AccessCheck, rules []rbacv1.PolicyRule) []AccessC
 	return checks
 }
 
-// InterceptAccessChecks lists what `bridgetun intercept` needs in ns: find
-// the workload behind a Service, check the patched pod with a server-side
-// dry run (create pods), patch and restore its pod template, wait for the
-// rollout (and delete a bare ReplicaSet's pods), read the pod's
-// ConfigMaps and Secrets for its environment and volumes.
+// InterceptAccessChecks lists what `bridgetun intercept` itself needs in
+// ns: find the workload behind a Service, wait for its rollout, read the
+// pod's ConfigMaps and Secrets for its environment and volumes. Writing
+// the workload is the gateway's: it patches and restores with its own
+// ServiceAccount after a SubjectAccessReview of the caller's
+// GatewayReviewedChecks, and creates or deletes pods itself (the patch's
+// dry run, a bare ReplicaSet's roll). So a developer's Role has no
+// `create pods` or `update deployments`, with either of which its holder
+// could run a pod as any ServiceAccount of the namespace, the gateway's
+// included.
 func InterceptAccessChecks() []AccessCheck {
 	checks := []AccessCheck{
 		{Verb: "get", Resource: "services"},
 		{Verb: "list", Resource: "pods"},
-		{Verb: "create", Resource: "pods"},
-		{Verb: "delete", Resource: "pods"},
 		{Verb: "get", Resource: "configmaps"},
 		{Verb: "get", Resource: "secrets"},
 	}
-	for _, res := range []string{"deployments", "statefulsets", "replicasets"} {
-		for _, verb := range []string{"get", "list", "update"} {
+	for _, res := range workloadResources {
+		for _, verb := range []string{"get", "list"} {
 			checks = append(checks, AccessCheck{Verb: verb, Group: "apps", Resource: res})
 		}
+	}
+	return checks
+}
+
+// workloadResources are the workload kinds' resources, in a fixed order.
+var workloadResources = []string{"deployments", "statefulsets", "replicasets"}
+
+// GatewayReviewedChecks is the right the gateway reviews before it
+// patches a workload on a caller's behalf: the custom verb
+// api.InterceptVerb on the workload kinds (the gateway also accepts
+// "update", e.g. the built-in edit role; --force needs update).
+func GatewayReviewedChecks() []AccessCheck {
+	var checks []AccessCheck
+	for _, res := range workloadResources {
+		checks = append(checks, AccessCheck{Verb: api.InterceptVerb, Group: "apps", Resource: res})
 	}
 	return checks
 }

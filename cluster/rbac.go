@@ -35,7 +35,10 @@ func ParseSubject(s string) (rbacv1.Subject, error) {
 
 // DeveloperRBAC is what an admin grants developers of namespace ns once
 // the gateway is installed there: a Role with what `up` and `intercept`
-// use (UpAccessChecks, InterceptAccessChecks) bound to subjects, and a
+// use (UpAccessChecks, InterceptAccessChecks) and the right the gateway
+// reviews before it patches on their behalf (GatewayReviewedChecks: the
+// custom verb "intercept" on the workload kinds, not update) bound to
+// subjects, and a
 // ClusterRole that lets them create identity CSRs — needed only by users
 // whose kubeconfig has no bearer token (client certificates); creating one
 // grants nothing, nobody signs them.
@@ -46,7 +49,7 @@ func DeveloperRBAC(ns string, subjects []rbacv1.Subject) []runtime.Object {
 		}}
 	}
 	checks := UpAccessChecks(ns)
-	for _, c := range InterceptAccessChecks() {
+	for _, c := range append(InterceptAccessChecks(), GatewayReviewedChecks()...) {
 		if !containsCheck(checks, c) {
 			checks = append(checks, c)
 		}

@@ -58,6 +58,13 @@ type credentials interface {
 	Invalidate()
 }
 
+// isWorkloadError reports the gateway's 422: it could not find or patch
+// the workload (its message says why, in one line).
+func isWorkloadError(err error) bool {
+	var ce *ControlError
+	return errors.As(err, &ce) && ce.Status == http.StatusUnprocessableEntity
+}
+
 // isForbidden reports a 403 from the gateway: not the caller's to do.
 func isForbidden(err error) bool {
 	var ce *ControlError
@@ -111,6 +118,12 @@ func (c controlClient) LeaveIntercept(ctx context.Context, req api.LeaveRequest)
 	var lr api.LeaveResponse
 	err := c.call(ctx, http.MethodDelete, "/v1/intercepts", req, &lr)
 	return lr, err
+}
+
+func (c controlClient) RestoreWorkload(ctx context.Context, req api.RestoreRequest) (api.RestoreResponse, error) {
+	var rr api.RestoreResponse
+	err := c.call(ctx, http.MethodPost, "/v1/workloads/restore", req, &rr)
+	return rr, err
 }
 
 func (c controlClient) ListIntercepts(ctx context.Context, namespace string) ([]api.Intercept, error) {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -42,6 +43,27 @@ type fakeGateway struct {
 	unknownPeer bool
 	// dials counts dialPod calls per pod, refused ones too.
 	dials map[string]int
+	// patcher, when set, patches and restores workloads as the real
+	// gateway does (cluster.GatewayPatcher over the test's cluster).
+	patcher *cluster.GatewayPatcher
+}
+
+// patchAs makes g patch and restore workloads in cs's namespace ns as
+// the real gateway does, with its Deployment and relay Service added.
+func (g *fakeGateway) patchAs(cs *fake.Clientset, ns string) {
+	_, _ = cs.AppsV1().Deployments(ns).Create(context.Background(), &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: cluster.GatewayName, Namespace: ns},
+		Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{
+			{Name: cluster.GatewayContainer, Image: "bridgetun-agent:test", ImagePullPolicy: corev1.PullNever},
+		}}}},
+	}, metav1.CreateOptions{})
+	_, _ = cs.CoreV1().Services(ns).Create(context.Background(), &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: cluster.RelayName, Namespace: ns},
+		Spec:       corev1.ServiceSpec{ClusterIP: "10.96.0.99"},
+	}, metav1.CreateOptions{})
+	g.mu.Lock()
+	g.patcher = &cluster.GatewayPatcher{Client: cs, Namespace: ns}
+	g.mu.Unlock()
 }
 
 func newFakeGateway(t *testing.T) *fakeGateway {
@@ -134,7 +156,7 @@ func (g *fakeGateway) recorded() []string {
 func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 	g.mu.Lock()
 	g.calls = append(g.calls, r.Context().Value(podKey{}).(string)+" "+r.Method+" "+r.URL.Path)
-	reg, unknown, addStatus, live, unknownPeer := g.reg, g.renewUnknown, g.addStatus, g.live, g.unknownPeer
+	reg, unknown, addStatus, live, unknownPeer, patcher := g.reg, g.renewUnknown, g.addStatus, g.live, g.unknownPeer, g.patcher
 	g.mu.Unlock()
 	switch r.Method + " " + r.URL.Path {
 	case "POST /v1/register":
@@ -146,7 +168,36 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		var req api.InterceptRequest
 		_ = json.NewDecoder(r.Body).Decode(&req)
-		_ = json.NewEncoder(w).Encode(api.Intercept{InterceptRequest: req, ID: "id-" + req.Service, Target: "198.19.0.7:8080"})
+		it := api.Intercept{InterceptRequest: req, ID: "id-" + req.Service, Target: "198.19.0.7:8080"}
+		if patcher != nil {
+			t, err := patcher.Resolve(r.Context(), req.Namespace, req.Service, req.ServicePort)
+			if err == nil {
+				it.Workload = api.Workload{Namespace: t.Namespace, Kind: t.Kind, Name: t.Name}
+				grace := api.DefaultGrace
+				if req.GraceSeconds > 0 {
+					grace = time.Duration(req.GraceSeconds) * time.Second
+				}
+				it.Patched, err = patcher.Patch(r.Context(), t, grace, req.PublicKey)
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusUnprocessableEntity)
+				return
+			}
+		}
+		_ = json.NewEncoder(w).Encode(it)
+	case "POST /v1/workloads/restore":
+		var req api.RestoreRequest
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		var rr api.RestoreResponse
+		if patcher != nil {
+			var err error
+			rr.Restored, err = patcher.Restore(r.Context(), cluster.WorkloadRef{Namespace: req.Workload.Namespace, Kind: req.Workload.Kind, Name: req.Workload.Name})
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusUnprocessableEntity)
+				return
+			}
+		}
+		_ = json.NewEncoder(w).Encode(rr)
 	case "POST /v1/intercepts/renew":
 		_ = json.NewEncoder(w).Encode(api.RenewResponse{Unknown: unknown, TTLSeconds: 15, UnknownPeer: unknownPeer})
 	case "DELETE /v1/intercepts":

@@ -22,7 +22,7 @@ import (
 // controller: an answer buffered until the end would never come.
 func TestInterceptProgressStreams(t *testing.T) {
 	cs, g := apiWorld(), newFakeGateway(t)
-	ic := testInterceptor(t, cs, g, interceptConfig{Image: "bridgetun-agent:test", RolloutTimeout: time.Minute})
+	ic := testInterceptor(t, cs, g, interceptConfig{RolloutTimeout: time.Minute})
 	c, _, stop := testAPI(t, apiHandlers{intercept: ic.Intercept})
 	defer stop()
 

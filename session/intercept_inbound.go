@@ -148,16 +148,6 @@ func localURLServer(h http.Handler) *http.Server {
 	return &http.Server{Handler: h, ReadHeaderTimeout: localURLHeaderTimeout, IdleTimeout: localURLIdleTimeout}
 }
 
-// relayAddr is where sidecars reach the gateway: the relay Service's
-// ClusterIP, stable across gateway restarts.
-func (ic *interceptor) relayAddr(ctx context.Context) (string, error) {
-	svc, err := ic.cfg.Client.CoreV1().Services(ic.cfg.GatewayNamespace).Get(ctx, cluster.RelayName, metav1.GetOptions{})
-	if err != nil {
-		return "", fmt.Errorf("intercept: relay service %s/%s: %w (reinstall the gateway: `bridgetun up --upgrade`)", ic.cfg.GatewayNamespace, cluster.RelayName, err)
-	}
-	return net.JoinHostPort(svc.Spec.ClusterIP, strconv.Itoa(cluster.RelayPort)), nil
-}
-
 // serveLocalURL opens a loopback listener that adds the route-as header and
 // forwards to the Service through the tunnel, so a browser on this machine
 // reaches the isolated version.

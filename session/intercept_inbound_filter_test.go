@@ -50,7 +50,7 @@ func (r *inboundRecorder) state() (map[uint16]int, []string) {
 func TestInterceptOpensInboundPortWhileItLasts(t *testing.T) {
 	rec := &inboundRecorder{}
 	ic := testInterceptor(t, rolledOutWorld(t), newFakeGateway(t), interceptConfig{
-		Image: "bridgetun-agent:test", RolloutTimeout: 5 * time.Second, Inbound: rec})
+		RolloutTimeout: 5 * time.Second, Inbound: rec})
 	if _, err := ic.Intercept(t.Context(), InterceptSpec{Service: "api", LocalPort: 8080}, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -75,10 +75,11 @@ func (ic *interceptor) unregister(st *interceptState) (api.LeaveResponse, error)
 	return lr, err
 }
 
+// restoreWorkload has the gateway put ref back and waits for its pods.
 func (ic *interceptor) restoreWorkload(ref cluster.WorkloadRef) {
 	ctx, cancel := context.WithTimeout(context.Background(), ic.cfg.RolloutTimeout)
 	defer cancel()
-	if _, err := cluster.RestoreWorkload(ctx, ic.cfg.Client, ref); err != nil {
+	if err := ic.gatewayRestore(ctx, ref); err != nil {
 		ic.cfg.Log.Warn("restore workload", "workload", ref.String(), "err", err)
 		return
 	}
@@ -166,10 +167,18 @@ func (ic *interceptor) Repair(ctx context.Context) {
 				ic.cfg.Log.Warn("repair: drop a previous session's intercept", "service", it.Service, "err", err)
 			}
 		}
-		if _, err := cluster.RestoreWorkload(ctx, ic.cfg.Client, ref); err != nil {
+		if err := ic.gatewayRestore(ctx, ref); err != nil {
 			ic.cfg.Log.Warn("repair: restore", "workload", ref.String(), "err", err)
 			continue
 		}
 		ic.cfg.Progress("repaired a previous session's leftovers: restored %s", ref)
 	}
+}
+
+// gatewayRestore asks the gateway to restore ref (it patched it, with its
+// own ServiceAccount; it checks that we may update the workload and that
+// no intercept holds it).
+func (ic *interceptor) gatewayRestore(ctx context.Context, ref cluster.WorkloadRef) error {
+	_, err := ic.cfg.Control.RestoreWorkload(ctx, api.RestoreRequest{Workload: api.Workload{Namespace: ref.Namespace, Kind: ref.Kind, Name: ref.Name}})
+	return err
 }

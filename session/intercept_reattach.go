@@ -225,6 +225,9 @@ func (ic *interceptor) reattach(ctx context.Context, st *interceptState, readd b
 		ic.mu.Unlock()
 		ic.cfg.Log.Warn("re-attach intercept", "service", st.info.Service, "err", why)
 	}
+	// The gateway patches again on a re-add when the workload was
+	// restored meanwhile.
+	repatched := false
 	if readd {
 		it, err := ic.cfg.Control.AddIntercept(ctx, st.req)
 		if isUnknownPeer(err) && ic.cfg.Reregister != nil {
@@ -248,18 +251,30 @@ func (ic *interceptor) reattach(ctx context.Context, st *interceptState, readd b
 		ic.mu.Lock()
 		st.info.Target, st.lastOK = it.Target, ic.now()
 		ic.mu.Unlock()
-		ic.cfg.Log.Info("intercept re-added at the gateway", "service", st.info.Service)
+		ic.cfg.Log.Info("intercept re-added at the gateway", "service", st.info.Service, "repatched", it.Patched)
+		repatched = it.Patched
 	}
-	patched, err := cluster.WorkloadPatchedFor(ctx, ic.cfg.Client, st.ref, int32(st.info.ContainerPort))
-	if err != nil {
-		stillFailing("check " + workloadName(st.ref) + ": " + shortErr(err))
-		return
-	}
-	if !patched {
-		if err := ic.repatch(ctx, st); err != nil {
+	switch {
+	case repatched:
+		if err := ic.waitRepatched(ctx, st); err != nil {
 			stillFailing(err.Error())
 			return
 		}
+	default:
+		patched, err := cluster.WorkloadPatchedFor(ctx, ic.cfg.Client, st.ref, int32(st.info.ContainerPort))
+		if err != nil {
+			stillFailing("check " + workloadName(st.ref) + ": " + shortErr(err))
+			return
+		}
+		if !patched {
+			if err := ic.repatch(ctx, st); err != nil {
+				stillFailing(err.Error())
+				return
+			}
+			repatched = true
+		}
+	}
+	if repatched {
 		ic.cfg.Progress("re-patched %s: it had been restored while this machine was away", workloadName(st.ref))
 	}
 	ic.mu.Lock()
@@ -269,7 +284,7 @@ func (ic *interceptor) reattach(ctx context.Context, st *interceptState, readd b
 	}
 	ic.mu.Unlock()
 	if was != InterceptActive {
-		ic.cfg.Log.Info("intercept re-attached", "service", st.info.Service, "repatched", !patched)
+		ic.cfg.Log.Info("intercept re-attached", "service", st.info.Service, "repatched", repatched)
 	}
 }
 
@@ -288,9 +303,15 @@ func (ic *interceptor) repatch(ctx context.Context, st *interceptState) error {
 		return fmt.Errorf("re-patch: service %s is now served by %s port %d, not %s port %d: leave and intercept again",
 			st.spec.Service, workloadName(t.Ref()), t.ContainerPort, workloadName(st.ref), st.info.ContainerPort)
 	}
-	if _, err := cluster.PatchWorkload(ctx, ic.cfg.Client, t, st.sidecar); err != nil {
+	// The gateway patches on AddIntercept (checking our rights again).
+	if _, err := ic.cfg.Control.AddIntercept(ctx, st.req); err != nil {
 		return fmt.Errorf("re-patch %s: %s", workloadName(st.ref), shortErr(err))
 	}
+	return ic.waitRepatched(ctx, st)
+}
+
+// waitRepatched waits for the pods of st's re-patched workload.
+func (ic *interceptor) waitRepatched(ctx context.Context, st *interceptState) error {
 	wctx, cancel := context.WithTimeout(ctx, ic.cfg.RolloutTimeout)
 	defer cancel()
 	if err := cluster.WaitRollout(wctx, ic.cfg.Client, st.ref); err != nil {
@@ -339,7 +360,7 @@ func (ic *interceptor) workloadFate(st *interceptState) string {
 	case lerr == nil && lr.Remaining > 0:
 		return fmt.Sprintf("%s stays patched for %d other intercept(s)", ref, lr.Remaining)
 	case lerr == nil:
-		if _, err := cluster.RestoreWorkload(ctx, ic.cfg.Client, st.ref); err == nil {
+		if err := ic.gatewayRestore(ctx, st.ref); err == nil {
 			return "restored " + ref
 		}
 	}

@@ -84,7 +84,7 @@ func newSleepRig(t *testing.T) *sleepRig {
 	r := &sleepRig{cs: rolledOutWorld(t), g: newFakeGateway(t), clk: &wallClock{t: time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC)},
 		progress: &lines{}, ln: &closeRecorder{Listener: mustListen(t)}}
 	r.ic = testInterceptor(t, r.cs, r.g, interceptConfig{
-		Image: "bridgetun-agent:test", Now: r.clk.now, Progress: r.progress.add, RolloutTimeout: 5 * time.Second,
+		Now: r.clk.now, Progress: r.progress.add, RolloutTimeout: 5 * time.Second,
 		Listen:     func(int) (net.Listener, error) { return r.ln, nil },
 		Reregister: func(context.Context) error { r.rereg++; return nil },
 	})

@@ -14,7 +14,6 @@ import (
 	"github.com/bridgetun/bridgetun/agent/api"
 	"github.com/bridgetun/bridgetun/cluster"
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -69,7 +68,6 @@ type interceptState struct {
 	req     api.InterceptRequest
 	ref     cluster.WorkloadRef
 	spec    InterceptSpec       // what was asked: a re-patch resolves the target again from it
-	sidecar cluster.SidecarSpec // what was patched in: a re-patch puts the same back
 	grace   time.Duration       // the gateway's hold for this intercept
 	// lastOK is the wall-clock time (no monotonic reading: it stands still
 	// during suspend) of the last renewal the gateway accepted; guarded by
@@ -109,11 +107,17 @@ type interceptControl interface {
 	LeaveIntercept(ctx context.Context, req api.LeaveRequest) (api.LeaveResponse, error)
 	// ListIntercepts lists the live intercepts of a namespace.
 	ListIntercepts(ctx context.Context, namespace string) ([]api.Intercept, error)
+	// RestoreWorkload has the gateway put a workload it patched back,
+	// unless an intercept there still holds it (409).
+	RestoreWorkload(ctx context.Context, req api.RestoreRequest) (api.RestoreResponse, error)
 }
 
 // interceptConfig is what intercepts need.
 type interceptConfig struct {
-	Client           kubernetes.Interface // resolves Services, patches and restores workloads
+	// Client resolves Services and reads workloads with the user's own
+	// rights; the gateway patches and restores them (after checking the
+	// user may update them), so the sidecar is the gateway's.
+	Client           kubernetes.Interface
 	Namespace        string               // where Services are taken from
 	GatewayNamespace string               // intercepts need it to equal Namespace
 	PublicKey        string               // this workstation's WireGuard key, its identity at the gateway
@@ -127,8 +131,6 @@ type interceptConfig struct {
 	Inbound inboundPorts
 	// Dial reaches a Service for the isolated local URL; nil = net.Dialer.
 	Dial           func(ctx context.Context, network, addr string) (net.Conn, error)
-	Image          string                           // the sidecar's image: the gateway's own
-	PullPolicy     corev1.PullPolicy                // the gateway's
 	CheckLocal     func(port int) error             // nil = something must listen on 127.0.0.1:port
 	Progress       func(format string, args ...any) // nil = log only
 	Log            *slog.Logger                     // nil discards
@@ -239,7 +241,7 @@ func (ic *interceptor) Intercept(ctx context.Context, spec InterceptSpec, report
 	st := &interceptState{
 		ref: cluster.WorkloadRef{Namespace: ns, Kind: t.Kind, Name: t.Name},
 		req: api.InterceptRequest{
-			PublicKey: ic.cfg.PublicKey, Namespace: ns, Service: spec.Service,
+			PublicKey: ic.cfg.PublicKey, Namespace: ns, Service: spec.Service, ServicePort: spec.Port,
 			Workload: api.Workload{Namespace: ns, Kind: t.Kind, Name: t.Name},
 			Port:     spec.LocalPort, RouteAs: spec.RouteAs, Label: spec.Holder, Force: spec.Force,
 			GraceSeconds: graceSeconds(spec.Grace),
@@ -262,31 +264,26 @@ func (ic *interceptor) Intercept(ctx context.Context, spec InterceptSpec, report
 	if err := ic.listenInbound(st, spec.LocalPort); err != nil {
 		return InterceptInfo{}, err
 	}
+	// The gateway checks our right to update the workload, then patches
+	// it with its own ServiceAccount.
 	it, err := ic.cfg.Control.AddIntercept(ctx, st.req)
 	if err != nil {
-		if isConflict(err) {
+		switch {
+		case isConflict(err):
 			return InterceptInfo{}, fmt.Errorf("intercept refused: %w (or take it over with --force, if you may update the workload)", err)
-		}
-		if isForbidden(err) {
+		case isForbidden(err):
 			return InterceptInfo{}, fmt.Errorf("intercept refused by the gateway: %w", err)
+		case isWorkloadError(err):
+			return InterceptInfo{}, fmt.Errorf("intercept %s: %w", spec.Service, err)
 		}
 		return InterceptInfo{}, fmt.Errorf("intercept %s: register with the gateway: %w", spec.Service, err)
 	}
-	registered = true
+	registered, changed = true, it.Patched
 	st.lastOK = ic.now()
-	relay, err := ic.relayAddr(ctx)
-	if err != nil {
-		return InterceptInfo{}, err
+	if it.Workload != st.req.Workload {
+		return InterceptInfo{}, fmt.Errorf("intercept %s: the gateway found it served by %s/%s, this machine by %s/%s: try again", spec.Service, it.Workload.Kind, it.Workload.Name, t.Kind, t.Name)
 	}
 	st.grace = grantedGrace(it, spec.Grace)
-	st.sidecar = cluster.SidecarSpec{
-		Image: ic.cfg.Image, PullPolicy: ic.cfg.PullPolicy, Relay: relay,
-		Grace: st.grace, PatchedBy: ic.cfg.PublicKey,
-	}
-	changed, err = cluster.PatchWorkload(ctx, ic.cfg.Client, t, st.sidecar)
-	if err != nil {
-		return InterceptInfo{}, fmt.Errorf("intercept %s: %w", spec.Service, err)
-	}
 	if changed {
 		ic.cfg.Progress("patched %s: waiting for its pods to run the sidecar", st.ref)
 		report(InterceptEvent{Done: true, Text: "patched " + shortRef(st.ref)})

@@ -79,6 +79,7 @@ func acceptDryRuns(cs *fake.Clientset) {
 func testInterceptor(t *testing.T, cs *fake.Clientset, g *fakeGateway, cfg interceptConfig) *interceptor {
 	t.Helper()
 	l := testLink(t, g, linkConfig{Client: gatewayCluster("app", "gw-1")})
+	g.patchAs(cs, "app")
 	cfg.Client, cfg.Control, cfg.Log = cs, l.control, testkit.Logger(t)
 	if cfg.Namespace == "" {
 		cfg.Namespace, cfg.GatewayNamespace = "app", "app"
@@ -174,7 +175,7 @@ func TestInterceptConflict(t *testing.T) {
 // its original template back.
 func TestInterceptRolloutFailsLeavesNothing(t *testing.T) {
 	cs, g := apiWorld(), newFakeGateway(t)
-	ic := testInterceptor(t, cs, g, interceptConfig{Image: "bridgetun-agent:test"})
+	ic := testInterceptor(t, cs, g, interceptConfig{})
 	before := deploymentTemplate(t, cs)
 	_, err := ic.Intercept(t.Context(), InterceptSpec{Service: "api", LocalPort: 8080}, nil)
 	if err == nil || !strings.Contains(err.Error(), "nothing left patched") {
@@ -194,6 +195,7 @@ func TestInterceptRolloutFailsLeavesNothing(t *testing.T) {
 func TestInterceptRenewReAddsForgotten(t *testing.T) {
 	cs, g := apiWorld(), newFakeGateway(t)
 	ic := testInterceptor(t, cs, g, interceptConfig{})
+	g.patcher = nil // renewals and re-adds only: web has no Service to patch
 	tgt, err := cluster.ResolveInterceptTarget(t.Context(), cs, "app", "api", "")
 	if err != nil {
 		t.Fatal(err)

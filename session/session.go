@@ -224,7 +224,7 @@ func (s *Session) join(ctx context.Context, conn *cluster.Conn) (tunnel.Key, err
 		return tunnel.Key{}, err
 	}
 	s.ic = newInterceptor(interceptConfig{Client: conn.Client, Namespace: conn.Namespace, GatewayNamespace: gwNS,
-		PublicKey: key.PublicKey().String(), Control: s.link.control, Image: pod.Image, PullPolicy: pod.PullPolicy,
+		PublicKey: key.PublicKey().String(), Control: s.link.control,
 		Progress: s.progress, Log: s.cfg.Log, Connections: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bridgetun_intercept_inbound_connections_total",
 			Help: "Intercepted connections the gateway delivered to this workstation's local server.",

@@ -88,10 +88,25 @@ type LeaveRequest struct {
 }
 
 // LeaveResponse says whether anything was dropped and how many intercepts
-// (anyone's) remain on the same workload: at 0 the caller restores it.
+// (anyone's) remain on the same workload: at 0 the caller asks the gateway
+// to restore it (RestoreRequest).
 type LeaveResponse struct {
 	Removed   bool `json:"removed"`
 	Remaining int  `json:"remaining"`
+}
+
+// RestoreRequest asks the gateway to put a workload's original pod
+// template back (POST /v1/workloads/restore), as it patched it: the caller
+// must be allowed to update the workload, and nothing at the gateway may
+// hold it (409 names how many intercepts do).
+type RestoreRequest struct {
+	Workload Workload `json:"workload"`
+}
+
+// RestoreResponse: Restored = the gateway changed the template back
+// (false: it was not patched).
+type RestoreResponse struct {
+	Restored bool `json:"restored"`
 }
 
 // RenewRequest extends a workstation's intercept leases.
@@ -122,6 +137,13 @@ const (
 	MaxGrace     = 24 * time.Hour   // the gateway caps longer ones
 )
 
+// InterceptVerb is the RBAC verb the gateway reviews (SubjectAccessReview)
+// before it patches a workload on a caller's behalf: a custom verb on the
+// workload's resource (apps/deployments, …), so a Role can allow
+// intercepting a workload without allowing edits of it. "update" is
+// accepted too; --force (replacing a colleague's intercept) needs update.
+const InterceptVerb = "intercept"
+
 // Workload names a patched workload (Kubernetes-free: kind and name as strings).
 type Workload struct {
 	Namespace string `json:"namespace"`
@@ -134,12 +156,17 @@ func (w Workload) String() string { return w.Namespace + "/" + w.Kind + "/" + w.
 // InterceptRequest asks the gateway to route a Service's inbound traffic to
 // the requesting workstation.
 type InterceptRequest struct {
-	PublicKey string   `json:"public_key"` // the workstation's WireGuard key (it must be registered)
-	Namespace string   `json:"namespace"`
-	Service   string   `json:"service"`
-	Workload  Workload `json:"workload"`
-	Port      int      `json:"port"`               // workstation port the gateway dials on the tunnel address
-	RouteAs   string   `json:"route_as,omitempty"` // "" = full intercept
+	PublicKey string `json:"public_key"` // the workstation's WireGuard key (it must be registered)
+	Namespace string `json:"namespace"`
+	Service   string `json:"service"`
+	// ServicePort names the Service port to intercept ("" = its only
+	// one). The gateway resolves the workload behind it itself and
+	// patches that, after checking the caller may update it; Workload is
+	// what the gateway found (a caller's value is not trusted).
+	ServicePort string   `json:"service_port,omitempty"`
+	Workload    Workload `json:"workload"`
+	Port        int      `json:"port"`               // workstation port the gateway dials on the tunnel address
+	RouteAs     string   `json:"route_as,omitempty"` // "" = full intercept
 	// Holder is set by the gateway: the caller's verified Kubernetes user
 	// name, plus the client's own label in parentheses (Label).
 	Holder string `json:"holder"`
@@ -167,6 +194,9 @@ type Intercept struct {
 	// Mine: the caller holds it. Listings carry other identities'
 	// intercepts without their keys or targets.
 	Mine bool `json:"mine,omitempty"`
+	// Patched: this call patched the workload (its pods roll); false when
+	// it already ran the sidecar.
+	Patched bool `json:"patched,omitempty"`
 }
 
 // The gateway ↔ sidecar protocol. A sidecar reaches the gateway's relay

@@ -18,6 +18,7 @@ import (
 
 	"github.com/bridgetun/bridgetun/agent"
 	"github.com/bridgetun/bridgetun/agent/api"
+	"github.com/bridgetun/bridgetun/cluster"
 	"github.com/bridgetun/bridgetun/internal/obs"
 	"github.com/bridgetun/bridgetun/tunnel"
 )
@@ -161,6 +162,7 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 		Gateway: gw, GatewayKey: key, ClusterDNS: dns, ClusterDomain: domain,
 		Namespace: ns, Log: log, Registerer: reg, Intercepts: intercepts, Policy: policy,
 		Auth: verify, Authz: verify,
+		Workloads: patcher{gp: &cluster.GatewayPatcher{Client: restorer.client, Namespace: ns}},
 	})
 	ln, err := net.Listen("tcp", inClusterControl)
 	if err != nil {
