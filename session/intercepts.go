@@ -64,11 +64,11 @@ type InterceptInfo struct {
 }
 
 type interceptState struct {
-	info    InterceptInfo // State, StateSince, StateReason and Target change under interceptor.mu
-	req     api.InterceptRequest
-	ref     cluster.WorkloadRef
-	spec    InterceptSpec       // what was asked: a re-patch resolves the target again from it
-	grace   time.Duration       // the gateway's hold for this intercept
+	info  InterceptInfo // State, StateSince, StateReason and Target change under interceptor.mu
+	req   api.InterceptRequest
+	ref   cluster.WorkloadRef
+	spec  InterceptSpec // what was asked: a re-patch resolves the target again from it
+	grace time.Duration // the gateway's hold for this intercept
 	// lastOK is the wall-clock time (no monotonic reading: it stands still
 	// during suspend) of the last renewal the gateway accepted; guarded by
 	// interceptor.mu.
@@ -118,9 +118,9 @@ type interceptConfig struct {
 	// rights; the gateway patches and restores them (after checking the
 	// user may update them), so the sidecar is the gateway's.
 	Client           kubernetes.Interface
-	Namespace        string               // where Services are taken from
-	GatewayNamespace string               // intercepts need it to equal Namespace
-	PublicKey        string               // this workstation's WireGuard key, its identity at the gateway
+	Namespace        string // where Services are taken from
+	GatewayNamespace string // intercepts need it to equal Namespace
+	PublicKey        string // this workstation's WireGuard key, its identity at the gateway
 	Control          interceptControl
 	// Listen accepts the gateway's connections for a local port on the
 	// tunnel address; a nil listener with a nil error means the local
