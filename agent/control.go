@@ -151,13 +151,15 @@ func NewControl(cfg ControlConfig) *Control {
 // ServeHTTP serves GET /v1/info (no identity needed: it names the
 // gateway's public key, for the registration proof), POST /v1/register and
 // the intercept endpoints (POST/DELETE/GET /v1/intercepts, POST
-// /v1/intercepts/renew), each for a verified caller.
+// /v1/intercepts/renew, POST /v1/workloads/restore), each for a verified
+// caller.
 func (c *Control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/v1/info" && r.Method == http.MethodGet {
 		writeJSON(w, c.info)
 		return
 	}
-	if r.URL.Path != "/v1/register" && !strings.HasPrefix(r.URL.Path, "/v1/intercepts") {
+	workloads := r.URL.Path == "/v1/workloads/restore"
+	if r.URL.Path != "/v1/register" && !strings.HasPrefix(r.URL.Path, "/v1/intercepts") && !workloads {
 		http.NotFound(w, r)
 		return
 	}
@@ -166,7 +168,7 @@ func (c *Control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusUnauthorized)
 		return
 	}
-	if strings.HasPrefix(r.URL.Path, "/v1/intercepts") {
+	if strings.HasPrefix(r.URL.Path, "/v1/intercepts") || workloads {
 		c.serveIntercepts(w, r, who)
 		return
 	}

@@ -1,8 +1,12 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -186,8 +190,14 @@ func TestRestoreWorkloadOnlyWhenUnheld(t *testing.T) {
 	if _, err := c.RestoreWorkload(t.Context(), bob, apiW); !errors.Is(err, ErrForbidden) {
 		t.Errorf("restore without rights: got %v, want forbidden", err)
 	}
-	rr, err := c.RestoreWorkload(t.Context(), alice, apiW)
-	if err != nil || !rr.Restored || len(wl.restores) != 1 {
-		t.Errorf("restore when unheld: got %+v, %v, restores %v; want restored once", rr, err, wl.restores)
+	// Through the HTTP API, as a workstation calls it.
+	body, _ := json.Marshal(api.RestoreRequest{Workload: apiW})
+	r := httptest.NewRequest(http.MethodPost, "/v1/workloads/restore", bytes.NewReader(body))
+	r.Header.Set("Authorization", "Bearer user:alice")
+	w := httptest.NewRecorder()
+	c.ServeHTTP(w, r)
+	var rr api.RestoreResponse
+	if err := json.Unmarshal(w.Body.Bytes(), &rr); w.Code != http.StatusOK || err != nil || !rr.Restored || len(wl.restores) != 1 {
+		t.Errorf("POST /v1/workloads/restore when unheld: got %d %q, restores %v; want 200, restored once", w.Code, w.Body.String(), wl.restores)
 	}
 }

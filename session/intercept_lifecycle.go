@@ -59,7 +59,10 @@ func (ic *interceptor) leaveLocked(service string) string {
 		ic.cfg.Progress("left %s; %d other intercept(s) keep %s patched", st.req.Service, lr.Remaining, st.ref)
 		return fmt.Sprintf("%d other intercept(s) keep %s patched", lr.Remaining, st.ref)
 	}
-	ic.restoreWorkload(st.ref)
+	if err := ic.restoreWorkload(st.ref); err != nil {
+		ic.cfg.Progress("left %s; the gateway did not restore %s (%v): it does when the grace (%s) ends, unless another intercept holds it", st.req.Service, st.ref, err, roundDuration(st.grace))
+		return fmt.Sprintf("the gateway did not restore the workload (%v): it does when the grace (%s) ends, unless another intercept holds it", err, roundDuration(st.grace))
+	}
 	ic.cfg.Progress("left %s: %s restored", st.req.Service, st.ref)
 	return st.ref.String() + " runs its original pod template again"
 }
@@ -75,17 +78,19 @@ func (ic *interceptor) unregister(st *interceptState) (api.LeaveResponse, error)
 	return lr, err
 }
 
-// restoreWorkload has the gateway put ref back and waits for its pods.
-func (ic *interceptor) restoreWorkload(ref cluster.WorkloadRef) {
+// restoreWorkload has the gateway put ref back and waits for its pods; an
+// error means the gateway did not restore it.
+func (ic *interceptor) restoreWorkload(ref cluster.WorkloadRef) error {
 	ctx, cancel := context.WithTimeout(context.Background(), ic.cfg.RolloutTimeout)
 	defer cancel()
 	if err := ic.gatewayRestore(ctx, ref); err != nil {
 		ic.cfg.Log.Warn("restore workload", "workload", ref.String(), "err", err)
-		return
+		return err
 	}
 	if err := cluster.WaitRollout(ctx, ic.cfg.Client, ref); err != nil {
 		ic.cfg.Log.Warn("restored workload rollout", "workload", ref.String(), "err", err)
 	}
+	return nil
 }
 
 // leaveAll ends every intercept (down, Ctrl-C).
