@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -78,6 +79,32 @@ func TestTwoDevelopers(t *testing.T) {
 		_ = c.Client.RbacV1().ClusterRoles().Delete(context.Background(), cluster.DeveloperRoleName, metav1.DeleteOptions{})
 	})
 	const userA = "system:serviceaccount:" + SampleNamespace + ":bt-e2e-dev-a"
+
+	// The printed Role lets a developer intercept, not run pods: no
+	// create pods, no update of workloads (either would let them run a
+	// pod as the gateway's ServiceAccount); the gateway patches for them
+	// after reviewing the custom "intercept" verb. The real API server's
+	// RBAC decides.
+	for _, a := range []struct {
+		verb, group, resource string
+		want                  bool
+	}{
+		{"create", "", "pods", false},
+		{"update", "apps", "deployments", false},
+		{"patch", "apps", "deployments", false},
+		{api.InterceptVerb, "apps", "deployments", true},
+	} {
+		sar, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: userA, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + SampleNamespace, "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: SampleNamespace, Verb: a.verb, Group: a.group, Resource: a.resource},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sar.Status.Allowed != a.want {
+			t.Errorf("printed Role: %s %s/%s allowed=%v, want %v", a.verb, a.group, a.resource, sar.Status.Allowed, a.want)
+		}
+	}
 
 	// `up` works with only the printed Role: A with a TUN device, B in
 	// netstack mode beside it (its SOCKS proxy is how B's programs reach

@@ -36,9 +36,13 @@ running bridgetun-agent as non-root with no added capabilities. With
 --print-rbac prints, instead of installing, what an admin grants developers of
 the namespace once the gateway is installed: a Role and RoleBinding with exactly
 what up and intercept use (pods, port-forward to the gateway, Services and
-EndpointSlices for DNS; the workloads to intercept and their ConfigMaps and
-Secrets for the environment), and a ClusterRole to create identity CSRs, which
-only users whose kubeconfig has no bearer token (client certificates) need.
+EndpointSlices for DNS; read of the workloads to intercept and their ConfigMaps
+and Secrets for the environment; the custom verb "intercept" on Deployments,
+StatefulSets and ReplicaSets, which the gateway reviews before it patches a
+workload on the developer's behalf, so no "create pods" or "update"), and a
+ClusterRole to create identity CSRs, which only users whose kubeconfig has no
+bearer token (client certificates) need. "update" on a workload (e.g. the
+built-in edit role) also lets its holder intercept it, and --force needs it.
 Apply it with kubectl apply -f -.`,
 		Example: `  # as an admin: install the gateway, then let the team use it
   bridgetun install -n team
