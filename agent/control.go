@@ -374,6 +374,9 @@ func (c *Control) Expire() {
 		if c.icpt != nil {
 			c.icpt.RemovePeer(pub)
 		}
+		if c.policy != nil {
+			c.policy.RemovePeer(l.addr) // its --also-proxy/--allow-api-server grant goes with it
+		}
 		c.log.Info("peer expired", "public_key", pub.String(), "addr", l.addr)
 	}
 }

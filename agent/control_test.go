@@ -123,6 +123,29 @@ func TestExpireForgetsSilentPeers(t *testing.T) {
 	}
 }
 
+// TestExpireDropsDestinationGrant: an expired peer's --allow-api-server
+// grant goes with it, so nothing at its old address keeps it.
+func TestExpireDropsDestinationGrant(t *testing.T) {
+	c, _, now := newTestControl(t)
+	apiSrv := netip.MustParseAddrPort("10.96.0.1:443")
+	c.policy = NewPolicy(PolicyConfig{ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12")}, APIServer: []netip.AddrPort{apiSrv}})
+	req := regReq(t, c, bearer("alice"), newKey(t))
+	req.AllowAPIServer = true
+	rr, err := c.Register(bearer("alice"), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := netip.AddrPortFrom(netip.MustParsePrefix(rr.Address).Addr(), 40000)
+	if _, ok := c.policy.Allow(src, apiSrv, "tcp"); !ok {
+		t.Fatal("registered with --allow-api-server: the API server is refused")
+	}
+	*now = now.Add(2 * time.Minute)
+	c.Expire()
+	if _, ok := c.policy.Allow(src, apiSrv, "tcp"); ok {
+		t.Error("after the peer expired its address still reaches the API server")
+	}
+}
+
 func TestPeersGauge(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	gwKey, _ := tunnel.GenerateKey()
