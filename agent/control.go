@@ -48,6 +48,8 @@ type Control struct {
 	byAddr map[netip.Addr]tunnel.Key
 	icpt   *Intercepts // nil = intercept endpoints answer 501
 	policy *Policy     // nil = registrations' destination grants are not recorded
+	// holders maps tunnel addresses to owners for per-developer series; nil = none.
+	holders *Holders
 }
 
 // maxPeers caps the workstations registered at once, so registrations
@@ -95,6 +97,9 @@ type ControlConfig struct {
 	// behalf; nil = this gateway only routes (the workloads are patched
 	// by someone else: unit tests of the routing).
 	Workloads WorkloadPatcher
+	// Holders labels per-developer series; with a Registerer it also
+	// exports the device's bytes and handshakes per holder. nil = none.
+	Holders *Holders
 }
 
 // NewControl returns the control API handler.
@@ -117,10 +122,11 @@ func NewControl(cfg ControlConfig) *Control {
 			Namespace:        cfg.Namespace,
 			Version:          version.Version,
 		},
-		leases: map[tunnel.Key]*lease{},
-		byAddr: map[netip.Addr]tunnel.Key{},
-		icpt:   cfg.Intercepts,
-		policy: cfg.Policy,
+		leases:  map[tunnel.Key]*lease{},
+		byAddr:  map[netip.Addr]tunnel.Key{},
+		icpt:    cfg.Intercepts,
+		policy:  cfg.Policy,
+		holders: cfg.Holders,
 	}
 	if c.ttl == 0 {
 		c.ttl = 10 * time.Minute
@@ -144,8 +150,27 @@ func NewControl(cfg ControlConfig) *Control {
 			defer c.mu.Unlock()
 			return float64(len(c.leases))
 		}))
+		if c.holders != nil {
+			_ = cfg.Registerer.Register(holderCollector{h: c.holders, stats: c.peerStats, now: c.now})
+		}
 	}
 	return c
+}
+
+// peerStats is the device's peer state and each registered peer's
+// tunnel address, for the per-holder series.
+func (c *Control) peerStats() ([]tunnel.PeerStatus, map[tunnel.Key]netip.Addr, error) {
+	st, err := c.gw.Status()
+	if err != nil {
+		return nil, nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	addrs := make(map[tunnel.Key]netip.Addr, len(c.leases))
+	for k, l := range c.leases {
+		addrs[k] = l.addr
+	}
+	return st, addrs, nil
 }
 
 // ServeHTTP serves GET /v1/info (no identity needed: it names the
@@ -278,6 +303,7 @@ func (c *Control) Register(who Caller, req api.RegisterRequest) (api.RegisterRes
 		c.log.Info("peer registered", "user", who.User, "public_key", pub.String(), "addr", addr, "client_version", req.Version)
 	}
 	l.lastSeen = c.now()
+	c.holders.Set(l.addr, who.User)
 	if c.policy != nil {
 		c.policy.SetPeer(l.addr, grant) // every registration: the flags of this `up`
 	}
@@ -377,6 +403,7 @@ func (c *Control) Expire() {
 		if c.policy != nil {
 			c.policy.RemovePeer(l.addr) // its --also-proxy/--allow-api-server grant goes with it
 		}
+		c.holders.Remove(l.addr)
 		c.log.Info("peer expired", "public_key", pub.String(), "addr", l.addr)
 	}
 }

@@ -39,6 +39,8 @@ type GatewayConfig struct {
 	// Policy decides each new flow from a peer (policy.go); nil = every
 	// destination the stack does not deny (standalone, tests).
 	Policy *Policy
+	// Holders counts the flows the policy admits per developer; nil = not.
+	Holders *Holders
 	// ClusterDNS, when valid, is reached at Addr:53: the gateway answers DNS
 	// on its tunnel address with the resolver its pod uses.
 	ClusterDNS netip.Addr
@@ -76,7 +78,7 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 		Dial:       cfg.Dial,
 		Deny:       cfg.Deny,
 		Redirect:   dnsRedirect(cfg.Addr, cfg.ClusterDNS),
-		Allow:      policyHook(cfg.Policy),
+		Allow:      policyHook(cfg.Policy, cfg.Holders),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway stack: %w", err)
@@ -116,12 +118,19 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 	return &Gateway{dev: dev, stack: stack, listener: cfg.StreamListener}, nil
 }
 
-// policyHook is p.Allow, or nil for no policy.
-func policyHook(p *Policy) func(src, dst netip.AddrPort, proto string) (string, bool) {
+// policyHook is p.Allow, counting admitted flows per holder, or nil for
+// no policy.
+func policyHook(p *Policy, h *Holders) func(src, dst netip.AddrPort, proto string) (string, bool) {
 	if p == nil {
 		return nil
 	}
-	return p.Allow
+	return func(src, dst netip.AddrPort, proto string) (string, bool) {
+		reason, ok := p.Allow(src, dst, proto)
+		if ok {
+			h.Flow(src.Addr(), proto)
+		}
+		return reason, ok
+	}
 }
 
 func dnsRedirect(own, dns netip.Addr) map[netip.AddrPort]netip.AddrPort {

@@ -39,6 +39,7 @@ type Relay struct {
 	log     *slog.Logger
 	conns   *prometheus.CounterVec
 	refused *prometheus.CounterVec
+	holders *Holders // relay hits and misses per developer; nil = not counted
 
 	mu      sync.Mutex
 	live    map[net.Conn]net.Conn // relays in flight: sidecar side → workstation side
@@ -65,12 +66,13 @@ type RelayConfig struct {
 	DrainTimeout time.Duration
 	Registerer   prometheus.Registerer // nil = no metrics
 	Log          *slog.Logger          // nil discards
+	Holders      *Holders              // counts relays per developer; nil = not
 }
 
 // NewRelay returns the relay handler.
 func NewRelay(cfg RelayConfig) *Relay {
 	r := &Relay{tab: cfg.Intercepts, auth: cfg.Auth, pods: newPodCache(cfg.Pods, podCacheTTL), dial: cfg.Dial, timeout: cfg.DialTimeout, poll: cfg.PollTimeout,
-		drain: cfg.DrainTimeout, log: cfg.Log, live: map[net.Conn]net.Conn{}, idle: make(chan struct{})}
+		drain: cfg.DrainTimeout, log: cfg.Log, holders: cfg.Holders, live: map[net.Conn]net.Conn{}, idle: make(chan struct{})}
 	if r.timeout == 0 {
 		r.timeout = 2 * time.Second
 	}
@@ -224,6 +226,7 @@ func (r *Relay) connect(w http.ResponseWriter, req *http.Request, pod SidecarPod
 	cancel()
 	if err != nil {
 		r.conns.WithLabelValues("dial_failed").Inc()
+		r.holders.Relayed(target, false)
 		r.log.Debug("dial workstation", "target", target, "err", err)
 		http.Error(w, fmt.Sprintf("relay: dial %s: %v", target, err), http.StatusBadGateway)
 		return
@@ -248,6 +251,7 @@ func (r *Relay) connect(w http.ResponseWriter, req *http.Request, pod SidecarPod
 		return
 	}
 	r.conns.WithLabelValues("ok").Inc()
+	r.holders.Relayed(target, true)
 	// Bytes the sidecar sent after the request head are in buf; with none,
 	// down goes as it is. Not req.Context(): net/http cancels it when its
 	// reader under buf meets the sidecar's EOF, even after the hijack, which

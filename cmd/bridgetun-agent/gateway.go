@@ -135,6 +135,7 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 	}
 	dns, domain := agent.ReadClusterDNS("/etc/resolv.conf")
 	dnsAddr, _ := netip.ParseAddr(dns) // invalid = no DNS on the tunnel address
+	holders := agent.NewHolders(reg)
 	gw, err := startGateway(agent.GatewayConfig{
 		ClusterDNS: dnsAddr,
 		PrivateKey: key, Addr: api.GatewayTunnelAddr,
@@ -145,7 +146,7 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 		// Loopback is denied by the stack already; the control and stream
 		// ports are named here too so no peer can reach them through us.
 		Deny: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-		Log:  log, Registerer: reg, Policy: policy,
+		Log:  log, Registerer: reg, Policy: policy, Holders: holders,
 	}, inClusterStream)
 	if err != nil {
 		return err
@@ -161,7 +162,7 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 	ctl := agent.NewControl(agent.ControlConfig{
 		Gateway: gw, GatewayKey: key, ClusterDNS: dns, ClusterDomain: domain,
 		Namespace: ns, Log: log, Registerer: reg, Intercepts: intercepts, Policy: policy,
-		Auth: verify, Authz: verify,
+		Auth: verify, Authz: verify, Holders: holders,
 		Workloads: patcher{gp: &cluster.GatewayPatcher{Client: restorer.client, Namespace: ns}},
 	})
 	ln, err := net.Listen("tcp", inClusterControl)
@@ -175,7 +176,7 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 	}
 	relay := agent.NewRelay(agent.RelayConfig{
 		Intercepts: intercepts, Auth: verify, Pods: sidecarPods{client: restorer.client, ns: ns},
-		Dial: gw.Stack().DialContext, Registerer: reg, Log: log,
+		Dial: gw.Stack().DialContext, Registerer: reg, Log: log, Holders: holders,
 	})
 	ready.Store(true)
 	log.Info("ready", "public_key", key.PublicKey().String(), "cluster_dns", dns, "cluster_domain", domain)
