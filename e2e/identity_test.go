@@ -258,6 +258,33 @@ func TestTwoDevelopers(t *testing.T) {
 		t.Fatalf("A points its intercept back at port 18091: got %d %s, want 200", code, body)
 	}
 
+	// The gateway's series tell the two developers apart (holder = the
+	// verified user), read through the API server's pod proxy.
+	gwPods, err := c.Client.CoreV1().Pods(SampleNamespace).List(ctx, metav1.ListOptions{LabelSelector: cluster.LabelName + "=" + cluster.GatewayName})
+	if err != nil || len(gwPods.Items) != 1 {
+		t.Fatalf("gateway pod: %v (%d pods)", err, len(gwPods.Items))
+	}
+	const userB = "system:serviceaccount:" + SampleNamespace + ":bt-e2e-dev-b"
+	if err := Eventually(ctx, 30*time.Second, func(ctx context.Context) error {
+		out, err := c.RunKubectl(ctx, "get", "--raw", fmt.Sprintf("/api/v1/namespaces/%s/pods/%s:%d/proxy/metrics", SampleNamespace, gwPods.Items[0].Name, cluster.MetricsPort))
+		if err != nil {
+			return err
+		}
+		for _, series := range []string{
+			`bridgetun_gateway_holder_peers{holder="` + userA + `"} 1`,
+			`bridgetun_gateway_holder_peers{holder="` + userB + `"} 1`,
+			`bridgetun_gateway_holder_relay_total{holder="` + userA + `",result="hit"}`,
+			`bridgetun_gateway_holder_bytes_total{direction="rx",holder="` + userB + `"}`,
+		} {
+			if !strings.Contains(out, series) {
+				return fmt.Errorf("gateway metrics lack %s", series)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+
 	pb.stop(t)
 	pa.stop(t)
 	for _, w := range []*workstation{wa, wb} {
