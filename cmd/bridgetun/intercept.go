@@ -191,12 +191,6 @@ func ifChanged[T any](cmd *cobra.Command, name string, v *T) *T {
 	return nil
 }
 
-// leaveResult is what leave --json prints.
-type leaveResult struct {
-	Service string `json:"service"`
-	Result  string `json:"result"` // what became of the workload
-}
-
 func newLeaveCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{

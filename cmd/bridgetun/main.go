@@ -33,7 +33,9 @@ func newRootCmd() *cobra.Command {
 		Short: "Join your workstation to a Kubernetes cluster's network",
 		Long: `bridgetun gives this machine the cluster's pod and service IPs over a userspace
 WireGuard tunnel to an in-cluster gateway, so code running locally can be
-debugged against the rest of the application without building or deploying it.`,
+debugged against the rest of the application without building or deploying it.
+
+` + exitCodesHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -46,12 +48,13 @@ func newVersionCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print the client version",
-		Args:  cobra.NoArgs,
+		Long: `Print the client version (the gateway's is in ` + "`bridgetun status`" + `).
+
+Exit codes: 0; 1 only when stdout cannot be written.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if asJSON {
-				return printJSON(cmd.OutOrStdout(), struct {
-					Version string `json:"version"`
-				}{version.Version})
+				return printJSON(cmd.OutOrStdout(), versionResult{Version: version.Version})
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "bridgetun", version.Version)
 			return nil

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -125,18 +124,6 @@ func shortDuration(d time.Duration) string {
 	return s
 }
 
-// stateResult is status --json with no session up.
-type stateResult struct {
-	State string `json:"state"` // "down"
-}
-
-// downResult is what down --json prints.
-type downResult struct {
-	State    string   `json:"state"`    // always "down"
-	Ended    bool     `json:"ended"`    // a running session was ended
-	Repaired []string `json:"repaired"` // what a crashed session left, now undone
-}
-
 func newDownCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -187,13 +174,6 @@ and without --json also when nothing was up and nothing needed repair. With
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
-}
-
-// printJSON writes v as indented JSON and a newline.
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 // printDiagnostics is the seed's "connection diagnostics": where names go,
