@@ -103,7 +103,7 @@ func TestDoctorNoSession(t *testing.T) {
 // every check.
 func TestDoctorHealthy(t *testing.T) {
 	os := fakeOS{devOf: map[netip.Prefix]string{netip.MustParsePrefix("10.96.0.0/12"): "bt0", netip.MustParsePrefix("10.244.0.0/16"): "bt0"},
-		routes: []Route{{Dst: netip.MustParsePrefix("10.96.0.0/12"), Dev: "bt0", Table: 254}, {Dst: netip.MustParsePrefix("0.0.0.0/0"), Dev: "eth0", Table: 254}},
+		routes:  []Route{{Dst: netip.MustParsePrefix("10.96.0.0/12"), Dev: "bt0", Table: 254}, {Dst: netip.MustParsePrefix("0.0.0.0/0"), Dev: "eth0", Table: 254}},
 		answers: map[string][]string{"kubernetes.default.svc.cluster.local": {"10.96.0.1"}, "example.com": {"192.0.2.1"}}}
 	vs := Run(t.Context(), Inputs{Status: connected(), APIServer: apiServer(t), ForeignName: "example.com", System: os.system(t)})
 	for _, v := range vs {
