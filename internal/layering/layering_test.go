@@ -32,6 +32,7 @@ type rule struct {
 var table = []rule{
 	{pkg: "cmd/...", job: "flags, wiring, exit codes"},
 	{pkg: "devflow", job: "the intercept and run workflows over a session", notDeps: []string{gvisor}},
+	{pkg: "devflow/vscode", job: "VS Code tasks and launch configuration around an intercept", notDeps: []string{kubernetes, gvisor, module + "/session", module + "/cluster", module + "/devflow"}},
 	{pkg: "doctor", job: "read-only checks of a session, routes and DNS on this machine", notDeps: []string{gvisor, module + "/agent", module + "/netstack"}},
 	{pkg: "tunnel", job: "WireGuard device, binds, framing, keys", notDeps: []string{kubernetes, gvisor, module + "/netstack", module + "/cluster"}},
 	{pkg: "netstack", job: "gVisor stacks: gateway forwarder, client stack, link endpoint", notDeps: []string{kubernetes, module + "/cluster"}},
