@@ -39,7 +39,7 @@ debugged against the rest of the application without building or deploying it.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd(), newUpCmd(), newStatusCmd(), newDownCmd(), newInstallCmd(), newUninstallCmd(), newRunCmd(), newConnectCmd(), newInterceptCmd(), newLeaveCmd(), newDoctorCmd())
+	root.AddCommand(newVersionCmd(), newUpCmd(), newStatusCmd(), newDownCmd(), newInstallCmd(), newUninstallCmd(), newRunCmd(), newConnectCmd(), newInterceptCmd(), newLeaveCmd(), newDoctorCmd(), newVSCodeCmd(), newVSCodeHoldCmd())
 	return root
 }
 

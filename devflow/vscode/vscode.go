@@ -112,8 +112,10 @@ type plan struct {
 func (p plan) interceptLabel() string { return "bridgetun: intercept " + p.service }
 func (p plan) leaveLabel() string     { return "bridgetun: leave " + p.service }
 func (p plan) launchName() string {
-	return fmt.Sprintf("bridgetun: debug %s (%s)", p.service, p.language)
+	return fmt.Sprintf("bridgetun: debug %s (%s)", p.service, languageNames[p.language])
 }
+
+var languageNames = map[string]string{LanguageGo: "Go", LanguageNode: "Node", LanguagePython: "Python"}
 
 // EnvFile is where the intercept task writes the pod's environment, as
 // launch.json names it.
@@ -212,4 +214,23 @@ func program(lang, asked, dir string) (string, error) {
 		return "${workspaceFolder}", nil
 	}
 	return "${workspaceFolder}/" + strings.TrimPrefix(rel, "./"), nil
+}
+
+// InterceptLabel is the intercept task's label for cfg.Service.
+func InterceptLabel(cfg Config) string { return plan{service: cfg.Service}.interceptLabel() }
+
+// LeaveLabel is the leave task's label for cfg.Service.
+func LeaveLabel(cfg Config) string { return plan{service: cfg.Service}.leaveLabel() }
+
+// EnvFile is the pod's env file as the tasks and launch.json name it.
+func EnvFile(cfg Config) string { return plan{service: cfg.Service}.envFile() }
+
+// LaunchName is the launch configuration's name for cfg, or "" when no
+// configuration is written (LanguageNone, or cfg is not valid).
+func LaunchName(cfg Config) string {
+	p, err := resolve(cfg)
+	if err != nil || p.language == LanguageNone {
+		return ""
+	}
+	return p.launchName()
 }
