@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -87,7 +88,7 @@ func TestVSCodeHold(t *testing.T) {
 		t.Fatal(err)
 	}
 	line := make([]byte, 9)
-	if _, err := out.Read(line); err != nil || string(line) != "holding: " {
+	if _, err := io.ReadFull(out, line); err != nil || string(line) != "holding: " {
 		t.Fatalf("first output %q, %v; want it to say it is holding", line, err)
 	}
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
