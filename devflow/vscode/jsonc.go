@@ -29,7 +29,9 @@ func merge(src []byte, version, listKey, idKey string, entries []entry) (out []b
 	if len(bytes.TrimSpace(src)) == 0 {
 		return newFile(version, listKey, entries)
 	}
-	root, err := hujson.Parse(src)
+	bom := []byte("\ufeff") // some editors start files with one; VS Code reads past it
+	body, hadBOM := bytes.CutPrefix(src, bom)
+	root, err := hujson.Parse(body)
 	if err != nil {
 		return nil, false, fmt.Errorf("not JSON with comments: %w", err)
 	}
@@ -53,7 +55,7 @@ func merge(src []byte, version, listKey, idKey string, entries []entry) (out []b
 	if !ok {
 		return nil, false, fmt.Errorf("%q is not a list", listKey)
 	}
-	indent, unit := elementIndent(arr)
+	indent, unit := elementIndent(arr, memberIndent(obj))
 	for _, e := range entries {
 		b, err := marshalIndent(e.value, indent, unit)
 		if err != nil {
@@ -62,7 +64,7 @@ func merge(src []byte, version, listKey, idKey string, entries []entry) (out []b
 		nv := mustParse(string(b))
 		i := findElement(arr, idKey, e.id)
 		if i < 0 {
-			appendElement(arr, nv, indent)
+			appendElement(arr, nv, indent, memberIndent(obj))
 			changed = true
 			continue
 		}
@@ -80,7 +82,11 @@ func merge(src []byte, version, listKey, idKey string, entries []entry) (out []b
 		return src, false, nil
 	}
 	root.UpdateOffsets()
-	return root.Pack(), true, nil
+	out = root.Pack()
+	if hadBOM {
+		out = append(bom, out...)
+	}
+	return out, true, nil
 }
 
 // newFile is a new VS Code file holding entries, version first and
@@ -121,12 +127,10 @@ func literalString(v *hujson.Value) string {
 }
 
 // addMember adds name: value at the end of obj, on a line of its own,
-// indented like obj's other members.
+// indented like obj's other members. What stood after the last member
+// (a comment on its line) stays before the new one.
 func addMember(obj *hujson.Object, name string, value hujson.Value) {
-	indent := "\t"
-	if n := len(obj.Members); n > 0 {
-		indent = lastLineIndent(obj.Members[0].Name.BeforeExtra, indent)
-	}
+	indent := memberIndent(obj)
 	trailing := false
 	if n := len(obj.Members); n > 0 {
 		trailing = obj.Members[n-1].Value.AfterExtra != nil
@@ -136,19 +140,37 @@ func addMember(obj *hujson.Object, name string, value hujson.Value) {
 	if trailing {
 		value.AfterExtra = hujson.Extra{}
 	}
+	head, tail := splitExtra(obj.AfterExtra, "")
 	obj.Members = append(obj.Members, hujson.ObjectMember{
-		Name:  hujson.Value{BeforeExtra: hujson.Extra("\n" + indent), Value: hujson.String(name)},
+		Name:  hujson.Value{BeforeExtra: append(head, "\n"+indent...), Value: hujson.String(name)},
 		Value: value,
 	})
-	if !bytes.Contains(obj.AfterExtra, []byte("\n")) {
-		obj.AfterExtra = append(hujson.Extra("\n"), obj.AfterExtra...)
+	obj.AfterExtra = tail
+}
+
+// memberIndent is how obj's members are indented (a tab if it has none).
+func memberIndent(obj *hujson.Object) string {
+	if len(obj.Members) > 0 {
+		return lastLineIndent(obj.Members[0].Name.BeforeExtra, "\t")
 	}
+	return "\t"
+}
+
+// splitExtra splits the extra before a closing bracket into what belongs
+// to the lines before (comments, up to the last line break) and the
+// closing line's indentation (outer, when extra has no line break).
+func splitExtra(extra hujson.Extra, outer string) (head, tail hujson.Extra) {
+	i := bytes.LastIndexByte(extra, '\n')
+	if i < 0 {
+		return append(hujson.Extra(nil), extra...), hujson.Extra("\n" + outer)
+	}
+	return append(hujson.Extra(nil), extra[:i]...), append(hujson.Extra(nil), extra[i:]...)
 }
 
 // elementIndent is how arr's elements are indented (the last line of the
 // first one's leading whitespace) and the file's indent unit.
-func elementIndent(arr *hujson.Array) (indent, unit string) {
-	indent = "\t\t"
+func elementIndent(arr *hujson.Array, outer string) (indent, unit string) {
+	indent = outer + outer
 	if len(arr.Elements) > 0 {
 		indent = lastLineIndent(arr.Elements[0].BeforeExtra, indent)
 	}
@@ -188,20 +210,16 @@ func findElement(arr *hujson.Array, idKey, id string) int {
 }
 
 // appendElement adds v at the end of arr on a line of its own, keeping
-// arr's trailing comma (or its absence).
-func appendElement(arr *hujson.Array, v hujson.Value, indent string) {
-	v.BeforeExtra = hujson.Extra("\n" + indent)
+// arr's trailing comma (or its absence); comments after the last element
+// stay before v. outer is the indentation of the closing bracket's line.
+func appendElement(arr *hujson.Array, v hujson.Value, indent, outer string) {
+	head, tail := splitExtra(arr.AfterExtra, outer)
+	v.BeforeExtra = append(head, "\n"+indent...)
 	v.AfterExtra = nil
 	if n := len(arr.Elements); n > 0 && arr.Elements[n-1].AfterExtra != nil {
 		v.AfterExtra = hujson.Extra{}
 	}
-	if len(arr.Elements) == 0 && !bytes.Contains(arr.AfterExtra, []byte("\n")) {
-		outer := strings.TrimSuffix(indent, "\t")
-		if outer == indent {
-			outer = strings.TrimSuffix(indent, "  ")
-		}
-		arr.AfterExtra = append(hujson.Extra("\n"+outer), arr.AfterExtra...)
-	}
+	arr.AfterExtra = tail
 	arr.Elements = append(arr.Elements, v)
 }
 
