@@ -58,8 +58,11 @@ type Change struct {
 // Write merges Config's tasks into Dir/.vscode/tasks.json and its launch
 // configuration into Dir/.vscode/launch.json (each created if missing),
 // and makes Dir/.vscode/bridgetun/ for the pod's environment file (with a
-// .gitignore, since it holds the pod's Secrets, and an empty file 0600 so
-// that a debugger reading it early finds it). A second Write with the same
+// .gitignore, since it holds the pod's Secrets, and an empty file 0600:
+// VS Code runs the preLaunchTask before the debug extension's
+// resolveDebugConfigurationWithSubstitutedVariables, where the Go extension
+// reads envFile, but an extension reading it earlier still finds a file).
+// A second Write with the same
 // Config writes nothing. Nothing is written unless every file could be
 // merged; a failed write puts back what was written before it.
 func Write(cfg Config) ([]Change, error) {
