@@ -16,8 +16,13 @@ all: build
 deps:
 	@hack/deps.sh
 
+# kubectl-bridgetun is the same binary as a kubectl plugin (`kubectl
+# bridgetun …`; help and hints then say so), kubectl_complete-bridgetun the
+# helper kubectl ≥ 1.26 runs to complete its arguments.
 build:
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/bridgetun ./cmd/bridgetun-agent
+	ln -f $(BIN)/bridgetun $(BIN)/kubectl-bridgetun
+	ln -f $(BIN)/bridgetun $(BIN)/kubectl_complete-bridgetun
 
 # Unit and namespace tests, under the race detector. Namespace tests need
 # root; with CI set (.ci/run sets it) a root-only test fails instead of skipping.

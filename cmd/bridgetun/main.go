@@ -16,13 +16,15 @@ import (
 // deferred has run, and a command's exit code comes back as a
 // *devflow.ExitError, passed on without a message.
 func main() {
-	err := newRootCmd().Execute()
+	root := newRootCmd()
+	root.SetArgs(pluginArgs(os.Args[0], os.Args[1:]))
+	err := root.Execute()
 	var exit *devflow.ExitError
 	switch {
 	case errors.As(err, &exit):
 		os.Exit(exit.Code)
 	case err != nil:
-		fmt.Fprintln(os.Stderr, "bridgetun:", err)
+		fmt.Fprintln(os.Stderr, root.DisplayName()+":", programText(root, err.Error()))
 		os.Exit(1)
 	}
 }
@@ -40,6 +42,8 @@ debugged against the rest of the application without building or deploying it.
 		SilenceErrors: true,
 	}
 	root.AddCommand(newVersionCmd(), newUpCmd(), newStatusCmd(), newDownCmd(), newInstallCmd(), newUninstallCmd(), newRunCmd(), newConnectCmd(), newInterceptCmd(), newLeaveCmd(), newDoctorCmd(), newVSCodeCmd(), newVSCodeHoldCmd())
+	addCompletions(root, &completer{})
+	renameProgram(root, programNameFor(os.Args[0]))
 	return root
 }
 
