@@ -3,7 +3,6 @@
 package devflow
 
 import (
-	"errors"
 	"os"
 	"syscall"
 
@@ -23,6 +22,9 @@ func signalGroup(p *os.Process, sig syscall.Signal) {
 	_ = p.Signal(os.Interrupt)
 }
 
+// openNoFollow opens name for writing, created with mode perm, never
+// through a symlink at name where the OS has O_NOFOLLOW (macOS: ELOOP);
+// on Windows writePrivateFile's Lstat refusal is the guard.
 func openNoFollow(name string, perm os.FileMode) (*os.File, error) {
-	return nil, errors.ErrUnsupported
+	return invoker.Self().OpenFile(name, os.O_WRONLY|os.O_CREATE, perm)
 }
