@@ -9,7 +9,7 @@ E2E_TIMEOUT ?= 45m
 # kubectl as built for the e2e cluster (fresh machines have no other).
 KUBECTL ?= $(HOME)/.cache/bridgetun/k8s-v1.34.4/kubectl
 
-.PHONY: all build deps test fuzz e2e ci bench bench-dataplane bench-cluster bench-headless bench-dns lint cluster-up cluster-down images demo clean
+.PHONY: all build deps test fuzz e2e ci bench bench-dataplane bench-scale bench-cluster bench-headless bench-dns lint cluster-up cluster-down images demo clean
 
 all: build
 
@@ -97,6 +97,11 @@ bench: bench-dataplane
 
 bench-dataplane: deps
 	$(GO) run ./bench/dataplane $(BENCH_ARGS)
+
+# One gateway holding a team: 50 workstations, 2,000 flows, fairness, RSS, CPU.
+bench-scale: deps
+	$(GO) build -o $(BIN)/bench-scale ./bench/scale
+	$(BIN)/bench-scale $(BENCH_ARGS)
 
 demo: deps build
 	e2e/demo.sh

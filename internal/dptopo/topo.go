@@ -55,6 +55,7 @@ type Topology struct {
 	GatewayKey       tunnel.Key
 	ClientKeys       []tunnel.Key // [0] ws, [1] ws2, [2] unknown to the gateway
 	GatewayEnv       []string     // extra environment of the next StartGateway (e.g. a profile path)
+	extraAddrs       []string     // tunnel addresses of AddPeers' workstations (ClientKeys[len(ClientAddrs):])
 	agentBin, dir    string
 	gw               *exec.Cmd
 	gwDone           chan error
@@ -134,6 +135,9 @@ func (t *Topology) StartGateway(ctx context.Context, mtu int) error {
 	}
 	for i := range 2 { // the third key stays unknown
 		f.Peers = append(f.Peers, agent.PeerFile{PublicKey: t.ClientKeys[i].PublicKey().String(), AllowedIPs: []string{ClientAddrs[i]}})
+	}
+	for i, a := range t.extraAddrs {
+		f.Peers = append(f.Peers, agent.PeerFile{PublicKey: t.ClientKeys[len(ClientAddrs)+i].PublicKey().String(), AllowedIPs: []string{a}})
 	}
 	path := filepath.Join(t.dir, "gateway.json")
 	b, _ := json.Marshal(f)
@@ -216,6 +220,38 @@ func (t *Topology) GatewayMetrics(ctx context.Context) (string, error) {
 	return string(b), nil
 }
 
+// AddPeers adds n workstations the next StartGateway knows (scale
+// benchmarks) and returns their indices for ClientConfig.
+func (t *Topology) AddPeers(n int) ([]int, error) {
+	var idx []int
+	for range n {
+		k, err := tunnel.GenerateKey()
+		if err != nil {
+			return nil, err
+		}
+		j := len(t.extraAddrs)
+		t.ClientKeys = append(t.ClientKeys, k)
+		t.extraAddrs = append(t.extraAddrs, fmt.Sprintf("100.96.%d.%d/32", 1+j/250, 1+j%250))
+		idx = append(idx, len(t.ClientKeys)-1)
+	}
+	return idx, nil
+}
+
+// GatewayPID is the running gateway process's pid (0 = none).
+func (t *Topology) GatewayPID() int {
+	if t.gw == nil {
+		return 0
+	}
+	return t.gw.Process.Pid
+}
+
+func (t *Topology) clientAddr(i int) string {
+	if i < len(ClientAddrs) {
+		return ClientAddrs[i]
+	}
+	return t.extraAddrs[i-len(ClientAddrs)]
+}
+
 // ClientConfig returns the config for workstation i over transport/mode.
 // ns is where the client's sockets live (for the stream dialer).
 func (t *Topology) ClientConfig(i int, ns *nstest.NS, tr client.Transport, mode client.Mode, mtu int) client.Config {
@@ -225,7 +261,7 @@ func (t *Topology) ClientConfig(i int, ns *nstest.NS, tr client.Transport, mode 
 	}
 	cfg := client.Config{
 		PrivateKey: t.ClientKeys[i],
-		Addr:       netip.MustParsePrefix(ClientAddrs[i]),
+		Addr:       netip.MustParsePrefix(t.clientAddr(i)),
 		GatewayKey: t.GatewayKey.PublicKey(),
 		Routes:     []netip.Prefix{netip.MustParsePrefix("10.200.2.0/24"), netip.MustParsePrefix(GatewayTun + "/32")},
 		Mode:       mode,
