@@ -1,4 +1,4 @@
-//go:build !linux
+//go:build !unix
 
 package devflow
 
@@ -9,7 +9,9 @@ import (
 	"github.com/bridgetun/bridgetun/internal/invoker"
 )
 
-// serverProcAttr: no process groups here; the server is signalled alone.
+// serverProcAttr: no process groups here (Windows); the server is
+// signalled alone, and Windows cannot send it os.Interrupt, so stop kills
+// it after stopGrace.
 func serverProcAttr(cred *invoker.Credential) *syscall.SysProcAttr { return nil }
 
 func commandProcAttr(cred *invoker.Credential) *syscall.SysProcAttr { return nil }
@@ -22,9 +24,8 @@ func signalGroup(p *os.Process, sig syscall.Signal) {
 	_ = p.Signal(os.Interrupt)
 }
 
-// openNoFollow opens name for writing, created with mode perm, never
-// through a symlink at name where the OS has O_NOFOLLOW (macOS: ELOOP);
-// on Windows writePrivateFile's Lstat refusal is the guard.
+// openNoFollow opens name for writing, created with mode perm. Windows
+// has no O_NOFOLLOW: writePrivateFile's Lstat refusal is the guard.
 func openNoFollow(name string, perm os.FileMode) (*os.File, error) {
 	return invoker.Self().OpenFile(name, os.O_WRONLY|os.O_CREATE, perm)
 }
