@@ -22,8 +22,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,8 +57,13 @@ var (
 	rtts   = flag.Int("rr", 3000, "request/response round trips for latency")
 	bigMTU = flag.Int("big-mtu", 32000, "inner MTU for the large-MTU stream run (0 = skip)")
 	out    = flag.String("o", "bench/results/dataplane.json", "JSON results file")
-	prof   = flag.String("profile", "", "write CPU profiles of each tunnel path here: client-PATH.pprof (this process) and gateway-PATH.pprof (the agent); read with go tool pprof -top")
+	prof   = flag.String("profile", "", "write CPU profiles of each tunnel path here: client-PATH.pprof (this process) and gateway-PATH.pprof (the agent), and the client's allocations as client-PATH.allocs.pprof; read with go tool pprof -top")
+	only   = flag.String("paths", "", "comma-separated tunnel paths to run (P1,P2,P3,P3b; empty = all); P0 always runs")
+	dirs   = flag.String("measure", "up,down,up4,rr", "comma-separated measurements per path: up, down (1 flow, -reps runs), up4 (4 flows), rr (latency); profile one direction by naming only it")
 )
+
+// measuring reports whether -measure names m.
+func measuring(m string) bool { return slices.Contains(strings.Split(*dirs, ","), m) }
 
 func main() {
 	flag.Parse()
@@ -109,6 +116,9 @@ func main() {
 		}
 	}
 	for _, p := range paths {
+		if *only != "" && !slices.Contains(strings.Split(*only, ","), p.name) {
+			continue
+		}
 		stopProfile := func() {}
 		if *prof != "" {
 			gw, err := filepath.Abs(filepath.Join(*prof, "gateway-"+p.name+".pprof"))
@@ -117,6 +127,12 @@ func main() {
 			}
 			topo.GatewayEnv = []string{"BRIDGETUN_CPUPROFILE=" + gw}
 			stopProfile = startCPUProfile(filepath.Join(*prof, "client-"+p.name+".pprof"))
+			runtime.MemProfileRate = 64 << 10
+			stopCPU := stopProfile
+			stopProfile = func() {
+				stopCPU()
+				writeAllocs(filepath.Join(*prof, "client-"+p.name+".allocs.pprof"))
+			}
 		}
 		if err := topo.StartGateway(ctx, p.mtu); err != nil {
 			log.Fatal(err)
@@ -139,8 +155,8 @@ func main() {
 	fmt.Printf("\n%-4s %-28s %10s %8s %10s %10s %8s %9s %9s %10s\n", "path", "", "up 1flow", "×P0", "up 4flows", "down 1flow", "×P0", "rr p50", "rr p99", "+p50 vs P0")
 	for i := range results {
 		r := &results[i]
-		r.RatioUp1 = r.Up1Gbps / base.Up1Gbps
-		r.RatioDown1 = r.Down1Gbps / base.Down1Gbps
+		r.RatioUp1 = ratio(r.Up1Gbps, base.Up1Gbps)
+		r.RatioDown1 = ratio(r.Down1Gbps, base.Down1Gbps)
 		r.AddedP50us = r.P50us - base.P50us
 		fmt.Printf("%-4s %-28s %6.2f Gb/s %7.2f× %6.2f Gb/s %6.2f Gb/s %7.2f× %7.0fµs %7.0fµs %8.0fµs\n",
 			r.Path, r.Desc, r.Up1Gbps, r.RatioUp1, r.Up4Gbps, r.Down1Gbps, r.RatioDown1, r.P50us, r.P99us, r.AddedP50us)
@@ -167,17 +183,38 @@ func startCPUProfile(path string) (stop func()) {
 	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
+// writeAllocs writes the allocations made since the start (or the last
+// path's profile) as an allocs profile to path.
+func writeAllocs(path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		log.Print(err)
+	}
+}
+
 func measure(name, desc string, mtu int, dial dialFunc) result {
 	log.Printf("measuring %s (%s)", name, desc)
 	r := result{Path: name, Desc: desc, MTU: mtu}
 	var ups, downs []float64
 	for range *reps {
-		ups = append(ups, throughput(dial, dptopo.SvcIP+":5001", 1, true))
-		downs = append(downs, throughput(dial, dptopo.SvcIP+":5003", 1, false))
+		if measuring("up") {
+			ups = append(ups, throughput(dial, dptopo.SvcIP+":5001", 1, true))
+		}
+		if measuring("down") {
+			downs = append(downs, throughput(dial, dptopo.SvcIP+":5003", 1, false))
+		}
 	}
 	r.Up1Gbps, r.Down1Gbps = median(ups), median(downs)
-	r.Up4Gbps = throughput(dial, dptopo.SvcIP+":5001", 4, true)
-	r.P50us, r.P99us = latency(dial, dptopo.SvcIP+":5002")
+	if measuring("up4") {
+		r.Up4Gbps = throughput(dial, dptopo.SvcIP+":5001", 4, true)
+	}
+	if measuring("rr") {
+		r.P50us, r.P99us = latency(dial, dptopo.SvcIP+":5002")
+	}
 	return r
 }
 
@@ -257,7 +294,18 @@ func latency(dial dialFunc, addr string) (p50, p99 float64) {
 	return samples[len(samples)/2], samples[len(samples)*99/100]
 }
 
+// ratio is a/b, 0 when b is (a measurement left out by -measure; JSON has no NaN).
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
 func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
 	s := slices.Clone(v)
 	slices.Sort(s)
 	return s[len(s)/2]
