@@ -45,6 +45,8 @@ var (
 	peers   = flag.Int("peers", 50, "workstations (netstack clients over UDP) on the one gateway")
 	flows   = flag.Int("flows", 2000, "concurrent request/response flows, spread over the workstations")
 	dur     = flag.Duration("duration", 5*time.Second, "length of each measured phase")
+	heap    = flag.String("heap-profile", "", "write the gateway's heap profile (allocs) here when it exits")
+	memLim  = flag.String("gateway-gomemlimit", "", "GOMEMLIMIT of the gateway process (e.g. 96MiB; \"\" = Go's default)")
 	out     = flag.String("out", "bench/results/scale.json", "JSON results")
 	child   = flag.Bool("client-child", false, "internal: run one TUN client that downloads in bulk and report its RSS (the parent starts it inside the workstation namespace)")
 	childGW = flag.String("gateway-key", "", "internal: the gateway's public key (client child)")
@@ -60,10 +62,14 @@ type Results struct {
 	ClientRSSMiB, ClientHWMMiB float64 // the TUN client process during its bulk download
 	ClientDownGbps             float64
 
-	GatewayIdleRSSMiB float64 // before any workstation connected
-	GatewayPeakRSSMiB float64 // VmHWM after every phase
-	GatewayRSSTarget  float64 // 40 MiB + 2 MiB per peer
-	GatewayCPUSeconds float64 // user+system over the whole run
+	GatewayIdleRSSMiB  float64 // before any workstation connected
+	GatewayPeakRSSMiB  float64 // VmHWM after every phase
+	GatewayPeersRSSMiB float64 // VmRSS with every workstation connected, before the flows
+	GatewayFlowsRSSMiB float64 // VmRSS right after the flows phase (its peak is the HWM then)
+	GatewayFlowsHWMMiB float64
+	GatewayBulkHWMMiB  float64 // VmHWM after the bulk phase
+	GatewayRSSTarget   float64 // 40 MiB + 2 MiB per peer
+	GatewayCPUSeconds  float64 // user+system over the whole run
 
 	FlowsOpened      int
 	RoundTripsPerSec float64 // all flows together
@@ -113,6 +119,16 @@ func main() {
 	}
 	team := append([]int{1}, extra...)
 	ctx := context.Background()
+	if *heap != "" {
+		abs, err := filepath.Abs(*heap)
+		if err != nil {
+			log.Fatal(err)
+		}
+		topo.GatewayEnv = append(topo.GatewayEnv, "BRIDGETUN_HEAPPROFILE="+abs)
+	}
+	if *memLim != "" {
+		topo.GatewayEnv = append(topo.GatewayEnv, "GOMEMLIMIT="+*memLim)
+	}
 	if err := topo.StartGateway(ctx, 1420); err != nil {
 		log.Fatal(err)
 	}
@@ -139,12 +155,17 @@ func main() {
 		}
 	}()
 
+	r.GatewayPeersRSSMiB, _ = procMiB(pid, "VmRSS")
 	flowPhase(&r, stacks)
+	r.GatewayFlowsRSSMiB, _ = procMiB(pid, "VmRSS")
+	r.GatewayFlowsHWMMiB, _ = procMiB(pid, "VmHWM")
 	bulkPhase(&r, stacks)
+	r.GatewayBulkHWMMiB, _ = procMiB(pid, "VmHWM")
 	slowReaderPhase(&r, stacks)
 
 	r.GatewayPeakRSSMiB, _ = procMiB(pid, "VmHWM")
 	r.GatewayCPUSeconds = procCPU(pid) - cpu0
+	topo.StopGateway() // writes the heap profile, if asked
 	printResults(r)
 	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err == nil {
 		b, _ := json.MarshalIndent(map[string]any{"time": time.Now().UTC(), "results": r}, "", "  ")
@@ -160,6 +181,7 @@ func printResults(r Results) {
 	fmt.Printf("\none gateway, %d workstations, phases of %s\n", r.Peers, r.Duration)
 	fmt.Printf("client (TUN, own process, bulk download %.2f Gbit/s): RSS %.1f MiB, peak %.1f MiB (target ≤ 60)\n", r.ClientDownGbps, r.ClientRSSMiB, r.ClientHWMMiB)
 	fmt.Printf("gateway RSS: idle %.1f MiB, peak %.1f MiB (target ≤ %.0f = 40 + 2×%d); CPU %.1f s\n", r.GatewayIdleRSSMiB, r.GatewayPeakRSSMiB, r.GatewayRSSTarget, r.Peers, r.GatewayCPUSeconds)
+	fmt.Printf("gateway RSS by phase: %d peers connected %.1f MiB; flows phase peak %.1f MiB (after it %.1f); bulk phase peak %.1f MiB\n", r.Peers, r.GatewayPeersRSSMiB, r.GatewayFlowsHWMMiB, r.GatewayFlowsRSSMiB, r.GatewayBulkHWMMiB)
 	fmt.Printf("flows: %d of %d open, %.0f round trips/s in all, Jain %.3f, min/median %.2f, starved %d\n", r.FlowsOpened, r.Flows, r.RoundTripsPerSec, r.FlowJain, r.FlowMinOverMed, r.FlowsStarved)
 	fmt.Printf("bulk: %d upload flows, %.2f Gbit/s in all, per-workstation Jain %.3f, min/median %.2f\n", r.Peers, r.BulkGbps, r.BulkPeerJain, r.BulkMinOverMd)
 	fmt.Printf("slow reader: 4 download flows %.2f Gbit/s alone, %.2f beside it (%.2f×), Jain among the 4 %.3f\n", r.SlowAloneGbps, r.SlowBesideGbps, r.SlowRatio, r.SlowFlowJain)

@@ -16,10 +16,16 @@ import (
 // when the agent exits normally (bench/dataplane -profile sets it).
 const cpuProfileEnv = "BRIDGETUN_CPUPROFILE"
 
+// heapProfileEnv names a file for a heap profile written when the agent
+// exits normally: where the run's allocations came from (alloc_space) and
+// what it still held (inuse_space). bench/scale sets it.
+const heapProfileEnv = "BRIDGETUN_HEAPPROFILE"
+
 func main() {
 	stop := startCPUProfile(os.Getenv(cpuProfileEnv))
 	err := newRootCmd().Execute()
 	stop()
+	writeHeapProfile(os.Getenv(heapProfileEnv))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bridgetun-agent:", err)
 		os.Exit(1)
@@ -40,6 +46,21 @@ func startCPUProfile(path string) (stop func()) {
 		return func() {}
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }
+}
+
+// writeHeapProfile writes the heap profile to path ("" = off).
+func writeHeapProfile(path string) {
+	if path == "" {
+		return
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.Lookup("allocs").WriteTo(f, 0)
+		f.Close()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bridgetun-agent: %s=%s: %v\n", heapProfileEnv, path, err)
+	}
 }
 
 func newRootCmd() *cobra.Command {
