@@ -184,13 +184,18 @@ func (c *Control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	workloads := r.URL.Path == "/v1/workloads/restore"
-	if r.URL.Path != "/v1/register" && !strings.HasPrefix(r.URL.Path, "/v1/intercepts") && !workloads {
+	traces := r.URL.Path == "/v1/traces" || strings.HasPrefix(r.URL.Path, "/v1/traces/")
+	if r.URL.Path != "/v1/register" && !strings.HasPrefix(r.URL.Path, "/v1/intercepts") && !workloads && !traces {
 		http.NotFound(w, r)
 		return
 	}
 	who, err := c.authenticate(r)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusUnauthorized)
+		return
+	}
+	if traces {
+		c.serveTraces(w, r, who) // trace_http.go
 		return
 	}
 	if strings.HasPrefix(r.URL.Path, "/v1/intercepts") || workloads {

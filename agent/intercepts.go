@@ -52,6 +52,7 @@ type Intercepts struct {
 	// patching serialises changes of workloads (patch, restore) with
 	// the table checks they depend on (WithWorkloads).
 	patching sync.Mutex
+	traces   *Traces // header-propagation traces (trace.go), sharing the route polls' wake-ups
 }
 
 // WithWorkloads runs fn while no other caller patches or restores a
@@ -98,7 +99,9 @@ func NewIntercepts(ttl time.Duration, now func() time.Time) *Intercepts {
 		now = time.Now
 	}
 	// Version starts at 1 so a sidecar's first poll (after=0) answers at once.
-	return &Intercepts{ttl: ttl, now: now, version: 1, byID: map[string]*entry{}, changed: make(chan struct{}), kick: make(chan struct{}, 1)}
+	t := &Intercepts{ttl: ttl, now: now, version: 1, byID: map[string]*entry{}, changed: make(chan struct{}), kick: make(chan struct{}, 1)}
+	t.traces = newTraces(now, t.wakePolls)
+	return t
 }
 
 // TTL is the route lease length.

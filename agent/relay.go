@@ -105,10 +105,11 @@ func NewRelay(cfg RelayConfig) *Relay {
 	return r
 }
 
-// ServeHTTP serves GET /v1/routes and CONNECT.
+// ServeHTTP serves GET /v1/routes, CONNECT and POST /v1/traces/sightings.
 func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	isRoutes := req.Method == http.MethodGet && req.URL.Path == "/v1/routes"
-	if req.Method != http.MethodConnect && !isRoutes {
+	isSighting := req.Method == http.MethodPost && req.URL.Path == "/v1/traces/sightings"
+	if req.Method != http.MethodConnect && !isRoutes && !isSighting {
 		http.NotFound(w, req)
 		return
 	}
@@ -121,6 +122,10 @@ func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		r.connect(w, req, pod)
 		return
 	}
+	if isSighting {
+		r.serveSighting(w, req, pod) // trace_http.go
+		return
+	}
 	q := req.URL.Query()
 	ns, svc := q.Get("namespace"), q.Get("service")
 	if err := r.backs(req.Context(), pod, ns, svc); err != nil {
@@ -130,7 +135,11 @@ func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	after, _ := strconv.ParseUint(q.Get("after"), 10, 64)
 	ctx, cancel := context.WithTimeout(req.Context(), r.poll)
 	defer cancel()
-	writeJSON(w, r.tab.Wait(ctx, ns, svc, after))
+	// A trace's start waits for open polls to fetch its epoch (trace.go).
+	defer r.tab.Traces().Polling(pod.UID+"/"+svc, after)()
+	tab := r.tab.Wait(ctx, ns, svc, after)
+	tab.TraceEpoch = r.tab.Traces().Epoch()
+	writeJSON(w, tab)
 }
 
 // sidecar verifies the request's bearer token: a projected ServiceAccount

@@ -240,6 +240,10 @@ type Route struct {
 type RouteTable struct {
 	Version uint64  `json:"version"`
 	Routes  []Route `json:"routes"`
+	// TraceEpoch is non-zero while a trace (trace.go) is open at the
+	// gateway and changes with each new one: sidecars then report their
+	// first request without the route-as header once per epoch.
+	TraceEpoch uint64 `json:"trace_epoch,omitempty"`
 }
 
 // Full returns the full intercept's route, if there is one.

@@ -46,6 +46,7 @@ func (s *Sidecar) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	_ = http.NewResponseController(w).EnableFullDuplex()
 	table := s.cfg.Routes.Current()
 	v := r.Header.Get(api.RouteAsHeader)
+	s.trace.observe(r.Context(), table.TraceEpoch, v) // before passing it on: trace.go
 	label := routeAsLabel(table, v)
 	route, ok := table.Full()
 	if !ok {

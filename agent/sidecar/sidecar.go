@@ -53,6 +53,10 @@ type Config struct {
 	RelayCoolOff time.Duration         // 0 = 1s: after a failed relay dial, the target is skipped (pass-through) this long
 	Log          *slog.Logger          // nil discards
 	Registerer   prometheus.Registerer // nil = no metrics
+	// Sightings reports a request to the gateway's open traces
+	// (GatewayClient.Sightings; trace.go); nil = the sidecar takes no
+	// part in traces.
+	Sightings func(ctx context.Context, routeAs string) error
 }
 
 // Sidecar routes redirected connections; see the package documentation.
@@ -69,6 +73,7 @@ type Sidecar struct {
 	conns   sync.WaitGroup // one per accepted connection
 	dialer  net.Dialer     // to the original container
 	breaker *breaker       // relay targets that just failed
+	trace   *traceReporter // reports for header-propagation traces
 }
 
 const (
@@ -122,6 +127,7 @@ func New(cfg Config) (*Sidecar, error) {
 		dialer:  net.Dialer{Timeout: originalDialTimeout},
 		breaker: newBreaker(cfg.RelayCoolOff),
 	}
+	s.trace = newTraceReporter(cfg.Sightings, logger)
 	s.errLog = slog.NewLogLogger(logger.Handler(), slog.LevelDebug)
 	s.direct = newProtoTransport(func(ctx context.Context, addr string) (net.Conn, error) {
 		return s.dialer.DialContext(ctx, "tcp", addr)

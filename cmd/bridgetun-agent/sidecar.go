@@ -85,7 +85,7 @@ kubelet rotates it, and the gateway serves this pod only its own Service's route
 			sc, err := sidecar.New(sidecar.Config{
 				Listener: ln, ProbeListener: probe, Original: original,
 				Routes: &routes, Dial: gc.Dial, DialTimeout: dialTimeout,
-				Log: log, Registerer: reg,
+				Log: log, Registerer: reg, Sightings: gc.Sightings(namespace, service),
 			})
 			if err != nil {
 				_ = ln.Close()
