@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/bridgetun/bridgetun/agent/api"
 	"github.com/bridgetun/bridgetun/internal/invoker"
 	"github.com/bridgetun/bridgetun/internal/netlimit"
 )
@@ -58,6 +59,10 @@ type apiHandlers struct {
 	down      func()
 	intercept func(context.Context, InterceptSpec, func(InterceptEvent)) (InterceptInfo, error)
 	leave     func(service string) (string, error)
+	// startTrace and getTrace open and read header-propagation traces at
+	// the gateway (trace.go); nil = not served.
+	startTrace func(context.Context, api.TraceStartRequest) (api.Trace, error)
+	getTrace   func(context.Context, string) (api.Trace, error)
 }
 
 // apiServer is the session's owner-only Unix socket: status, down,
@@ -172,5 +177,6 @@ func apiMux(h apiHandlers) *http.ServeMux {
 		}
 		h.down() // only cancels: the session shuts down in its own goroutine
 	})
+	traceMux(mux, h.startTrace, h.getTrace)
 	return mux
 }

@@ -126,7 +126,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	ctx, down := context.WithCancel(ctx)
 	defer down()
-	api, err := listenAPI(cfg.Paths, apiHandlers{status: s.apiStatus, down: down, intercept: s.ic.Intercept, leave: s.ic.Leave})
+	api, err := listenAPI(cfg.Paths, apiHandlers{status: s.apiStatus, down: down, intercept: s.ic.Intercept, leave: s.ic.Leave,
+		startTrace: s.startTrace, getTrace: s.getTrace})
 	if err != nil {
 		return err
 	}

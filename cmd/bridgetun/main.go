@@ -41,7 +41,7 @@ debugged against the rest of the application without building or deploying it.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd(), newUpCmd(), newStatusCmd(), newDownCmd(), newInstallCmd(), newUninstallCmd(), newRunCmd(), newConnectCmd(), newInterceptCmd(), newLeaveCmd(), newDoctorCmd(), newVSCodeCmd(), newVSCodeHoldCmd())
+	root.AddCommand(newVersionCmd(), newUpCmd(), newStatusCmd(), newDownCmd(), newInstallCmd(), newUninstallCmd(), newRunCmd(), newConnectCmd(), newInterceptCmd(), newLeaveCmd(), newDoctorCmd(), newTraceCmd(), newVSCodeCmd(), newVSCodeHoldCmd())
 	addCompletions(root, &completer{})
 	renameProgram(root, programNameFor(os.Args[0]))
 	return root

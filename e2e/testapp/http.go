@@ -61,6 +61,7 @@ func runHTTP(args []string) error {
 type config struct {
 	Service, Instance, PodIP, Namespace string
 	Downstream                          string   // URL called per request ("" = none)
+	DropRouteAs                         bool     // call Downstream without the route-as header (DROP_ROUTE_AS=1: a service that does not propagate it)
 	ConfigFile                          string   // file whose contents are reported ("" = none)
 	SecretEnvNames                      []string // env vars reported as present/absent only
 	ReportEnv                           []string // env vars reported with their values
@@ -70,7 +71,7 @@ func configFromEnv() config {
 	return config{
 		Service: envOr("SERVICE_NAME", "testapp"), Instance: envOr("POD_NAME", hostname()),
 		PodIP: os.Getenv("POD_IP"), Namespace: os.Getenv("POD_NAMESPACE"),
-		Downstream: os.Getenv("DOWNSTREAM_URL"), ConfigFile: os.Getenv("CONFIG_FILE"),
+		Downstream: os.Getenv("DOWNSTREAM_URL"), DropRouteAs: os.Getenv("DROP_ROUTE_AS") == "1", ConfigFile: os.Getenv("CONFIG_FILE"),
 		SecretEnvNames: list(os.Getenv("SECRET_ENV_NAMES")), ReportEnv: list(os.Getenv("REPORT_ENV")),
 	}
 }
@@ -112,7 +113,11 @@ func newHandler(cfg config, client *http.Client) http.Handler {
 			resp.Env[n] = os.Getenv(n)
 		}
 		if d := cfg.Downstream; d != "" {
-			body, servedBy, err := callDownstream(r.Context(), client, d, r.Header.Get(RouteAsHeader))
+			routeAs := r.Header.Get(RouteAsHeader)
+			if cfg.DropRouteAs {
+				routeAs = ""
+			}
+			body, servedBy, err := callDownstream(r.Context(), client, d, routeAs)
 			if err != nil {
 				resp.Error = fmt.Sprintf("downstream %s: %v", d, err)
 			} else {
