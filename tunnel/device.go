@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bufio"
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -41,6 +42,9 @@ type Device struct {
 
 	mu     sync.Mutex
 	closed bool
+
+	stopMonitor context.CancelFunc // nil unless the bind is a pathMonitor
+	monitorDone chan struct{}
 }
 
 // endpointRewriter is implemented by binds whose endpoints are not UDP
@@ -85,6 +89,14 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	if err != nil {
 		d.Close()
 		return nil, fmt.Errorf("new device: configure: %w", err)
+	}
+	if pm, ok := cfg.Bind.(pathMonitor); ok {
+		ctx, cancel := context.WithCancel(context.Background())
+		d.stopMonitor, d.monitorDone = cancel, make(chan struct{})
+		go func() {
+			defer close(d.monitorDone)
+			pm.monitor(ctx, d)
+		}()
 	}
 	log.Info("device up", "public_key", cfg.Config.PrivateKey.PublicKey().String(), "peers", len(cfg.Config.Peers))
 	return d, nil
@@ -154,6 +166,27 @@ func (d *Device) Keepalive(pub Key, interval time.Duration) error {
 		return fmt.Errorf("keepalive to %s: %w", pub, err)
 	}
 	return nil
+}
+
+// handshake implements pathDevice.
+func (d *Device) handshake() {
+	d.eachPeer(func(p *device.Peer) { _ = p.SendHandshakeInitiation(false) })
+}
+
+// keepalive implements pathDevice.
+func (d *Device) keepalive() { d.eachPeer((*device.Peer).SendKeepalive) }
+
+func (d *Device) eachPeer(f func(*device.Peer)) {
+	st, err := d.Status()
+	if err != nil {
+		d.log.Debug("list peers", "err", err)
+		return
+	}
+	for _, ps := range st {
+		if p := d.wg.LookupPeer(device.NoisePublicKey(ps.PublicKey)); p != nil {
+			f(p)
+		}
+	}
 }
 
 // RemovePeer removes the peer with public key pub; removing an unknown peer
@@ -261,6 +294,11 @@ func (d *Device) Close() error {
 		return nil
 	}
 	d.closed = true
+	if d.stopMonitor != nil {
+		// Before the device closes: the monitor sends through it.
+		d.stopMonitor()
+		<-d.monitorDone
+	}
 	d.wg.Close()
 	if s, ok := d.bind.(shutdowner); ok {
 		if err := s.Shutdown(); err != nil {
