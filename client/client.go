@@ -38,6 +38,10 @@ type Transport string
 const (
 	TransportUDP    Transport = "udp"    // plain UDP to GatewayEndpoint
 	TransportStream Transport = "stream" // framed over a reliable stream from StreamDial
+	// TransportAuto carries one WireGuard session over UDP to
+	// GatewayEndpoint while it answers and over the stream from StreamDial
+	// (kept open) when it does not, moving back when UDP returns.
+	TransportAuto Transport = "auto"
 )
 
 // Config describes one connection to a gateway.
@@ -78,6 +82,8 @@ type Client struct {
 	gateway   tunnel.PeerConfig
 	devMu     sync.Mutex
 	dev       *tunnel.Device
+	sw        *tunnel.SwitchBind // auto transport
+	transport Transport
 	kernelTUN *tunnel.TUN // TUN mode
 	stack     Stack       // netstack mode
 	filter    *inboundFilter
@@ -146,7 +152,28 @@ func Start(cfg Config) (_ *Client, err error) {
 			Dial: cfg.StreamDial, Log: log, Registerer: cfg.Registerer,
 			OnReconnect: func() { c.announce(peer.PublicKey, peer.PersistentKeepalive, log) },
 		})
+	case TransportAuto:
+		var udp conn.Bind
+		if cfg.BindUDP != nil {
+			udp = cfg.BindUDP()
+		}
+		// A redialled stream is announced only while it is in use;
+		// the switch bind announces the stream when it moves there.
+		stream := tunnel.NewStreamBind(tunnel.StreamBindConfig{
+			Dial: cfg.StreamDial, Log: log, Registerer: cfg.Registerer,
+			OnReconnect: func() {
+				if c.sw.Active() == tunnel.TransportStream {
+					c.announce(peer.PublicKey, peer.PersistentKeepalive, log)
+				}
+			},
+		})
+		if c.sw, err = tunnel.NewSwitchBind(tunnel.SwitchBindConfig{UDP: udp, Stream: stream, Log: log, Registerer: cfg.Registerer}); err != nil {
+			return nil, err
+		}
+		bind = c.sw
+		peer.Endpoint = cfg.GatewayEndpoint
 	}
+	c.transport = cfg.Transport
 	dev, err := tunnel.NewDevice(tunnel.DeviceConfig{
 		TUN:        td,
 		Bind:       bind,
@@ -178,12 +205,12 @@ func (cfg Config) validate() error {
 		return fmt.Errorf("client config: mode %q: want %q or %q", cfg.Mode, ModeTUN, ModeNetstack)
 	case cfg.Mode == ModeNetstack && cfg.NewStack == nil:
 		return errors.New("client config: netstack mode needs a stack: set NewStack (gvisorstack.New)")
-	case cfg.Transport == TransportUDP && cfg.GatewayEndpoint == "":
-		return errors.New("client config: gateway_endpoint: the udp transport needs host:port of the gateway")
-	case cfg.Transport == TransportStream && cfg.StreamDial == nil:
-		return errors.New("client config: the stream transport needs a dialer")
-	case cfg.Transport != TransportUDP && cfg.Transport != TransportStream:
-		return fmt.Errorf("client config: transport %q: want %q or %q", cfg.Transport, TransportUDP, TransportStream)
+	case (cfg.Transport == TransportUDP || cfg.Transport == TransportAuto) && cfg.GatewayEndpoint == "":
+		return fmt.Errorf("client config: gateway_endpoint: the %s transport needs host:port of the gateway", cfg.Transport)
+	case (cfg.Transport == TransportStream || cfg.Transport == TransportAuto) && cfg.StreamDial == nil:
+		return fmt.Errorf("client config: the %s transport needs a stream dialer", cfg.Transport)
+	case cfg.Transport != TransportUDP && cfg.Transport != TransportStream && cfg.Transport != TransportAuto:
+		return fmt.Errorf("client config: transport %q: want %q, %q or %q", cfg.Transport, TransportUDP, TransportStream, TransportAuto)
 	}
 	return nil
 }
@@ -267,6 +294,24 @@ func (c *Client) TUNName() string {
 		return ""
 	}
 	return c.kernelTUN.Name()
+}
+
+// Transport names the path WireGuard datagrams take now: udp or stream
+// (under the auto transport, whichever it is on).
+func (c *Client) Transport() Transport {
+	if c.sw != nil {
+		return Transport(c.sw.Active())
+	}
+	return c.transport
+}
+
+// TransportSwitches counts the auto transport's moves between UDP and the
+// stream; 0 for a fixed transport.
+func (c *Client) TransportSwitches() int64 {
+	if c.sw == nil {
+		return 0
+	}
+	return c.sw.Switches()
 }
 
 // Status reports the gateway peer's handshake and traffic.

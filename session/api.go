@@ -28,7 +28,9 @@ type Status struct {
 	GatewayVersion   string          `json:"gateway_version"`
 	ClientVersion    string          `json:"client_version"`
 	Mode             string          `json:"mode"`
-	Transport        string          `json:"transport"`
+	Transport        string          `json:"transport"`                    // the path in use: udp or stream
+	TransportMode    string          `json:"transport_mode,omitempty"`     // --transport: auto, udp or stream
+	TransportSwitch  int64           `json:"transport_switches,omitempty"` // auto: moves between udp and stream
 	TUN              string          `json:"tun,omitempty"`
 	TunnelAddress    string          `json:"tunnel_address"`
 	GatewayAddress   string          `json:"gateway_address"`

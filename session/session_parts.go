@@ -155,6 +155,9 @@ func (s *Session) Status() Status {
 	for _, r := range s.facts.routes {
 		st.Routes = append(st.Routes, r.String())
 	}
+	if s.tun != nil {
+		st.Transport, st.TransportMode, st.TransportSwitch = string(s.tun.Transport()), s.facts.transport, s.tun.TransportSwitches()
+	}
 	if ps, err := s.tun.Status(); err == nil {
 		st.LastHandshake, st.RxBytes, st.TxBytes = ps.LastHandshake, ps.RxBytes, ps.TxBytes
 		if !ps.LastHandshake.IsZero() {

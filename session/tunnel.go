@@ -28,8 +28,9 @@ type tunnelConfig struct {
 	Key       tunnel.Key
 	Reg       api.RegisterResponse
 	Routes    []netip.Prefix
-	// Transport is auto, stream or udp; "" = auto: UDP for 3 s when an
-	// endpoint is known, else (or then) the stream.
+	// Transport is auto, stream or udp; "" = auto: when a UDP endpoint is
+	// known, UDP while it answers and the stream when it does not (live,
+	// under one WireGuard session); else the stream.
 	Transport       string
 	GatewayEndpoint string // udp: host:port; "" = node address + NodePort
 	StreamDial      func(ctx context.Context) (net.Conn, error)
@@ -46,7 +47,8 @@ type tunnelConfig struct {
 }
 
 // startTunnel starts the tunnel over the chosen transport and waits for a
-// handshake; it returns the client and the transport it settled on.
+// handshake; it returns the client and the transport mode: udp, stream or
+// auto (the client's Transport says which path auto is on).
 func startTunnel(ctx context.Context, cfg tunnelConfig) (*client.Client, string, error) {
 	if cfg.Start == nil {
 		cfg.Start = client.Start
@@ -61,14 +63,15 @@ func startTunnel(ctx context.Context, cfg tunnelConfig) (*client.Client, string,
 	case "stream":
 		return startOver(ctx, cfg, client.TransportStream, 15*time.Second)
 	case "auto":
-		if ep, _ := udpEndpoint(ctx, cfg); ep != "" {
-			c, t, err := startOver(ctx, cfg, client.TransportUDP, 3*time.Second)
-			if err == nil {
-				return c, t, nil
-			}
-			cfg.Progress("UDP to %s did not answer within 3s (%v); using the stream transport", ep, err)
+		ep, _ := udpEndpoint(ctx, cfg)
+		if ep == "" {
+			return startOver(ctx, cfg, client.TransportStream, 15*time.Second)
 		}
-		return startOver(ctx, cfg, client.TransportStream, 15*time.Second)
+		c, t, err := startOver(ctx, cfg, client.TransportAuto, 15*time.Second)
+		if err == nil && c.Transport() == client.TransportStream {
+			cfg.Progress("UDP to %s did not answer; using the stream transport (and moving to UDP when it answers)", ep)
+		}
+		return c, t, err
 	}
 	return nil, "", fmt.Errorf("--transport %q: want auto, stream or udp", tr)
 }
@@ -91,12 +94,12 @@ func startOver(ctx context.Context, cfg tunnelConfig, tr client.Transport, hands
 		Mode: cfg.Mode, Transport: tr, TUNName: cfg.TUNName, NewStack: cfg.NewStack,
 		AllowConflicts: cfg.AllowConflicts, Log: cfg.Log, Registerer: cfg.Registerer,
 	}
-	switch tr {
-	case client.TransportUDP:
+	if tr == client.TransportUDP || tr == client.TransportAuto {
 		if cc.GatewayEndpoint, err = udpEndpoint(ctx, cfg); err != nil {
 			return nil, "", err
 		}
-	case client.TransportStream:
+	}
+	if tr == client.TransportStream || tr == client.TransportAuto {
 		cc.StreamDial = cfg.StreamDial
 	}
 	c, err := cfg.Start(cc)

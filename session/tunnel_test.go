@@ -1,6 +1,9 @@
 package session
 
 import (
+	"context"
+	"errors"
+	"net"
 	"strings"
 	"testing"
 
@@ -10,6 +13,7 @@ import (
 
 	"github.com/bridgetun/bridgetun/client"
 	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/tunnel"
 )
 
 // TestUDPEndpoint: --gateway-endpoint wins; else the gateway pod's node
@@ -70,5 +74,46 @@ func TestStartTunnelTransports(t *testing.T) {
 	}
 	if len(started) != 1 || started[0] != client.TransportStream {
 		t.Errorf("auto without an endpoint started %v, want [stream]", started)
+	}
+}
+
+// TestStartTunnelAutoWithEndpoint: auto with a UDP endpoint starts one
+// client on the switching transport, with the endpoint, the stream dialer
+// and the UDP-sized MTU (it may carry UDP); udp and stream keep their own.
+func TestStartTunnelAutoWithEndpoint(t *testing.T) {
+	dial := func(context.Context) (net.Conn, error) { return nil, errors.New("unused") }
+	for _, tc := range []struct {
+		transport string
+		want      client.Transport
+		endpoint  string
+		dial      bool
+		mtu       int
+	}{
+		{"auto", client.TransportAuto, "203.0.113.5:4000", true, 0},
+		{"", client.TransportAuto, "203.0.113.5:4000", true, 0},
+		{"udp", client.TransportUDP, "203.0.113.5:4000", false, 0},
+		{"stream", client.TransportStream, "", true, tunnel.StreamMTU},
+	} {
+		t.Run(tc.transport, func(t *testing.T) {
+			var got []client.Config
+			cfg := tunnelConfig{Client: fake.NewClientset(), Namespace: "app", Pod: func() string { return "gw-1" },
+				Reg: registration(), Transport: tc.transport, GatewayEndpoint: "203.0.113.5:4000", StreamDial: dial,
+				Start: func(c client.Config) (*client.Client, error) {
+					got = append(got, c)
+					return nil, errStop
+				},
+				Progress: func(string, ...any) {}}
+			if _, _, err := startTunnel(t.Context(), cfg); err != errStop {
+				t.Fatalf("got %v, want the Start seam's error", err)
+			}
+			if len(got) != 1 {
+				t.Fatalf("started %d clients, want 1 (no second try on another transport)", len(got))
+			}
+			c := got[0]
+			if c.Transport != tc.want || c.GatewayEndpoint != tc.endpoint || (c.StreamDial != nil) != tc.dial || c.MTU != tc.mtu {
+				t.Errorf("got transport %q endpoint %q dial %v mtu %d; want %q %q %v %d",
+					c.Transport, c.GatewayEndpoint, c.StreamDial != nil, c.MTU, tc.want, tc.endpoint, tc.dial, tc.mtu)
+			}
+		})
 	}
 }

@@ -52,7 +52,11 @@ it prints {"state": "down"} and exits 0, so scripts can test .state.`,
 			if st.TUN != "" {
 				dev += " " + st.TUN
 			}
-			fmt.Fprintf(w, "tunnel:     %s over %s, address %s, handshake %s, reconnects %d\n", dev, st.Transport, st.TunnelAddress, hs, st.Reconnects)
+			tr := st.Transport
+			if st.TransportMode == "auto" {
+				tr = fmt.Sprintf("%s (auto, %d switches)", st.Transport, st.TransportSwitch)
+			}
+			fmt.Fprintf(w, "tunnel:     %s over %s, address %s, handshake %s, reconnects %d\n", dev, tr, st.TunnelAddress, hs, st.Reconnects)
 			fmt.Fprintf(w, "traffic:    %d bytes in, %d bytes out\n", st.RxBytes, st.TxBytes)
 			fmt.Fprintf(w, "routes:     %s\n", strings.Join(st.Routes, " "))
 			fmt.Fprintf(w, "dns:        %s, resolver %s, cluster domain %s\n", st.DNSMode, st.DNSListen, st.ClusterDomain)

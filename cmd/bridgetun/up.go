@@ -94,6 +94,16 @@ steps and returns once it is connected); then routes and device are removed.
 ` + "`bridgetun status`" + ` shows it, ` + "`bridgetun down`" + ` ends it. A session that crashed is
 repaired by the next up.
 
+Transports: --transport stream carries WireGuard over a Kubernetes
+port-forward to the gateway pod; udp sends plain UDP to the gateway's UDP
+port (--gateway-endpoint, or its NodePort with --expose nodeport). auto (the
+default) uses UDP when a UDP endpoint is known and keeps the stream open
+beside it: when UDP goes unanswered for 2 s the session moves to the stream,
+and it probes UDP with a handshake (every 5 s, backing off to 30 s) and moves
+back once UDP answers, all under one WireGuard session, so connections
+survive. ` + "`bridgetun status`" + ` shows the path in use and the number of moves;
+without a UDP endpoint auto is the stream.
+
 Under sudo only the TUN device, routes and DNS settings are root's; the rest
 is yours: your kubeconfig ($KUBECONFIG if sudo kept it, else ~/.kube/config),
 key and session record in ~/.config/bridgetun, the socket in your runtime
@@ -197,8 +207,8 @@ stdout gets the connected session's status as ` + "`bridgetun status --json`" + 
 		},
 	}
 	cf.add(cmd)
-	cmd.Flags().StringVar(&transport, "transport", "auto", "auto (UDP if reachable, else stream), stream (over a Kubernetes port-forward), or udp")
-	cmd.Flags().StringVar(&endpoint, "gateway-endpoint", "", "udp transport: HOST:PORT of the gateway's UDP port (default: its NodePort)")
+	cmd.Flags().StringVar(&transport, "transport", "auto", "auto (UDP while it answers, the stream when it does not, switching live), stream (over a Kubernetes port-forward), or udp")
+	cmd.Flags().StringVar(&endpoint, "gateway-endpoint", "", "udp and auto transports: HOST:PORT of the gateway's UDP port (default: its NodePort)")
 	cmd.Flags().StringVar(&expose, "expose", "", "nodeport: also expose the gateway's WireGuard UDP port as a NodePort")
 	cmd.Flags().BoolVar(&netstackMode, "netstack", false, "no root: end the tunnel in a userspace network stack instead of a TUN device")
 	cmd.Flags().StringVar(&tunName, "tun-name", "bt0", "name of the TUN device")
