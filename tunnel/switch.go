@@ -51,7 +51,7 @@ type SwitchBindConfig struct {
 	UDP    conn.Bind // the UDP path; nil = NewUDPBind()
 	Stream conn.Bind // the stream path, normally a *StreamBind; required
 	// FailAfter: on UDP, sending with nothing received from the gateway
-	// for this long moves to the stream. 0 = 2s.
+	// for this long moves to the stream. 0 = 1.5s.
 	FailAfter time.Duration
 	// ProbeEvery is the wait before the first UDP probe once on the
 	// stream; it doubles after each failed probe up to MaxProbeEvery.
@@ -75,7 +75,7 @@ func (c *SwitchBindConfig) defaults() {
 			*d = v
 		}
 	}
-	def(&c.FailAfter, 2*time.Second)
+	def(&c.FailAfter, 1500*time.Millisecond)
 	def(&c.ProbeEvery, 5*time.Second)
 	def(&c.MaxProbeEvery, 30*time.Second)
 	def(&c.ProbeTimeout, time.Second)
