@@ -29,11 +29,28 @@ import (
 // drops the client's UDP sends, as an nft rule dropping UDP to the NodePort
 // does.
 
-// gatedBind is a real bind whose outgoing packets can be dropped.
+// gatedBind is a real bind whose outgoing (drop) or incoming (dropIn)
+// packets can be dropped.
 type gatedBind struct {
 	conn.Bind
-	drop atomic.Bool
-	sent atomic.Int64 // packets that went out
+	drop, dropIn atomic.Bool
+	sent         atomic.Int64 // packets that went out
+}
+
+func (g *gatedBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	fns, actual, err := g.Bind.Open(port)
+	for i, f := range fns {
+		fns[i] = func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+			n, err := f(bufs, sizes, eps)
+			if g.dropIn.Load() {
+				for j := range n {
+					sizes[j] = 0 // wireguard-go skips empty entries
+				}
+			}
+			return n, err
+		}
+	}
+	return fns, actual, err
 }
 
 func (g *gatedBind) Send(bufs [][]byte, ep conn.Endpoint) error {
@@ -245,6 +262,31 @@ func TestSwitchProbeUnanswered(t *testing.T) {
 	ping(t, sn.server, sn.client, 2*time.Second)
 	if got := sn.switches(TransportUDP); got != 0 {
 		t.Errorf("switches to udp: got %v, want 0", got)
+	}
+}
+
+// TestSwitchOneWayUDP: UDP that carries the client's packets but not the
+// server's answers moves the session to the stream; probes reach the server
+// (which answers over UDP, lost, or over the stream), so the bind may try
+// UDP again, but never stays there, and traffic both ways keeps flowing.
+func TestSwitchOneWayUDP(t *testing.T) {
+	checkGoroutines(t)
+	sn := newSwitchNet(t, false)
+	ping(t, sn.client, sn.server, 3*time.Second)
+	sn.gate.dropIn.Store(true)
+	waitActive(t, sn, TransportStream, 5*time.Second, func() { _ = tryPing(sn.client, sn.server, 50*time.Millisecond) })
+	// Through several probe rounds, traffic keeps flowing both ways.
+	deadline := time.Now().Add(12 * time.Second)
+	for time.Now().Before(deadline) {
+		ping(t, sn.client, sn.server, 3*time.Second)
+		ping(t, sn.server, sn.client, 3*time.Second)
+	}
+	testkit.WaitFor(t, 5*time.Second, "the stream", func() bool {
+		_ = tryPing(sn.client, sn.server, 50*time.Millisecond)
+		return sn.sw.Active() == TransportStream
+	})
+	if up, down := sn.switches(TransportUDP), sn.switches(TransportStream); down != up+1 || up > 2 {
+		t.Errorf("switches: %v to udp, %v to stream; want at most 2 tries of UDP, each undone", up, down)
 	}
 }
 
