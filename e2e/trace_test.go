@@ -68,6 +68,8 @@ func TestTrace(t *testing.T) {
 	}
 
 	for i, svc := range []string{"frontend", "api", "stats"} {
+		listen := fmt.Sprintf("127.0.0.1:%d", 18095+i) // the developer's copy: only dev-trace requests reach it
+		localServer(t, ctx, c, false, listen, svc+"-local", "")
 		startIntercept(t, ctx, ws, svc, "--port", fmt.Sprint(18095+i), "--isolate", "--route-as", "dev-trace", "--no-mount")
 	}
 

@@ -37,13 +37,16 @@ called without the header, with the service that dropped it:
   frontend ✓ → api ✓ → stats ✗ "api dropped it on its call to stats"
 
 Only services with a bridgetun sidecar take part: those someone on the gateway
-intercepts in isolated mode (any route-as value: the trace's own value matches
-no developer's route, so the request is served by the cluster's copies). A
-service without a sidecar is not seen; a drop in it shows at the next service
-that has one. A service "called without the header" is one that got a request
-without it while the trace was open (a few seconds): other traffic to it at
-that moment can stand in for the trace's, so on a busy service read ✗ as
-likely, not certain. It needs a session (bridgetun up).
+intercepts in isolated mode, e.g. ` + "`bridgetun intercept api --port 8080 --isolate -- CMD`" + `
+(any route-as value: the trace's own value matches no developer's route, so
+the request is served by the cluster's copies). A service without a sidecar
+is not seen: a drop in it shows as ✗ at the next service that has one, blamed
+on the last one before it that has one. A service "called without the header"
+is one that got a request without it while the trace was open (a few
+seconds): other traffic to it at that moment can stand in for the trace's, so
+on a busy service read ✗ as likely, not certain. The gateway's own hop is not
+shown (it forwards TCP and does not read HTTP). It needs a session
+(bridgetun up).
 
 Exit codes: 0 when every participating service saw the value (and the request
 was answered); 1 when one was called without it, when the request failed, or
@@ -51,11 +54,8 @@ when trace could not run (the reason on stderr); 2 when no participating
 service reported the request (nothing to judge). With --json it prints
 {id, method, url, status, error, chain: [{namespace, service, propagated, seen,
 without, reason}], verdict: propagated|dropped|inconclusive, reason}.`,
-		Example: `  # once: isolate each service to check (any local port; nothing needs to listen there)
-  bridgetun intercept frontend --port 18080 --isolate --detach
-  bridgetun intercept api --port 18081 --isolate --detach
-  bridgetun trace http://frontend/
-  bridgetun trace http://api/orders --header 'Authorization=Bearer t0ken' --json`,
+		Example: `  bridgetun trace http://frontend/
+  bridgetun trace http://api/orders -X POST --header 'Authorization=Bearer t0ken' --json | jq .chain`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			h := http.Header{}
