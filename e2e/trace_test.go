@@ -30,8 +30,11 @@ import (
 
 func TestTrace(t *testing.T) {
 	c := Start(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
-	defer cancel()
+	// Not t.Context(), and cancelled last: the intercepts' cleanups end
+	// them with Ctrl-C (leave restores each workload), which a cancelled
+	// context would turn into a kill.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	t.Cleanup(cancel)
 	c.DumpOnFailure(t, SampleNamespace)
 	t.Cleanup(func() {
 		if !t.Failed() {
@@ -158,6 +161,28 @@ func dropAPI(t *testing.T, ctx context.Context, c *Cluster) {
 	}
 	if err := c.WaitRollout(ctx, SampleNamespace, "api"); err != nil {
 		t.Fatalf("api rollout with DROP_ROUTE_AS: %v", err)
+	}
+	// The rollout is done when the new pod is ready; the old one, which
+	// still propagates, may serve a moment longer: wait until it is gone.
+	if err := Eventually(ctx, 2*time.Minute, func(ctx context.Context) error {
+		pods, err := c.Client.CoreV1().Pods(SampleNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=api"})
+		if err != nil {
+			return err
+		}
+		for _, p := range pods.Items {
+			drops := false
+			for _, ct := range p.Spec.Containers {
+				for _, e := range ct.Env {
+					drops = drops || (ct.Name == "api" && e.Name == "DROP_ROUTE_AS" && e.Value == "1")
+				}
+			}
+			if !drops {
+				return fmt.Errorf("pod %s (without DROP_ROUTE_AS) is still there", p.Name)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("api with DROP_ROUTE_AS: %v", err)
 	}
 }
 
