@@ -14,9 +14,12 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -151,4 +154,148 @@ func PodOf(kubectl, kubeconfig, ns, selector string) (name, ip string) {
 		}
 	}
 	return "", ""
+}
+
+// pullFlag marks a sink request for a download (testapp's runSink).
+const pullFlag = 1 << 63
+
+// Download asks the sink at addr for n bytes and returns MB/s; the bytes must
+// match the SHA-256 the sink sends after them.
+func Download(ctx context.Context, dial DialFunc, addr string, n int64) (float64, error) {
+	c, err := dial(ctx, "tcp", addr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
+	start := time.Now()
+	var hdr [8]byte
+	binary.BigEndian.PutUint64(hdr[:], uint64(n)|pullFlag)
+	if _, err := c.Write(hdr[:]); err != nil {
+		return 0, err
+	}
+	br := bufio.NewReaderSize(c, 256<<10)
+	h := sha256.New()
+	if got, err := io.CopyN(h, br, n); err != nil {
+		return 0, fmt.Errorf("download: %d of %d bytes: %w", got, n, err)
+	}
+	secs := time.Since(start).Seconds()
+	trailer, err := br.ReadString('\n')
+	if err != nil {
+		return 0, fmt.Errorf("sink trailer: %w", err)
+	}
+	if want := fmt.Sprintf("%x", h.Sum(nil)); strings.TrimSpace(trailer) != want {
+		return 0, fmt.Errorf("download corrupted: sink sent %q, got %q", strings.TrimSpace(trailer), want)
+	}
+	return float64(n) / secs / 1e6, nil
+}
+
+// Rate is a request/response measurement with some concurrent connections.
+type Rate struct {
+	Conns  int     `json:"conns"`
+	RPS    float64 `json:"rps"`
+	P50ms  float64 `json:"p50_ms"`
+	P99ms  float64 `json:"p99_ms"`
+	Errors int     `json:"errors"`
+}
+
+// RequestRate runs conns clients, each GETting url/healthz over its own
+// keep-alive connection for d (after 20 warm-up requests each), and returns
+// the aggregate rate and latency percentiles.
+func RequestRate(dial DialFunc, url string, conns int, d time.Duration) Rate {
+	type res struct {
+		lat  []float64
+		errs int
+	}
+	out := make(chan res, conns)
+	start := make(chan struct{})
+	var deadline time.Time
+	var warm sync.WaitGroup
+	warm.Add(conns)
+	for range conns {
+		go func() {
+			hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 1, MaxConnsPerHost: 1}}
+			defer hc.CloseIdleConnections()
+			get := func() error {
+				resp, err := hc.Get(url + "/healthz")
+				if err != nil {
+					return err
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				return resp.Body.Close()
+			}
+			var r res
+			for range 20 {
+				_ = get()
+			}
+			warm.Done()
+			<-start
+			for time.Now().Before(deadline) {
+				t0 := time.Now()
+				if err := get(); err != nil {
+					r.errs++
+					continue
+				}
+				r.lat = append(r.lat, float64(time.Since(t0).Microseconds())/1e3)
+			}
+			out <- r
+		}()
+	}
+	warm.Wait() // every connection is open and warm before the clock starts
+	deadline = time.Now().Add(d)
+	close(start)
+	var all []float64
+	rate := Rate{Conns: conns}
+	for range conns {
+		r := <-out
+		all = append(all, r.lat...)
+		rate.Errors += r.errs
+	}
+	rate.RPS = float64(len(all)) / d.Seconds()
+	if len(all) > 0 {
+		slices.Sort(all)
+		rate.P50ms, rate.P99ms = all[len(all)/2], all[len(all)*99/100]
+	}
+	return rate
+}
+
+// CPUSeconds returns the user+system CPU time the processes pids have used
+// (Linux /proc; clock ticks at the kernel's USER_HZ of 100). Gone processes
+// count 0.
+func CPUSeconds(pids ...int) float64 {
+	var total float64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the parenthesised command name: state is field 3,
+		// utime 14, stime 15.
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		total += (u + st) / 100
+	}
+	return total
+}
+
+// PIDsNamed returns the pids whose /proc/PID/comm is one of names.
+func PIDsNamed(names ...string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err == nil && slices.Contains(names, strings.TrimSpace(string(comm))) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

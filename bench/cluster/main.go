@@ -1,14 +1,20 @@
-// Command cluster measures, in one run against the running e2e cluster,
-// how fast the workstation namespace reaches a pod through
+// Command cluster measures, in one run against the running e2e cluster, how
+// fast a workstation reaches a pod through
 //
-//	PF      kubectl port-forward (the baseline everyone has)
+//	direct  the node itself dialling the pod IP (the ceiling)
+//	PF      kubectl port-forward from the workstation namespace (the baseline everyone has)
 //	stream  bridgetun up --transport stream (WireGuard over one port-forward)
 //	udp     bridgetun up --transport udp (WireGuard to the gateway's NodePort)
 //
-// For each: upload throughput to a TCP sink pod (median of -reps), and HTTP
-// request latency p50/p99 over one keep-alive connection to a stats pod.
-// Prints ratios against PF and writes bench/results/cluster.json.
-// Needs root, `make cluster-up`, `make build` and `make images`.
+// For each: bulk upload and download to a sink pod (median of -reps, the
+// bytes checked by SHA-256), HTTP request/response rate and p50 with 1 and
+// with 20 concurrent keep-alive connections to a stats pod, and the CPU
+// seconds per GB of bulk transfer on the workstation side (kubectl or the
+// bridgetun session) and on the cluster side (kube-apiserver, kubelet,
+// containerd and the gateway, which carry the port-forward and the tunnel).
+// Prints ratios against PF and direct, checks issue #14's targets, and writes
+// bench/results/cluster.json. Needs root, `make cluster-up`, `make build` and
+// `make images` (make bench-cluster does all of it).
 package main
 
 import (
@@ -19,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,17 +45,24 @@ const (
 var (
 	kubeconfig = flag.String("kubeconfig", "/var/tmp/bridgetun-e2e/run/pki/admin.kubeconfig", "e2e cluster kubeconfig")
 	kubectl    = flag.String("kubectl", filepath.Join(os.Getenv("HOME"), ".cache/bridgetun/k8s-v1.34.4/kubectl"), "kubectl binary")
-	bytesN     = flag.Int64("bytes", 256<<20, "bytes per upload run")
-	reps       = flag.Int("reps", 3, "upload runs per path (median reported)")
-	rr         = flag.Int("rr", 1000, "HTTP requests for latency")
+	bytesN     = flag.Int64("bytes", 256<<20, "bytes per bulk run")
+	reps       = flag.Int("reps", 3, "bulk runs per path and direction (median reported)")
+	rrFor      = flag.Duration("rr-time", 5*time.Second, "request/response measuring time per concurrency")
+	paths      = flag.String("paths", "direct,pf,stream,udp", "paths to measure, comma-separated")
 	out        = flag.String("o", "bench/results/cluster.json", "JSON results")
 )
 
 type result struct {
-	Path string `json:"path"`
-	benchutil.Sample
-	Ratio    float64 `json:"throughput_ratio_vs_pf"`
-	P50Ratio float64 `json:"p50_ratio_vs_pf"`
+	Path         string             `json:"path"`
+	UpMBps       float64            `json:"up_MBps"`
+	DownMBps     float64            `json:"down_MBps"`
+	RR1          benchutil.Rate     `json:"rr_1"`
+	RR20         benchutil.Rate     `json:"rr_20"`
+	ClientCPUGB  float64            `json:"client_cpu_s_per_GB"`
+	ClusterCPUGB float64            `json:"cluster_cpu_s_per_GB"`
+	Errors       int                `json:"errors"`
+	VsPF         map[string]float64 `json:"ratio_vs_pf,omitempty"`
+	VsDirect     map[string]float64 `json:"ratio_vs_direct,omitempty"`
 }
 
 func main() {
@@ -62,63 +76,177 @@ func main() {
 	sinkPod, sinkIP := benchutil.PodOf(*kubectl, *kubeconfig, ns, "app=sink")
 	statsPod, statsIP := benchutil.PodOf(*kubectl, *kubeconfig, ns, "app=stats")
 	if sinkPod == "" || statsPod == "" {
-		log.Fatal("need the sample app and the sink Deployment in bt-sample (run the e2e suite once with BRIDGETUN_E2E_KEEP=1)")
+		log.Fatal("need the sample app and the sink Deployment in bt-sample (make bench-cluster applies them)")
 	}
 	bin, _ := filepath.Abs("bin/bridgetun")
 	state, _ := os.MkdirTemp("", "bt-bench-")
 	defer os.RemoveAll(state)
+	want := map[string]bool{}
+	for _, p := range strings.Split(*paths, ",") {
+		want[strings.TrimSpace(p)] = true
+	}
 	var results []result
 
-	// PF: kubectl port-forward inside the workstation namespace.
-	pf := exec.Command("ip", "netns", "exec", wsNS, *kubectl, "--kubeconfig", *kubeconfig, "-n", ns, "port-forward",
-		"pod/"+sinkPod, "19000:9000")
-	pf2 := exec.Command("ip", "netns", "exec", wsNS, *kubectl, "--kubeconfig", *kubeconfig, "-n", ns, "port-forward",
-		"pod/"+statsPod, "19080:8080")
-	for _, c := range []*exec.Cmd{pf, pf2} {
-		stdout, _ := c.StdoutPipe()
-		if err := c.Start(); err != nil {
-			log.Fatal(err)
-		}
-		line, _ := bufio.NewReader(stdout).ReadString('\n') // "Forwarding from ..."
-		log.Printf("kubectl: %s", strings.TrimSpace(line))
-		go io.Copy(io.Discard, stdout)
+	if want["direct"] {
+		var d net.Dialer
+		results = append(results, measure(ctx, "direct", d.DialContext, nil, net.JoinHostPort(sinkIP, "9000"), net.JoinHostPort(statsIP, "8080")))
 	}
-	results = append(results, measure(ctx, ws, "PF kubectl port-forward", "127.0.0.1:19000", "127.0.0.1:19080"))
-	_ = pf.Process.Kill()
-	_ = pf2.Process.Kill()
-	_ = pf.Wait()
-	_ = pf2.Wait()
-
+	if want["pf"] {
+		var pids []int
+		var cmds []*exec.Cmd
+		for _, fw := range [][2]string{{"pod/" + sinkPod, "19000:9000"}, {"pod/" + statsPod, "19080:8080"}} {
+			c := exec.Command("ip", "netns", "exec", wsNS, *kubectl, "--kubeconfig", *kubeconfig, "-n", ns, "port-forward", fw[0], fw[1])
+			stdout, _ := c.StdoutPipe()
+			if err := c.Start(); err != nil {
+				log.Fatal(err)
+			}
+			line, _ := bufio.NewReader(stdout).ReadString('\n') // "Forwarding from ..."
+			log.Printf("kubectl: %s", strings.TrimSpace(line))
+			go io.Copy(io.Discard, stdout)
+			cmds = append(cmds, c)
+			pids = append(pids, c.Process.Pid) // ip netns exec execs kubectl: same pid
+		}
+		results = append(results, measure(ctx, "PF kubectl port-forward", ws.DialContext, pids, "127.0.0.1:19000", "127.0.0.1:19080"))
+		for _, c := range cmds {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
+	}
 	for _, tr := range []string{"stream", "udp"} {
-		args := []string{"netns", "exec", wsNS, "env", "BRIDGETUN_STATE_DIR=" + state, "KUBECONFIG=" + *kubeconfig,
-			bin, "up", "--background", "--upgrade", "-n", ns, "--gateway-image", image, "--transport", tr}
+		if !want[tr] {
+			continue
+		}
+		env := []string{"netns", "exec", wsNS, "env", "BRIDGETUN_STATE_DIR=" + state, "KUBECONFIG=" + *kubeconfig, bin}
+		args := append(env, "up", "--background", "--upgrade", "-n", ns, "--gateway-image", image, "--transport", tr)
 		if tr == "udp" {
 			args = append(args, "--expose", "nodeport")
 		}
 		if b, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			log.Fatalf("up %s: %v\n%s", tr, err, b)
 		}
-		results = append(results, measure(ctx, ws, "bridgetun "+tr, sinkIP+":9000", statsIP+":8080"))
-		if b, err := exec.Command("ip", "netns", "exec", wsNS, "env", "BRIDGETUN_STATE_DIR="+state, bin, "down").CombinedOutput(); err != nil {
+		var st struct {
+			PID int `json:"pid"`
+		}
+		b, err := exec.Command("ip", append(env, "status", "--json")...).Output()
+		if err != nil || json.Unmarshal(b, &st) != nil || st.PID == 0 {
+			log.Fatalf("status --json: %v\n%s", err, b)
+		}
+		results = append(results, measure(ctx, "bridgetun "+tr, ws.DialContext, []int{st.PID}, net.JoinHostPort(sinkIP, "9000"), net.JoinHostPort(statsIP, "8080")))
+		if b, err := exec.Command("ip", append(env, "down")...).CombinedOutput(); err != nil {
 			log.Fatalf("down: %v\n%s", err, b)
 		}
 	}
+	report(results)
+}
 
-	base := results[0]
-	fmt.Printf("\n%-26s %12s %8s %10s %10s %8s %7s\n", "path", "upload", "×PF", "http p50", "http p99", "p50×PF", "errors")
+// measure runs every measurement of one path; clientPIDs are the
+// workstation-side processes of the path (none for direct).
+func measure(ctx context.Context, name string, dial benchutil.DialFunc, clientPIDs []int, sink, httpAddr string) result {
+	log.Printf("measuring %s", name)
+	r := result{Path: name}
+	clusterPIDs := benchutil.PIDsNamed("kube-apiserver", "kubelet", "containerd", "bridgetun-agent")
+	c0, k0 := benchutil.CPUSeconds(clientPIDs...), benchutil.CPUSeconds(clusterPIDs...)
+	var moved int64
+	var ups, downs []float64
+	for range *reps {
+		if v, err := benchutil.Upload(ctx, dial, sink, *bytesN); err != nil {
+			log.Printf("%s upload: %v", name, err)
+			r.Errors++
+		} else {
+			ups, moved = append(ups, v), moved+*bytesN
+		}
+		if v, err := benchutil.Download(ctx, dial, sink, *bytesN); err != nil {
+			log.Printf("%s download: %v", name, err)
+			r.Errors++
+		} else {
+			downs, moved = append(downs, v), moved+*bytesN
+		}
+	}
+	if gb := float64(moved) / 1e9; gb > 0 {
+		r.ClientCPUGB = (benchutil.CPUSeconds(clientPIDs...) - c0) / gb
+		r.ClusterCPUGB = (benchutil.CPUSeconds(clusterPIDs...) - k0) / gb
+	}
+	r.UpMBps, r.DownMBps = benchutil.Median(ups), benchutil.Median(downs)
+	r.RR1 = benchutil.RequestRate(dial, "http://"+httpAddr, 1, *rrFor)
+	r.RR20 = benchutil.RequestRate(dial, "http://"+httpAddr, 20, *rrFor)
+	r.Errors += r.RR1.Errors + r.RR20.Errors
+	return r
+}
+
+func ratios(r, base result) map[string]float64 {
+	div := func(a, b float64) float64 {
+		if b == 0 {
+			return 0
+		}
+		return a / b
+	}
+	return map[string]float64{
+		"up": div(r.UpMBps, base.UpMBps), "down": div(r.DownMBps, base.DownMBps),
+		"rr1_rps": div(r.RR1.RPS, base.RR1.RPS), "rr20_rps": div(r.RR20.RPS, base.RR20.RPS),
+	}
+}
+
+func report(results []result) {
+	var pf, direct *result
 	for i := range results {
-		r := &results[i]
-		r.Ratio, r.P50Ratio = r.MBps/base.MBps, r.P50ms/base.P50ms
-		fmt.Printf("%-26s %7.1f MB/s %7.2f× %8.3fms %8.3fms %7.2f× %7d\n", r.Path, r.MBps, r.Ratio, r.P50ms, r.P99ms, r.P50Ratio, r.Errors)
+		switch {
+		case strings.HasPrefix(results[i].Path, "PF"):
+			pf = &results[i]
+		case results[i].Path == "direct":
+			direct = &results[i]
+		}
+	}
+	for i := range results {
+		if pf != nil {
+			results[i].VsPF = ratios(results[i], *pf)
+		}
+		if direct != nil {
+			results[i].VsDirect = ratios(results[i], *direct)
+		}
+	}
+	fmt.Printf("\n%-24s %16s %16s %22s %22s %13s %13s %6s\n", "path", "upload", "download", "rr 1 conn", "rr 20 conns", "client cpu", "cluster cpu", "errors")
+	for _, r := range results {
+		x := func(k string) string {
+			if r.VsPF == nil {
+				return ""
+			}
+			return fmt.Sprintf("%.2f×", r.VsPF[k])
+		}
+		fmt.Printf("%-24s %7.0f MB/s %6s %7.0f MB/s %6s %6.0f/s %5.2fms %6s %6.0f/s %5.2fms %6s %8.2f s/GB %8.2f s/GB %6d\n", r.Path,
+			r.UpMBps, x("up"), r.DownMBps, x("down"),
+			r.RR1.RPS, r.RR1.P50ms, x("rr1_rps"), r.RR20.RPS, r.RR20.P50ms, x("rr20_rps"),
+			r.ClientCPUGB, r.ClusterCPUGB, r.Errors)
+	}
+	fmt.Println("(× = ratio to kubectl port-forward from the same run; rates are requests/s, ms the p50)")
+	check := func(path, what string, got, target float64) {
+		verdict := "✓"
+		if got < target {
+			verdict = "✗"
+		}
+		fmt.Printf("target %-10s %-22s %5.2f× (≥ %.1f×) %s\n", path, what, got, target, verdict)
+	}
+	for _, r := range results {
+		switch r.Path {
+		case "bridgetun stream":
+			if r.VsPF != nil {
+				for _, k := range []string{"up", "down", "rr1_rps", "rr20_rps"} {
+					check("stream", k+" vs PF", r.VsPF[k], 1.0)
+				}
+			}
+		case "bridgetun udp":
+			if r.VsPF != nil {
+				check("udp", "up vs PF", r.VsPF["up"], 2.0)
+				check("udp", "down vs PF", r.VsPF["down"], 2.0)
+			}
+			if r.VsDirect != nil {
+				check("udp", "rr20_rps vs direct", r.VsDirect["rr20_rps"], 0.5)
+			}
+		}
 	}
 	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err == nil {
-		b, _ := json.MarshalIndent(map[string]any{"time": time.Now().UTC(), "bytes": *bytesN, "reps": *reps, "results": results}, "", "  ")
+		b, _ := json.MarshalIndent(map[string]any{"time": time.Now().UTC(), "bytes": *bytesN, "reps": *reps, "rr_time": rrFor.String(), "results": results}, "", "  ")
 		if os.WriteFile(*out, b, 0o644) == nil {
 			fmt.Println("wrote", *out)
 		}
 	}
-}
-
-func measure(ctx context.Context, ws *nstest.NS, name, sink, httpAddr string) result {
-	return result{Path: name, Sample: benchutil.Measure(ctx, name, ws.DialContext, sink, httpAddr, *bytesN, *reps, *rr)}
 }

@@ -176,6 +176,8 @@ func runLookup(args []string) error {
 // runSink serves the bulk-transfer protocol: an 8-byte big-endian length N,
 // then N bytes; it answers "N <sha256>\n" once it has them all. The length
 // prefix means no half-close is needed (kubectl port-forward drops those).
+// A length with the top bit set (PullFlag|N) asks the other way: the sink
+// sends N bytes, then "<sha256>\n" of them, for download measurements.
 func runSink(args []string) error {
 	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
 	listen := fs.String("listen", envOr("LISTEN", ":9000"), "listen address")
@@ -198,11 +200,37 @@ func runSink(args []string) error {
 			if _, err := io.ReadFull(c, hdr[:]); err != nil {
 				return
 			}
+			want := binary.BigEndian.Uint64(hdr[:])
+			if want&PullFlag != 0 {
+				_ = servePull(c, int64(want&^PullFlag))
+				return
+			}
 			h := sha256.New()
-			n, _ := io.CopyN(h, c, int64(binary.BigEndian.Uint64(hdr[:])))
+			n, _ := io.CopyN(h, c, int64(want))
 			fmt.Fprintf(c, "%d %x\n", n, h.Sum(nil))
 		}()
 	}
+}
+
+// PullFlag marks a sink request for a download (see runSink).
+const PullFlag = 1 << 63
+
+// servePull sends n pseudo-random bytes and then their SHA-256 as hex.
+func servePull(c net.Conn, n int64) error {
+	h := sha256.New()
+	rng := rand.NewChaCha8([32]byte{byte(time.Now().UnixNano())})
+	buf := make([]byte, 256<<10)
+	for sent := int64(0); sent < n; {
+		chunk := buf[:min(int64(len(buf)), n-sent)]
+		_, _ = rng.Read(chunk)
+		h.Write(chunk)
+		if _, err := c.Write(chunk); err != nil {
+			return err
+		}
+		sent += int64(len(chunk))
+	}
+	_, err := fmt.Fprintf(c, "%x\n", h.Sum(nil))
+	return err
 }
 
 // runSource sends BYTES pseudo-random bytes to a sink and checks the count
