@@ -45,7 +45,7 @@ var (
 	peers   = flag.Int("peers", 50, "workstations (netstack clients over UDP) on the one gateway")
 	flows   = flag.Int("flows", 2000, "concurrent request/response flows, spread over the workstations")
 	dur     = flag.Duration("duration", 5*time.Second, "length of each measured phase")
-	heap    = flag.String("heap-profile", "", "write the gateway's heap profile (allocs) here when it exits")
+	heap    = flag.String("heap-profile", "", "write the gateway's heap profile (allocs) here when it exits, and live-heap and goroutine snapshots late in each phase to PATH.N and PATH.N.goroutines")
 	memLim  = flag.String("gateway-gomemlimit", "", "GOMEMLIMIT of the gateway process (e.g. 96MiB; \"\" = Go's default)")
 	out     = flag.String("out", "bench/results/scale.json", "JSON results")
 	child   = flag.Bool("client-child", false, "internal: run one TUN client that downloads in bulk and report its RSS (the parent starts it inside the workstation namespace)")
@@ -70,6 +70,9 @@ type Results struct {
 	GatewayBulkHWMMiB  float64 // VmHWM after the bulk phase
 	GatewayRSSTarget   float64 // 40 MiB + 2 MiB per peer
 	GatewayCPUSeconds  float64 // user+system over the whole run
+	// GatewayMem is the gateway's memory by phase, sampled while it ran:
+	// whether an RSS peak is live heap, GC lag or goroutine stacks.
+	GatewayMem []PhaseMem
 
 	FlowsOpened      int
 	RoundTripsPerSec float64 // all flows together
@@ -137,8 +140,15 @@ func main() {
 	r.GatewayIdleRSSMiB, _ = procMiB(pid, "VmRSS")
 	cpu0 := procCPU(pid)
 
+	var snap time.Duration // heap snapshots (path.N) late in each phase, with -heap-profile
+	if *heap != "" {
+		snap = *dur * 4 / 5
+	}
+	mem := startSampler(topo, pid, snap)
+	mem.phase("client down")
 	r.ClientRSSMiB, r.ClientHWMMiB, r.ClientDownGbps = clientChild(topo)
 
+	mem.phase("peers join")
 	var stacks []dialFunc
 	var clients []*client.Client
 	for _, i := range team {
@@ -156,12 +166,16 @@ func main() {
 	}()
 
 	r.GatewayPeersRSSMiB, _ = procMiB(pid, "VmRSS")
+	mem.phase("flows")
 	flowPhase(&r, stacks)
 	r.GatewayFlowsRSSMiB, _ = procMiB(pid, "VmRSS")
 	r.GatewayFlowsHWMMiB, _ = procMiB(pid, "VmHWM")
+	mem.phase("bulk")
 	bulkPhase(&r, stacks)
 	r.GatewayBulkHWMMiB, _ = procMiB(pid, "VmHWM")
+	mem.phase("slow reader")
 	slowReaderPhase(&r, stacks)
+	r.GatewayMem = mem.stop()
 
 	r.GatewayPeakRSSMiB, _ = procMiB(pid, "VmHWM")
 	r.GatewayCPUSeconds = procCPU(pid) - cpu0
@@ -182,6 +196,10 @@ func printResults(r Results) {
 	fmt.Printf("client (TUN, own process, bulk download %.2f Gbit/s): RSS %.1f MiB, peak %.1f MiB (target ≤ 60)\n", r.ClientDownGbps, r.ClientRSSMiB, r.ClientHWMMiB)
 	fmt.Printf("gateway RSS: idle %.1f MiB, peak %.1f MiB (target ≤ %.0f = 40 + 2×%d); CPU %.1f s\n", r.GatewayIdleRSSMiB, r.GatewayPeakRSSMiB, r.GatewayRSSTarget, r.Peers, r.GatewayCPUSeconds)
 	fmt.Printf("gateway RSS by phase: %d peers connected %.1f MiB; flows phase peak %.1f MiB (after it %.1f); bulk phase peak %.1f MiB\n", r.Peers, r.GatewayPeersRSSMiB, r.GatewayFlowsHWMMiB, r.GatewayFlowsRSSMiB, r.GatewayBulkHWMMiB)
+	for _, m := range r.GatewayMem {
+		fmt.Printf("  %-11s RSS peak %.1f MiB; at it heap in use %.1f, heap goal %.1f, stacks %.1f, goroutines %d; peaks heap in use %.1f, stacks %.1f MiB\n",
+			m.Phase, m.RSSMiB, m.AtPeak.HeapInuseMiB, m.AtPeak.HeapGoalMiB, m.AtPeak.StackMiB, m.AtPeak.Goroutines, m.HeapInuseMaxMiB, m.StackMaxMiB)
+	}
 	fmt.Printf("flows: %d of %d open, %.0f round trips/s in all, Jain %.3f, min/median %.2f, starved %d\n", r.FlowsOpened, r.Flows, r.RoundTripsPerSec, r.FlowJain, r.FlowMinOverMed, r.FlowsStarved)
 	fmt.Printf("bulk: %d upload flows, %.2f Gbit/s in all, per-workstation Jain %.3f, min/median %.2f\n", r.Peers, r.BulkGbps, r.BulkPeerJain, r.BulkMinOverMd)
 	fmt.Printf("slow reader: 4 download flows %.2f Gbit/s alone, %.2f beside it (%.2f×), Jain among the 4 %.3f\n", r.SlowAloneGbps, r.SlowBesideGbps, r.SlowRatio, r.SlowFlowJain)

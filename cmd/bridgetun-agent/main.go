@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"runtime/pprof"
 
 	"github.com/spf13/cobra"
@@ -23,6 +24,7 @@ const heapProfileEnv = "BRIDGETUN_HEAPPROFILE"
 
 func main() {
 	stop := startCPUProfile(os.Getenv(cpuProfileEnv))
+	snapshotHeapOnSignal(os.Getenv(heapProfileEnv))
 	err := newRootCmd().Execute()
 	stop()
 	writeHeapProfile(os.Getenv(heapProfileEnv))
@@ -53,6 +55,9 @@ func writeHeapProfile(path string) {
 	if path == "" {
 		return
 	}
+	// The profile is as of the last GC; a run that ended without one
+	// (a heap goal far above what is live) would miss its last phase.
+	runtime.GC()
 	f, err := os.Create(path)
 	if err == nil {
 		err = pprof.Lookup("allocs").WriteTo(f, 0)
