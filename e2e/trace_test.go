@@ -80,7 +80,9 @@ func TestTrace(t *testing.T) {
 	// the intercepts' rollouts on its way out (no sidecar, not reported):
 	// wait for the steady state, then one trace must show all three.
 	const allSee = "frontend ✓ → api ✓ → stats ✓\n"
+	attempts := 0
 	err := Eventually(ctx, 60*time.Second, func(ctx context.Context) error {
+		attempts++
 		out, code = traceRun(t, ctx, ws, url)
 		if code != 0 || !strings.Contains(out, allSee) {
 			return fmt.Errorf("exit %d:\n%s", code, out)
@@ -90,7 +92,24 @@ func TestTrace(t *testing.T) {
 	if err != nil {
 		t.Fatalf("trace with every hop propagating: %v\nwant exit 0 and %q", err, allSee)
 	}
-	t.Logf("$ bridgetun trace %s\n%s", url, out)
+	t.Logf("$ bridgetun trace %s   (attempt %d)\n%s", url, attempts, out)
+
+	// A netstack session (no root, another user) sends the request through
+	// its HTTP proxy, with the proxy's credentials from the session.
+	wn := newWorkstation(t, c, "trace-netstack", true)
+	wn.env = []string{"BRIDGETUN_HTTP_PROXY_AUTH=tracer:pw-" + fmt.Sprint(time.Now().UnixNano())}
+	if out, err := wn.run(ctx, "up", "--background", "--netstack", "-n", SampleNamespace, "--transport", "stream",
+		"--socks", "127.0.0.1:11087", "--http-proxy", "127.0.0.1:13129"); err != nil {
+		t.Fatalf("up --netstack: %v\n%s", err, out)
+	}
+	out, code = traceRun(t, ctx, wn, url)
+	t.Logf("$ bridgetun trace %s   (netstack session, its HTTP proxy)\n%s", url, out)
+	if code != 0 || !strings.Contains(out, allSee) {
+		t.Errorf("trace from a netstack session: exit %d, want 0 and %q:\n%s", code, allSee, out)
+	}
+	if out, err := wn.run(ctx, "down"); err != nil {
+		t.Errorf("down (netstack): %v\n%s", err, out)
+	}
 
 	// api now drops the header on its call to stats.
 	dropAPI(t, ctx, c)
