@@ -119,7 +119,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		return nil, fmt.Errorf("new gateway: %w", err)
 	}
 	g.m = m
-	s, err := newStack(g.ep, cfg.Addrs, stackOptions{promiscuous: true, acceptLoopback: true})
+	s, err := newStack(g.ep, cfg.Addrs, stackOptions{promiscuous: true, acceptLoopback: true, fixedBuffers: true})
 	if err != nil {
 		m.unregister(cfg.Registerer)
 		return nil, fmt.Errorf("new gateway: %w", err)

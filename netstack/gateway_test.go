@@ -18,6 +18,8 @@ import (
 
 	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 func TestHTTPGetThroughTunnel(t *testing.T) {
@@ -495,4 +497,40 @@ func upperEcho(t *testing.T) net.PacketConn {
 		}
 	}()
 	return pc
+}
+
+// TestGatewayFixedTCPBuffers pins the gateway's TCP buffers at
+// gatewayBuffer with no room to grow (stack.go says why), while a client
+// stack keeps growing to maxBuffer.
+func TestGatewayFixedTCPBuffers(t *testing.T) {
+	g, err := NewGateway(GatewayConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	var rcv tcpip.TCPReceiveBufferSizeRangeOption
+	var snd tcpip.TCPSendBufferSizeRangeOption
+	if err := g.stack.TransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.stack.TransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
+		t.Fatal(err)
+	}
+	if rcv.Default != gatewayBuffer || rcv.Max != gatewayBuffer || snd.Default != gatewayBuffer || snd.Max != gatewayBuffer {
+		t.Errorf("gateway buffers: receive %+v, send %+v; want default = max = %d", rcv, snd, gatewayBuffer)
+	}
+	s, err := newStack(newLinkEndpoint(defaultMTU), nil, stackOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Close(); s.Wait() }()
+	if err := s.TransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.TransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
+		t.Fatal(err)
+	}
+	if rcv.Max != maxBuffer || snd.Max != maxBuffer {
+		t.Errorf("client buffers: receive %+v, send %+v; want max %d", rcv, snd, maxBuffer)
+	}
 }
