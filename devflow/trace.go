@@ -83,7 +83,9 @@ type TraceStep struct {
 	Seen       int    `json:"seen"`             // requests with the value
 	Without    int    `json:"without"`          // requests without the header (reports: one per sidecar)
 	Reason     string `json:"reason,omitempty"` // a dropped step: where the header went missing
-	at         time.Time
+	// At is when it first saw the value, or else was first called
+	// without the header (the gateway's clock): the chain's order.
+	At time.Time `json:"at"`
 }
 
 // Trace runs the trace workflow. Its error is for what kept it from
@@ -195,15 +197,15 @@ func Chain(hops []api.TraceHop) (steps []TraceStep, verdict, reason string) {
 		s := TraceStep{Namespace: h.Namespace, Service: h.Service, Seen: h.Seen, Without: h.Without}
 		switch {
 		case h.Seen > 0:
-			s.Propagated, s.at = true, h.FirstSeen
+			s.Propagated, s.At = true, h.FirstSeen
 		case h.Without > 0:
-			s.at = h.FirstWithout
+			s.At = h.FirstWithout
 		default:
 			continue
 		}
 		steps = append(steps, s)
 	}
-	slices.SortStableFunc(steps, func(a, b TraceStep) int { return a.at.Compare(b.at) })
+	slices.SortStableFunc(steps, func(a, b TraceStep) int { return a.At.Compare(b.At) })
 	if len(steps) == 0 {
 		return steps, TraceInconclusive, "no participating Service reported the request: only Services with a bridgetun sidecar take part (intercept them with --isolate)"
 	}

@@ -53,7 +53,7 @@ was answered); 1 when one was called without it, when the request failed, or
 when trace could not run (the reason on stderr); 2 when no participating
 service reported the request (nothing to judge). With --json it prints
 {id, method, url, status, error, chain: [{namespace, service, propagated, seen,
-without, reason}], verdict: propagated|dropped|inconclusive, reason}.`,
+without, reason, at}], verdict: propagated|dropped|inconclusive, reason}.`,
 		Example: `  bridgetun trace http://frontend/
   bridgetun trace http://api/orders -X POST --header 'Authorization=Bearer t0ken' --json | jq .chain`,
 		Args: cobra.ExactArgs(1),
