@@ -95,3 +95,31 @@ func bufferedFrameLen(r interface {
 	n := int(binary.BigEndian.Uint16(hdr))
 	return n, r.Buffered() >= 2+n
 }
+
+// A stream tunnel may use several streams at once (StreamBindConfig.Streams).
+// Each such stream opens with a hello frame naming its group, so the
+// server answers the group's peer over any of them: "btg1" (no WireGuard
+// message type) followed by a random 16-byte group id. A stream without a
+// hello is a group of its own.
+const (
+	groupIDSize     = 16
+	helloSize       = 4 + groupIDSize
+	maxGroupStreams = 8
+)
+
+var helloMagic = [4]byte{'b', 't', 'g', '1'}
+
+// helloFrame is the first frame of a grouped stream.
+func helloFrame(group [groupIDSize]byte) []byte {
+	return append(helloMagic[:4:4], group[:]...)
+}
+
+// parseHello returns the group a hello frame names.
+func parseHello(b []byte) ([groupIDSize]byte, bool) {
+	var id [groupIDSize]byte
+	if len(b) != helloSize || [4]byte(b[:4]) != helloMagic {
+		return id, false
+	}
+	copy(id[:], b[4:])
+	return id, true
+}

@@ -3,12 +3,16 @@ package tunnel
 import (
 	"bufio"
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bridgetun/bridgetun/internal/obs"
@@ -49,6 +53,31 @@ type StreamBindConfig struct {
 	// stream only from an authenticated packet, so the client should make
 	// WireGuard send one (Device.Keepalive) rather than wait for traffic.
 	OnReconnect func()
+	// Streams is how many streams carry the tunnel at once (0 = the
+	// BRIDGETUN_STREAMS environment variable, else DefaultStreams). Each is
+	// its own port-forward, so its own connection through the API server,
+	// kubelet and runtime: one such chain is slower than two in parallel.
+	// Batches go round-robin over the live streams; WireGuard's replay
+	// window absorbs the reordering, and the inner TCPs' reordering
+	// detection the rest. More than one needs a gateway that groups them
+	// (a hello frame names the group).
+	Streams int
+}
+
+// DefaultStreams is how many port-forwards a stream tunnel uses unless
+// told otherwise. bench-cluster measured 1, 2 and 4 (bench/results,
+// issue #14.3): on one 2-core node that runs the whole cluster, more
+// streams cost more CPU per GB on both sides (the inner TCPs retransmit
+// what round-robin reorders) and moved less, so the default stays one and
+// more is a knob for clusters whose API server chain, not CPU, is the limit.
+const DefaultStreams = 1
+
+// streamsFromEnv reads BRIDGETUN_STREAMS (a benchmark knob), else the default.
+func streamsFromEnv() int {
+	if n, err := strconv.Atoi(os.Getenv("BRIDGETUN_STREAMS")); err == nil && n >= 1 && n <= maxGroupStreams {
+		return n
+	}
+	return DefaultStreams
 }
 
 // StreamBind is the client side of the stream transport: it keeps one
@@ -58,8 +87,11 @@ type StreamBind struct {
 	log *slog.Logger
 	m   *metrics
 
-	mu   sync.Mutex
-	sess *clientSession // nil while closed
+	group [groupIDSize]byte // names this bind's streams to the server; fixed for its life
+
+	mu    sync.Mutex
+	slots []*clientSession // one per stream; nil while closed
+	next  atomic.Uint32    // round-robin position for Send
 }
 
 var (
@@ -77,17 +109,25 @@ func NewStreamBind(cfg StreamBindConfig) *StreamBind {
 		cfg.MaxBackoff = 5 * time.Second
 	}
 	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.MinBackoff)
-	return &StreamBind{
+	if cfg.Streams <= 0 {
+		cfg.Streams = streamsFromEnv()
+	}
+	cfg.Streams = min(cfg.Streams, maxGroupStreams)
+	b := &StreamBind{
 		cfg: cfg,
 		log: obs.Component(discardLogger(cfg.Log), "stream_bind"),
 		m:   mustMetrics(cfg.Registerer),
 	}
+	_, _ = crand.Read(b.group[:])
+	return b
 }
 
-// clientSession is one Open..Close period. wireguard-go closes and reopens
-// binds on updates, so everything a period started hangs off its session.
+// clientSession is one stream slot for one Open..Close period. wireguard-go
+// closes and reopens binds on updates, so everything a period started
+// hangs off its sessions.
 type clientSession struct {
 	b      *StreamBind
+	slot   int
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the dial loop has exited
@@ -107,31 +147,36 @@ type clientSession struct {
 func (b *StreamBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.sess != nil {
+	if b.slots != nil {
 		return nil, 0, conn.ErrBindAlreadyOpen
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &clientSession{b: b, ctx: ctx, cancel: cancel, done: make(chan struct{}), changed: make(chan struct{})}
-	b.sess = s
-	go s.dialLoop()
-	return []conn.ReceiveFunc{s.receive}, port, nil
+	fns := make([]conn.ReceiveFunc, b.cfg.Streams)
+	for i := range b.cfg.Streams {
+		ctx, cancel := context.WithCancel(context.Background())
+		s := &clientSession{b: b, slot: i, ctx: ctx, cancel: cancel, done: make(chan struct{}), changed: make(chan struct{})}
+		b.slots = append(b.slots, s)
+		fns[i] = s.receive
+		go s.dialLoop()
+	}
+	return fns, port, nil
 }
 
 // Close closes the stream, stops the dial loop and waits for it, and makes
 // this period's ReceiveFunc return net.ErrClosed. The bind can be reopened.
 func (b *StreamBind) Close() error {
 	b.mu.Lock()
-	s := b.sess
-	b.sess = nil
+	slots := b.slots
+	b.slots = nil
 	b.mu.Unlock()
-	if s == nil {
-		return nil
+	for _, s := range slots {
+		s.cancel()
+		if sc := s.current(); sc != nil {
+			sc.fail(net.ErrClosed)
+		}
 	}
-	s.cancel()
-	if sc := s.current(); sc != nil {
-		sc.fail(net.ErrClosed)
+	for _, s := range slots {
+		<-s.done
 	}
-	<-s.done
 	return nil
 }
 
@@ -156,14 +201,14 @@ func (b *StreamBind) peerEndpoint(string) string { return clientEndpoint{}.DstTo
 // latest handshake initiation, kept and sent when the stream comes up.
 func (b *StreamBind) Send(bufs [][]byte, _ conn.Endpoint) error {
 	b.mu.Lock()
-	s := b.sess
+	slots := b.slots
 	b.mu.Unlock()
-	if s == nil {
+	if slots == nil {
 		return net.ErrClosed
 	}
-	sc := s.current()
+	s, sc := b.pick(slots)
 	if sc == nil {
-		s.keepInitiation(bufs)
+		slots[0].keepInitiation(bufs)
 		b.m.dropped.WithLabelValues(dropStreamDown).Add(float64(len(bufs)))
 		return nil
 	}
@@ -175,6 +220,22 @@ func (b *StreamBind) Send(bufs [][]byte, _ conn.Endpoint) error {
 		sc.fail(err)
 	}
 	return nil
+}
+
+// pick returns the next live stream round-robin (and its slot), or the
+// first slot and nil while none is up.
+func (b *StreamBind) pick(slots []*clientSession) (*clientSession, *streamConn) {
+	if len(slots) == 1 {
+		return slots[0], slots[0].current()
+	}
+	start := int(b.next.Add(1))
+	for i := range slots {
+		s := slots[(start+i)%len(slots)]
+		if sc := s.current(); sc != nil {
+			return s, sc
+		}
+	}
+	return slots[0], nil
 }
 
 // keepInitiation remembers the last handshake initiation in bufs: one
@@ -296,9 +357,16 @@ func (s *clientSession) dialLoop() {
 		first = false
 		sc := newStreamConn(c)
 		start := time.Now()
-		s.b.log.Info("stream connected", "remote", c.RemoteAddr().String())
+		s.b.log.Info("stream connected", "remote", c.RemoteAddr().String(), "slot", s.slot)
+		var opening [][]byte
+		if s.b.cfg.Streams > 1 {
+			opening = append(opening, helloFrame(s.b.group)) // before any datagram: the server groups by it
+		}
 		if p := s.takeInitiation(); p != nil {
-			if err := sc.writeBatch([][]byte{p}); err != nil {
+			opening = append(opening, p)
+		}
+		if len(opening) > 0 {
+			if err := sc.writeBatch(opening); err != nil {
 				sc.fail(err) // handled below like any broken stream
 			}
 		}

@@ -1,12 +1,15 @@
 package tunnel
 
 import (
+	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -45,8 +48,10 @@ type StreamServerBind struct {
 	rx  chan rxPacket
 
 	mu        sync.Mutex
-	sess      *serverSession // nil while closed
-	conns     map[uint64]*serverConn
+	sess      *serverSession         // nil while closed
+	conns     map[uint64]*serverConn // by connection id
+	groups    map[uint64]*connGroup  // by endpoint id: the streams answering one endpoint
+	byHello   map[[groupIDSize]byte]uint64
 	nextID    uint64
 	accepting bool
 	shutdown  bool
@@ -66,7 +71,18 @@ type serverSession struct {
 
 type serverConn struct {
 	*streamConn
-	ep *serverEndpoint
+	id uint64
+	ep *serverEndpoint // the connection's own, or its group's after a hello (b.mu)
+}
+
+// connGroup is the streams one endpoint is answered over: one, or those
+// whose hello named the same group. Send goes round-robin over them.
+type connGroup struct {
+	ep      *serverEndpoint
+	hello   [groupIDSize]byte
+	named   bool // hello is set
+	members []*serverConn
+	next    int
 }
 
 type rxPacket struct {
@@ -77,11 +93,13 @@ type rxPacket struct {
 // NewStreamServerBind returns a closed server bind on cfg.Listener.
 func NewStreamServerBind(cfg StreamServerConfig) *StreamServerBind {
 	return &StreamServerBind{
-		ln:    cfg.Listener,
-		log:   obs.Component(discardLogger(cfg.Log), "stream_server_bind"),
-		m:     mustMetrics(cfg.Registerer),
-		rx:    make(chan rxPacket, rxQueueLen),
-		conns: make(map[uint64]*serverConn),
+		ln:      cfg.Listener,
+		log:     obs.Component(discardLogger(cfg.Log), "stream_server_bind"),
+		m:       mustMetrics(cfg.Registerer),
+		rx:      make(chan rxPacket, rxQueueLen),
+		conns:   make(map[uint64]*serverConn),
+		groups:  make(map[uint64]*connGroup),
+		byHello: make(map[[groupIDSize]byte]uint64),
 	}
 }
 
@@ -171,7 +189,11 @@ func (b *StreamServerBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return conn.ErrWrongEndpointType
 	}
 	b.mu.Lock()
-	sc := b.conns[sep.id]
+	var sc *serverConn
+	if g := b.groups[sep.id]; g != nil && len(g.members) > 0 {
+		g.next = (g.next + 1) % len(g.members)
+		sc = g.members[g.next]
+	}
 	b.mu.Unlock()
 	if sc == nil {
 		// Like a datagram to a host that went away: dropped and counted,
@@ -239,8 +261,9 @@ func (b *StreamServerBind) acceptLoop() {
 			continue
 		}
 		b.nextID++
-		sc := &serverConn{streamConn: newStreamConn(c), ep: newServerEndpoint(b.nextID, c.RemoteAddr())}
-		b.conns[sc.ep.id] = sc
+		sc := &serverConn{streamConn: newStreamConn(c), id: b.nextID, ep: newServerEndpoint(b.nextID, c.RemoteAddr())}
+		b.conns[sc.id] = sc
+		b.groups[sc.ep.id] = &connGroup{ep: sc.ep, members: []*serverConn{sc}}
 		b.wg.Add(1)
 		b.mu.Unlock()
 		if nd, ok := c.(interface{ SetNoDelay(bool) error }); ok {
@@ -259,12 +282,12 @@ func (b *StreamServerBind) readLoop(sc *serverConn) {
 	defer func() {
 		sc.fail(nil)
 		b.mu.Lock()
-		delete(b.conns, sc.ep.id)
+		delete(b.conns, sc.id)
+		b.leaveGroupLocked(sc)
 		b.mu.Unlock()
 	}()
-	buf := make([]byte, maxMessageSize)
-	for {
-		n, err := ReadFrame(sc.r, buf)
+	for first := true; ; first = false {
+		pb, err := readPacket(sc.r)
 		if err != nil {
 			var reason string
 			switch {
@@ -282,18 +305,86 @@ func (b *StreamServerBind) readLoop(sc *serverConn) {
 			b.log.Warn("closing stream: bad frame", "endpoint", sc.ep.String(), "err", err)
 			return
 		}
-		if !validMessage(buf[:n]) {
+		if id, ok := parseHello(*pb); ok && first {
+			putPacketBuf(pb)
+			if !b.joinGroup(sc, id) {
+				b.log.Warn("closing stream: its group is full", "endpoint", sc.ep.String())
+				return
+			}
+			continue
+		}
+		if !validMessage(*pb) {
 			b.m.dropped.WithLabelValues(dropMalformed).Inc()
-			b.log.Warn("closing stream: not a WireGuard message", "endpoint", sc.ep.String(), "len", n)
+			b.log.Warn("closing stream: not a WireGuard message", "endpoint", sc.ep.String(), "len", len(*pb))
+			putPacketBuf(pb)
 			return
 		}
-		p := rxPacket{buf: getPacketBuf(n), ep: sc.ep}
-		copy(*p.buf, buf[:n])
+		p := rxPacket{buf: pb, ep: sc.ep} // only this goroutine changes sc.ep (joinGroup)
 		select {
 		case b.rx <- p:
 		case <-sc.dead:
 			putPacketBuf(p.buf)
 			return
+		}
+	}
+}
+
+// readPacket reads one frame straight into a pooled buffer (one copy
+// fewer than reading into a scratch buffer), with ReadFrame's errors.
+func readPacket(r *bufio.Reader) (*[]byte, error) {
+	var hdr [2]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint16(hdr[:]))
+	if n > maxMessageSize {
+		return nil, fmt.Errorf("read frame of %d bytes, at most %d: %w", n, maxMessageSize, ErrFrameTooLarge)
+	}
+	pb := getPacketBuf(n)
+	if _, err := io.ReadFull(r, *pb); err != nil {
+		putPacketBuf(pb)
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return pb, nil
+}
+
+// joinGroup moves sc from its own group into the one its hello names
+// (creating it under sc's endpoint), false if that group is full.
+func (b *StreamServerBind) joinGroup(sc *serverConn, id [groupIDSize]byte) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	epID, ok := b.byHello[id]
+	g := b.groups[epID]
+	if !ok || g == nil {
+		own := b.groups[sc.ep.id]
+		own.hello, own.named = id, true
+		b.byHello[id] = sc.ep.id
+		return true
+	}
+	if len(g.members) >= maxGroupStreams {
+		return false
+	}
+	b.leaveGroupLocked(sc)
+	g.members = append(g.members, sc)
+	sc.ep = g.ep
+	b.log.Info("stream joined group", "endpoint", g.ep.String(), "streams", len(g.members))
+	return true
+}
+
+// leaveGroupLocked removes sc from its group, dropping an emptied group.
+func (b *StreamServerBind) leaveGroupLocked(sc *serverConn) {
+	g := b.groups[sc.ep.id]
+	if g == nil {
+		return
+	}
+	g.members = slices.DeleteFunc(g.members, func(m *serverConn) bool { return m == sc })
+	if len(g.members) == 0 {
+		delete(b.groups, g.ep.id)
+		if g.named {
+			delete(b.byHello, g.hello)
 		}
 	}
 }
@@ -321,25 +412,33 @@ func (e *serverEndpoint) DstToBytes() []byte  { return []byte(e.name) }
 func (e *serverEndpoint) DstIP() netip.Addr   { return e.ip }
 func (e *serverEndpoint) SrcIP() netip.Addr   { return netip.Addr{} }
 
-// Packet buffers: most datagrams fit the small class, which the pool
-// recycles; jumbo frames from a large inner MTU are allocated.
+// Packet buffers in two pooled classes: a 1420-MTU datagram, and a jumbo
+// one from the stream's large inner MTU (allocating and zeroing 32 KiB per
+// packet was the server's largest allocation on a stream upload).
 const smallPacket = 2048
 
-var packetPool = sync.Pool{New: func() any { b := make([]byte, smallPacket); return &b }}
+var (
+	packetPool = sync.Pool{New: func() any { b := make([]byte, smallPacket); return &b }}
+	jumboPool  = sync.Pool{New: func() any { b := make([]byte, maxMessageSize); return &b }}
+)
 
 func getPacketBuf(n int) *[]byte {
+	pool := &packetPool
 	if n > smallPacket {
-		b := make([]byte, n)
-		return &b
+		pool = &jumboPool
 	}
-	b := packetPool.Get().(*[]byte)
+	b := pool.Get().(*[]byte)
 	*b = (*b)[:n]
 	return b
 }
 
 func putPacketBuf(b *[]byte) {
-	if cap(*b) == smallPacket {
+	switch cap(*b) {
+	case smallPacket:
 		*b = (*b)[:smallPacket]
 		packetPool.Put(b)
+	case maxMessageSize:
+		*b = (*b)[:maxMessageSize]
+		jumboPool.Put(b)
 	}
 }

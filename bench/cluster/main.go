@@ -49,6 +49,7 @@ var (
 	reps       = flag.Int("reps", 3, "bulk runs per path and direction (median reported)")
 	rrFor      = flag.Duration("rr-time", 5*time.Second, "request/response measuring time per concurrency")
 	paths      = flag.String("paths", "direct,pf,stream,udp", "paths to measure, comma-separated")
+	streams    = flag.String("streams", "", "stream path: also measure with these port-forward counts (BRIDGETUN_STREAMS), e.g. 1,2,4; empty = the default only")
 	out        = flag.String("o", "bench/results/cluster.json", "JSON results")
 )
 
@@ -112,11 +113,30 @@ func main() {
 			_ = c.Wait()
 		}
 	}
-	for _, tr := range []string{"stream", "udp"} {
-		if !want[tr] {
-			continue
+	type run struct{ transport, streams string }
+	var runs []run
+	if want["stream"] {
+		if *streams == "" {
+			runs = append(runs, run{"stream", ""})
 		}
-		env := []string{"netns", "exec", wsNS, "env", "BRIDGETUN_STATE_DIR=" + state, "KUBECONFIG=" + *kubeconfig, bin}
+		for _, n := range strings.Split(*streams, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				runs = append(runs, run{"stream", n})
+			}
+		}
+	}
+	if want["udp"] {
+		runs = append(runs, run{"udp", ""})
+	}
+	for _, rn := range runs {
+		tr := rn.transport
+		name := "bridgetun " + tr
+		env := []string{"netns", "exec", wsNS, "env", "BRIDGETUN_STATE_DIR=" + state, "KUBECONFIG=" + *kubeconfig}
+		if rn.streams != "" {
+			env = append(env, "BRIDGETUN_STREAMS="+rn.streams)
+			name += " ×" + rn.streams
+		}
+		env = append(env, bin)
 		args := append(env, "up", "--background", "--upgrade", "-n", ns, "--gateway-image", image, "--transport", tr)
 		if tr == "udp" {
 			args = append(args, "--expose", "nodeport")
@@ -131,7 +151,7 @@ func main() {
 		if err != nil || json.Unmarshal(b, &st) != nil || st.PID == 0 {
 			log.Fatalf("status --json: %v\n%s", err, b)
 		}
-		results = append(results, measure(ctx, "bridgetun "+tr, ws.DialContext, []int{st.PID}, net.JoinHostPort(sinkIP, "9000"), net.JoinHostPort(statsIP, "8080")))
+		results = append(results, measure(ctx, name, ws.DialContext, []int{st.PID}, net.JoinHostPort(sinkIP, "9000"), net.JoinHostPort(statsIP, "8080")))
 		if b, err := exec.Command("ip", append(env, "down")...).CombinedOutput(); err != nil {
 			log.Fatalf("down: %v\n%s", err, b)
 		}
@@ -226,14 +246,14 @@ func report(results []result) {
 		fmt.Printf("target %-10s %-22s %5.2f× (≥ %.1f×) %s\n", path, what, got, target, verdict)
 	}
 	for _, r := range results {
-		switch r.Path {
-		case "bridgetun stream":
+		switch {
+		case strings.HasPrefix(r.Path, "bridgetun stream"):
 			if r.VsPF != nil {
 				for _, k := range []string{"up", "down", "rr1_rps", "rr20_rps"} {
-					check("stream", k+" vs PF", r.VsPF[k], 1.0)
+					check(strings.TrimPrefix(r.Path, "bridgetun "), k+" vs PF", r.VsPF[k], 1.0)
 				}
 			}
-		case "bridgetun udp":
+		case r.Path == "bridgetun udp":
 			if r.VsPF != nil {
 				check("udp", "up vs PF", r.VsPF["up"], 2.0)
 				check("udp", "down vs PF", r.VsPF["down"], 2.0)
