@@ -34,7 +34,11 @@ type pathDevice interface {
 //
 // On the stream: every ProbeEvery (doubling to MaxProbeEvery while probes
 // fail) the next handshake goes over UDP. Its response arriving over UDP
-// proves both directions, and the bind moves back; a probe left unanswered
+// proves both directions, and the bind moves back. A response over the
+// stream (the gateway roams per packet, and stream data may have come in
+// after the probe) proves UDP out only: the bind moves back as well, and
+// if UDP back fails it returns to the stream at FailAfter, probing less
+// often from then on. A probe left unanswered
 // for ProbeTimeout ends with a keepalive over the stream, so a gateway that
 // heard the probe but cannot answer over UDP roams back.
 func (b *SwitchBind) monitor(ctx context.Context, d pathDevice) {
