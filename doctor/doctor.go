@@ -73,6 +73,13 @@ type System struct {
 	Nameservers func() []string
 	// Dial opens a TCP connection (the API server reachability check).
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// ProbeUDP sends pkt to addr in one datagram with the don't-fragment
+	// bit set and returns the first reply (the MTU check); nil = not
+	// inspected. A datagram the local stack refuses as too large wraps
+	// errMsgSize.
+	ProbeUDP func(ctx context.Context, addr string, pkt []byte) ([]byte, error)
+	// InterfaceMTU is the MTU of a network interface.
+	InterfaceMTU func(name string) (int, error)
 }
 
 // Inputs are what the checks look at.
@@ -103,6 +110,7 @@ func Run(ctx context.Context, in Inputs) []Verdict {
 	out = append(out, checkGateway(in), checkHandshake(in))
 	out = append(out, checkAPIServer(ctx, in))
 	out = append(out, checkRoutes(in)...)
+	out = append(out, checkMTU(ctx, in))
 	out = append(out, checkClusterDNS(ctx, in), checkForeignDNS(ctx, in))
 	out = append(out, checkIntercepts(in)...)
 	return out

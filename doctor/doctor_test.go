@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/bridgetun/bridgetun/session"
+
+	"github.com/miekg/dns"
 )
 
 // fakeOS is a System at the seam: routes, rules, the device each address
@@ -19,6 +21,9 @@ type fakeOS struct {
 	rules   []Rule
 	devOf   map[netip.Prefix]string // the device RouteTo answers for addresses in a prefix
 	answers map[string][]string
+	// blackHole drops probe datagrams longer than this many bytes of IP
+	// packet (0 = none): a link with a smaller MTU that filters ICMP.
+	blackHole int
 }
 
 func (f fakeOS) system(t *testing.T) System {
@@ -42,6 +47,61 @@ func (f fakeOS) system(t *testing.T) System {
 		},
 		Nameservers: func() []string { return []string{"127.0.0.153"} },
 		Dial:        func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) },
+		// The probe is the real one, sent to a real DNS server on
+		// loopback in place of the cluster's; only the black hole is made up.
+		ProbeUDP: func(ctx context.Context, _ string, pkt []byte) ([]byte, error) {
+			if f.blackHole > 0 && len(pkt)+ipv4UDPHeader > f.blackHole {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return osProbeUDP(ctx, loopbackDNS(t), pkt)
+		},
+		InterfaceMTU: func(string) (int, error) { return 1420, nil },
+	}
+}
+
+// loopbackDNS serves A answers on a loopback UDP port for the test.
+func loopbackDNS(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: net.IPv4(10, 96, 0, 1)})
+		_ = w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	go func() { _ = srv.ActivateAndServe() }()
+	<-started
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+// TestDoctorMTUBlackHole: small probes answered and full-size ones lost
+// is a failure naming the MTU and how to lower it; the padded probe is
+// exactly the TUN's MTU on the wire.
+func TestDoctorMTUBlackHole(t *testing.T) {
+	q, err := padTo("kubernetes.default.svc.cluster.local", 1420-ipv4UDPHeader)
+	if err != nil || len(q) != 1420-ipv4UDPHeader {
+		t.Fatalf("padded query: %d bytes, %v; want %d", len(q), err, 1420-ipv4UDPHeader)
+	}
+	st := connected()
+	st.ClusterDNS = "10.96.0.10"
+	healthy := checkMTU(t.Context(), Inputs{Status: st, System: fakeOS{}.system(t), Timeout: 3 * time.Second})
+	if healthy.Status != OK || !strings.Contains(healthy.Detail, "1420") {
+		t.Errorf("healthy path: got %v, want OK naming 1420", healthy)
+	}
+	holed := checkMTU(t.Context(), Inputs{Status: st, System: fakeOS{blackHole: 1400}.system(t), Timeout: 300 * time.Millisecond})
+	if holed.Status != Fail || !strings.Contains(holed.Detail, "black hole") || !strings.Contains(holed.Fix, "--mtu 1340") {
+		t.Errorf("black hole: got %v, want a failure with --mtu 1340", holed)
+	}
+	st.Mode, st.TUN = "netstack", ""
+	if v := checkMTU(t.Context(), Inputs{Status: st, System: fakeOS{}.system(t)}); v.Status != Skip {
+		t.Errorf("netstack session: got %v, want skip", v)
 	}
 }
 

@@ -24,6 +24,8 @@ func SystemOf() System {
 		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
 			return d.DialContext(ctx, "tcp", addr)
 		},
+		ProbeUDP:     osProbeUDP,
+		InterfaceMTU: osInterfaceMTU,
 	}
 }
 

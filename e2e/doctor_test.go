@@ -3,11 +3,15 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/bridgetun/bridgetun/cluster"
 	"github.com/bridgetun/bridgetun/doctor"
 	"github.com/bridgetun/bridgetun/internal/nstest"
 )
@@ -102,5 +106,57 @@ func TestDoctor(t *testing.T) {
 		t.Errorf("with another VPN's rule: failed route verdicts %+v, want one containing %q, its table and rule, and a fix", routes, want)
 	} else {
 		t.Logf("with another VPN's rule: %s", routes[0].Detail)
+	}
+	for _, cmd := range undo {
+		_ = ns.Run(cmd...)
+	}
+
+	// A path-MTU black hole on the UDP transport: a link that drops
+	// packets over 1400 bytes (and sends no ICMP) between the workstation
+	// and the gateway. Handshakes and small queries pass; the full-size
+	// inner packet (1420 + 60 bytes of WireGuard over UDP) does not.
+	if out, err := w.run(ctx, "down"); err != nil {
+		t.Fatalf("down: %v\n%s", err, out)
+	}
+	if out, err := w.run(ctx, "up", "--background", "--upgrade", "-n", SampleNamespace, "--gateway-image", gatewayImage,
+		"--transport", "udp", "--expose", "nodeport"); err != nil {
+		t.Fatalf("up --transport udp: %v\n%s", err, out)
+	}
+	if st, err = w.status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := c.Client.CoreV1().Services(SampleNamespace).Get(ctx, cluster.GatewayName, metav1.GetOptions{})
+	if err != nil || len(svc.Spec.Ports) == 0 || svc.Spec.Ports[0].NodePort == 0 || st.Transport != "udp" {
+		t.Fatalf("udp session: transport %q, gateway Service %v (%v)", st.Transport, svc, err)
+	}
+	gw := netip.AddrPortFrom(netip.MustParseAddr(NodeIP), uint16(svc.Spec.Ports[0].NodePort))
+	mtuOf := func(wantFail bool) doctor.Verdict {
+		t.Helper()
+		for _, v := range verdicts(wantFail) {
+			if v.Check == "mtu" {
+				return v
+			}
+		}
+		t.Fatal("doctor gave no mtu verdict")
+		return doctor.Verdict{}
+	}
+	if v := mtuOf(false); v.Status != doctor.OK {
+		t.Errorf("udp session without a black hole: mtu %s: %s", v.Status, v.Detail)
+	}
+	const table = "bt_e2e_doctor_mtu"
+	t.Cleanup(func() { _ = ns.Run("nft", "delete", "table", "inet", table) })
+	for _, cmd := range [][]string{
+		{"nft", "add", "table", "inet", table},
+		{"nft", "add", "chain", "inet", table, "out", "{ type filter hook output priority 0 ; }"},
+		{"nft", "add", "rule", "inet", table, "out", "ip", "daddr", gw.Addr().String(), "udp", "dport", fmt.Sprint(gw.Port()), "ip", "length", "gt", "1400", "drop"},
+	} {
+		if err := ns.Run(cmd...); err != nil {
+			t.Fatalf("%v: %v", cmd, err)
+		}
+	}
+	if v := mtuOf(true); v.Status != doctor.Fail || !strings.Contains(v.Detail, "black hole") || !strings.Contains(v.Fix, "--mtu") {
+		t.Errorf("with a 1400-byte black hole: mtu %s: %s (%s), want a failure naming the black hole and --mtu", v.Status, v.Detail, v.Fix)
+	} else {
+		t.Logf("with a 1400-byte black hole: %s; fix: %s", v.Detail, v.Fix)
 	}
 }

@@ -33,6 +33,11 @@ does not, one line per check:
   routes       where the OS really sends each tunnel route, with every routing
                table and policy rule (another VPN, such as wg-quick or
                Tailscale, claiming the cluster's range is named)
+  mtu          (TUN mode) a DNS query padded to the TUN's MTU, sent with the
+               don't-fragment bit through the tunnel, is answered like a small
+               one: otherwise a link between here and the gateway drops
+               full-size packets (a path-MTU black hole) and it says which
+               --mtu to use
   dns-cluster  a cluster name resolved the way programs here resolve it, the
                answer, the latency and the nameservers the OS names
   dns-foreign  a name outside the cluster (--foreign-name) still resolves
