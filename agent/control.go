@@ -532,7 +532,8 @@ func (c *Control) serveIntercepts(w http.ResponseWriter, r *http.Request, who Ca
 		}
 		// An unknown peer's ids are all unknown too (Renew matches
 		// them by key): it registers again, then adds them.
-		writeJSON(w, api.RenewResponse{Unknown: c.icpt.Renew(req.PublicKey, req.IDs), TTLSeconds: int(c.icpt.TTL() / time.Second), UnknownPeer: err != nil})
+		writeJSON(w, api.RenewResponse{Unknown: c.icpt.Renew(req.PublicKey, req.IDs), TTLSeconds: int(c.icpt.TTL() / time.Second), UnknownPeer: err != nil,
+			Sidecars: c.icpt.SidecarsOf(req.PublicKey, req.IDs)})
 	default:
 		http.NotFound(w, r)
 	}

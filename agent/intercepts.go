@@ -52,7 +52,8 @@ type Intercepts struct {
 	// patching serialises changes of workloads (patch, restore) with
 	// the table checks they depend on (WithWorkloads).
 	patching sync.Mutex
-	traces   *Traces // header-propagation traces (trace.go), sharing the route polls' wake-ups
+	traces   *Traces       // header-propagation traces (trace.go), sharing the route polls' wake-ups
+	seen     *SidecarsSeen // which sidecar pods poll for which Service (sidecarseen.go)
 }
 
 // WithWorkloads runs fn while no other caller patches or restores a
@@ -101,7 +102,30 @@ func NewIntercepts(ttl time.Duration, now func() time.Time) *Intercepts {
 	// Version starts at 1 so a sidecar's first poll (after=0) answers at once.
 	t := &Intercepts{ttl: ttl, now: now, version: 1, byID: map[string]*entry{}, changed: make(chan struct{}), kick: make(chan struct{}, 1)}
 	t.traces = newTraces(now, t.wakePolls)
+	t.seen = newSidecarsSeen(now)
 	return t
+}
+
+// Sidecars is the record of the sidecars polling the relay.
+func (t *Intercepts) Sidecars() *SidecarsSeen { return t.seen }
+
+// SidecarsOf answers, for each of ids that pub holds, the sidecar pods
+// polling for its Service (an empty list when none does).
+func (t *Intercepts) SidecarsOf(pub string, ids []string) map[string][]string {
+	type where struct{ id, ns, svc string }
+	var ws []where
+	t.mu.Lock()
+	for _, id := range ids {
+		if e, ok := t.byID[id]; ok && e.it.PublicKey == pub {
+			ws = append(ws, where{id, e.it.Namespace, e.it.Service})
+		}
+	}
+	t.mu.Unlock()
+	out := make(map[string][]string, len(ws))
+	for _, w := range ws {
+		out[w.id] = append([]string{}, t.seen.Of(w.ns, w.svc)...)
+	}
+	return out
 }
 
 // TTL is the route lease length.

@@ -137,6 +137,7 @@ func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	defer cancel()
 	// A trace's start waits for open polls to fetch its epoch (trace.go).
 	defer r.tab.Traces().Polling(pod.UID+"/"+svc, after)()
+	defer r.tab.Sidecars().Polling(ns, svc, pod.Name)() // doctor and status show who polls
 	tab := r.tab.Wait(ctx, ns, svc, after)
 	tab.TraceEpoch = r.tab.Traces().Epoch()
 	writeJSON(w, tab)

@@ -394,10 +394,16 @@ func checkIntercepts(in Inputs) []Verdict {
 	var out []Verdict
 	for _, it := range st.Intercepts {
 		v := Verdict{Check: "intercept", Detail: fmt.Sprintf("%s (%s) → 127.0.0.1:%d: %s", it.Service, it.Workload, it.LocalPort, it.State)}
-		switch it.State {
-		case session.InterceptActive:
+		switch {
+		case it.State == session.InterceptActive && it.SidecarsKnown && len(it.Sidecars) == 0:
+			v.Status, v.Detail = Warn, v.Detail+": no sidecar of "+it.Workload+" polls the gateway's relay"
+			v.Fix = fmt.Sprintf("its pods may still be rolling out; if it stays so: `kubectl -n %s get pods` (does each run the bridgetun-sidecar container?) and that container's log (can it reach the bridgetun-relay Service?)", it.Namespace)
+		case it.State == session.InterceptActive:
 			v.Status = OK
-		case session.InterceptLost:
+			if it.SidecarsKnown {
+				v.Detail += fmt.Sprintf("; sidecars polling the gateway: %s", strings.Join(it.Sidecars, ", "))
+			}
+		case it.State == session.InterceptLost:
 			v.Status, v.Detail, v.Fix = Fail, v.Detail+": "+it.StateReason, "start it again (`bridgetun intercept "+it.Service+" …`)"
 		default:
 			v.Status, v.Detail, v.Fix = Warn, v.Detail+": "+it.StateReason, "it re-attaches by itself when the gateway answers"

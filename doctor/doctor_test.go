@@ -234,3 +234,28 @@ func TestDoctorFailures(t *testing.T) {
 		t.Errorf("unreachable API server: got %v, want a failure", v)
 	}
 }
+
+// TestDoctorInterceptSidecars: an active intercept whose Service no sidecar
+// polls the gateway for is a warning saying where to look; one with
+// sidecars names them; a gateway that does not say changes nothing.
+func TestDoctorInterceptSidecars(t *testing.T) {
+	st := connected()
+	st.Intercepts = []session.InterceptInfo{
+		{Service: "api", Namespace: "shop", Workload: "Deployment/api", LocalPort: 8080, State: session.InterceptActive, SidecarsKnown: true},
+		{Service: "web", Namespace: "shop", Workload: "Deployment/web", LocalPort: 8081, State: session.InterceptActive, SidecarsKnown: true, Sidecars: []string{"web-1", "web-2"}},
+		{Service: "old", Namespace: "shop", Workload: "Deployment/old", LocalPort: 8082, State: session.InterceptActive},
+	}
+	vs := checkIntercepts(Inputs{Status: st})
+	if len(vs) != 3 {
+		t.Fatalf("got %d verdicts, want 3", len(vs))
+	}
+	if v := vs[0]; v.Status != Warn || !strings.Contains(v.Detail, "no sidecar of Deployment/api polls") || !strings.Contains(v.Fix, "kubectl -n shop get pods") {
+		t.Errorf("no sidecar: got %v", v)
+	}
+	if v := vs[1]; v.Status != OK || !strings.Contains(v.Detail, "sidecars polling the gateway: web-1, web-2") {
+		t.Errorf("two sidecars: got %v", v)
+	}
+	if v := vs[2]; v.Status != OK || strings.Contains(v.Detail, "sidecar") {
+		t.Errorf("unknown sidecars: got %v", v)
+	}
+}

@@ -33,6 +33,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/bridgetun/bridgetun/cluster"
+	"github.com/bridgetun/bridgetun/doctor"
 )
 
 // apiTemplate is the api Deployment's pod template as JSON, for
@@ -545,6 +546,37 @@ func TestIntercept(t *testing.T) {
 		st, _ := ws.status(ctx)
 		if len(st.Intercepts) != 1 || st.Intercepts[0].Service != "api" || st.Intercepts[0].RouteAs != "" {
 			t.Errorf("status intercepts: %+v, want api (full)", st.Intercepts)
+		}
+		// The gateway tells the owner which sidecars poll it (the next
+		// renewal, within 5 s), and doctor shows them.
+		if err := Eventually(ctx, 20*time.Second, func(ctx context.Context) error {
+			st, err := ws.status(ctx)
+			if err == nil && (len(st.Intercepts) != 1 || !st.Intercepts[0].SidecarsKnown || len(st.Intercepts[0].Sidecars) == 0 ||
+				!strings.HasPrefix(st.Intercepts[0].Sidecars[0], "api-")) {
+				err = fmt.Errorf("status intercepts: %+v, want api's sidecar pods", st.Intercepts)
+			}
+			return err
+		}); err != nil {
+			t.Error(err)
+		}
+		docOut, _ := ws.cmd(ctx, "doctor", "--json").Output() // other checks may warn here; only the intercept's verdict matters
+		var verdicts []doctor.Verdict
+		if err := json.Unmarshal(docOut, &verdicts); err != nil {
+			t.Fatalf("doctor --json: %v\n%s", err, docOut)
+		}
+		found := false
+		for _, v := range verdicts {
+			if v.Check == "intercept" {
+				found = true
+				if v.Status != doctor.OK || !strings.Contains(v.Detail, "sidecars polling the gateway: api-") {
+					t.Errorf("doctor intercept verdict: %s %s, want ok naming api's sidecar pod", v.Status, v.Detail)
+				} else {
+					t.Logf("doctor: %s", v.Detail)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("doctor gave no intercept verdict:\n%s", docOut)
 		}
 		raw, err := c.Client.CoreV1().Pods(SampleNamespace).ProxyGet("http", st.GatewayPod, "9090", "/metrics", nil).DoRaw(ctx)
 		if err != nil {

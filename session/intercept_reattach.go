@@ -104,6 +104,15 @@ func (ic *interceptor) renew(ctx context.Context) {
 	for id, st := range byID {
 		ic.renewed(st, now, away, slices.Contains(rr.Unknown, id))
 	}
+	if rr.Sidecars != nil {
+		ic.mu.Lock()
+		for id, st := range byID {
+			if pods, ok := rr.Sidecars[id]; ok {
+				st.info.Sidecars, st.info.SidecarsKnown = pods, true
+			}
+		}
+		ic.mu.Unlock()
+	}
 }
 
 // currentLocked reports whether st is still this session's intercept of its

@@ -61,6 +61,11 @@ type InterceptInfo struct {
 	State         string        `json:"state"`                  // InterceptActive, InterceptReconnecting, InterceptLost
 	StateSince    time.Time     `json:"state_since"`            // when State began
 	StateReason   string        `json:"state_reason,omitempty"` // reconnecting, lost: the one-line why
+	// Sidecars are the pods whose sidecar polls the gateway's relay for
+	// this Service (as of the last renewal), when SidecarsKnown: they run
+	// and reach the gateway.
+	Sidecars      []string `json:"sidecars,omitempty"`
+	SidecarsKnown bool     `json:"sidecars_known,omitempty"`
 }
 
 type interceptState struct {

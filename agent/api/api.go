@@ -124,6 +124,10 @@ type RenewResponse struct {
 	// longer than the registration TTL, or the gateway restarted):
 	// register again before adding the unknown ids.
 	UnknownPeer bool `json:"unknown_peer,omitempty"`
+	// Sidecars names, per renewed id, the pods whose sidecar polls the
+	// relay for its Service now or did in the last 40 s: they run and
+	// reach the gateway. nil from a gateway that does not say.
+	Sidecars map[string][]string `json:"sidecars,omitempty"`
 }
 
 // Grace bounds. An intercept has two lifetimes at the gateway: its route
