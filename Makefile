@@ -62,8 +62,8 @@ $(BIN)/staticcheck-$(STATICCHECK_VERSION):
 	@touch $@
 
 # The client binary also builds for macOS and Windows (netstack mode; TUN
-# mode there is an ErrUnsupported error for now); the agent binary runs only
-# in Linux containers, so it is not cross-built. go vet checks the client's
+# mode there is an ErrUnsupported error for now); the agent binary runs in
+# Linux containers but is cross-built too, so its OS seams stay honest. go vet checks the client's
 # packages (and their tests) for both.
 CLIENT_PKGS = $$(GOOS=darwin $(GO) list -deps ./cmd/bridgetun | grep '^github.com/bridgetun/bridgetun')
 
@@ -72,8 +72,8 @@ lint: $(BIN)/staticcheck-$(STATICCHECK_VERSION)
 	$(GO) mod tidy -diff
 	$(GO) vet ./...
 	$(BIN)/staticcheck ./...
-	GOOS=darwin GOARCH=arm64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/bridgetun
-	GOOS=windows GOARCH=amd64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/bridgetun
+	GOOS=darwin GOARCH=arm64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/bridgetun ./cmd/bridgetun-agent
+	GOOS=windows GOARCH=amd64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/bridgetun ./cmd/bridgetun-agent
 	GOOS=darwin GOARCH=arm64 $(GO) vet $(CLIENT_PKGS)
 	GOOS=windows GOARCH=amd64 $(GO) vet $(CLIENT_PKGS)
 
