@@ -320,6 +320,19 @@ func (c *Control) Register(who Caller, req api.RegisterRequest) (api.RegisterRes
 }
 
 // keysOfLocked counts the keys id has registered.
+// addrsOf lists the tunnel addresses of id's registered keys.
+func (c *Control) addrsOf(id Identity) []netip.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []netip.Addr
+	for _, l := range c.leases {
+		if sameIdentity(l.owner, id) {
+			out = append(out, l.addr)
+		}
+	}
+	return out
+}
+
 func (c *Control) keysOfLocked(id Identity) int {
 	n := 0
 	for _, l := range c.leases {

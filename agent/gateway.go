@@ -41,6 +41,8 @@ type GatewayConfig struct {
 	Policy *Policy
 	// Holders counts the flows the policy admits per developer; nil = not.
 	Holders *Holders
+	// Traces records admitted TCP flows as open traces' gateway hop; nil = not.
+	Traces *Traces
 	// ClusterDNS, when valid, is reached at Addr:53: the gateway answers DNS
 	// on its tunnel address with the resolver its pod uses.
 	ClusterDNS netip.Addr
@@ -78,7 +80,7 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 		Dial:       cfg.Dial,
 		Deny:       cfg.Deny,
 		Redirect:   dnsRedirect(cfg.Addr, cfg.ClusterDNS),
-		Allow:      policyHook(cfg.Policy, cfg.Holders),
+		Allow:      policyHook(cfg.Policy, cfg.Holders, cfg.Traces),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway stack: %w", err)
@@ -120,7 +122,7 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 
 // policyHook is p.Allow, counting admitted flows per holder, or nil for
 // no policy.
-func policyHook(p *Policy, h *Holders) func(src, dst netip.AddrPort, proto string) (string, bool) {
+func policyHook(p *Policy, h *Holders, tr *Traces) func(src, dst netip.AddrPort, proto string) (string, bool) {
 	if p == nil {
 		return nil
 	}
@@ -128,6 +130,9 @@ func policyHook(p *Policy, h *Holders) func(src, dst netip.AddrPort, proto strin
 		reason, ok := p.Allow(src, dst, proto)
 		if ok {
 			h.Flow(src.Addr(), proto)
+			if tr != nil && proto == "tcp" {
+				tr.Flow(src.Addr(), dst)
+			}
 		}
 		return reason, ok
 	}

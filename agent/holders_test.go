@@ -77,7 +77,7 @@ bridgetun_gateway_holder_handshake_age_seconds{holder="other"} 4
 		t.Error(err)
 	}
 
-	allow := policyHook(NewPolicy(PolicyConfig{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}), h)
+	allow := policyHook(NewPolicy(PolicyConfig{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}), h, nil)
 	dst := netip.MustParseAddrPort("10.244.0.9:80")
 	for _, src := range []netip.Addr{addrOf["alice"][0], addrOf["alice"][1], addrOf["bob"][0]} {
 		if _, ok := allow(netip.AddrPortFrom(src, 40000), dst, "tcp"); !ok {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -35,6 +36,7 @@ type Traces struct {
 
 // traceEntry is one trace and its hops by namespace/Service.
 type traceEntry struct {
+	addrs     []netip.Addr // the owner's tunnel addresses when it started
 	owner     Identity
 	t         api.Trace
 	hops      map[string]*api.TraceHop
@@ -76,7 +78,10 @@ func (t *Intercepts) wakePolls() uint64 {
 // route polls were open have fetched a table naming the new epoch (or
 // traceArmTimeout passed), so they report requests without the header
 // from the first one the trace's request causes.
-func (s *Traces) Start(ctx context.Context, owner Identity, req api.TraceStartRequest) (api.Trace, error) {
+//
+// addrs are the owner's workstations' tunnel addresses: connections from
+// them through the gateway while the trace is open are its gateway hop.
+func (s *Traces) Start(ctx context.Context, owner Identity, req api.TraceStartRequest, addrs ...netip.Addr) (api.Trace, error) {
 	if req.WindowSeconds < 0 {
 		return api.Trace{}, fmt.Errorf("trace: window %ds: want 0 (the default) or more", req.WindowSeconds)
 	}
@@ -93,7 +98,7 @@ func (s *Traces) Start(ctx context.Context, owner Identity, req api.TraceStartRe
 		s.mu.Unlock()
 		return api.Trace{}, err
 	}
-	e := &traceEntry{owner: owner, hops: map[string]*api.TraceHop{}, t: api.Trace{
+	e := &traceEntry{owner: owner, addrs: addrs, hops: map[string]*api.TraceHop{}, t: api.Trace{
 		ID: api.TracePrefix + hex.EncodeToString(b[:]), Owner: owner.User, Started: now, Closes: now.Add(window),
 	}}
 	s.byID[e.t.ID] = e
@@ -263,6 +268,25 @@ func (s *Traces) Record(ns, svc, routeAs string) {
 	}
 }
 
+// maxTraceFlows bounds a trace's gateway hop.
+const maxTraceFlows = 8
+
+// Flow notes a TCP connection the gateway admitted from src to dst: it
+// counts for every open trace whose owner has src as a tunnel address.
+func (s *Traces) Flow(src netip.Addr, dst netip.AddrPort) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.byID) == 0 {
+		return
+	}
+	now := s.now()
+	for _, e := range s.byID {
+		if now.Before(e.t.Closes) && len(e.t.Gateway) < maxTraceFlows && slices.Contains(e.addrs, src) {
+			e.t.Gateway = append(e.t.Gateway, api.TraceFlow{Dst: dst.String(), At: now})
+		}
+	}
+}
+
 // Get returns the trace id for its owner: ErrNoTrace when there is none,
 // ErrForbidden when it is someone else's.
 func (s *Traces) Get(who Identity, id string) (api.Trace, error) {
@@ -297,6 +321,7 @@ func (e *traceEntry) hop(ns, svc string) *api.TraceHop {
 // view copies the trace with its hops sorted by namespace/Service.
 func (e *traceEntry) view() api.Trace {
 	t := e.t
+	t.Gateway = slices.Clone(e.t.Gateway)
 	t.Truncated = e.truncated
 	t.Hops = make([]api.TraceHop, 0, len(e.hops))
 	for _, h := range e.hops {

@@ -25,7 +25,7 @@ func (c *Control) serveTraces(w http.ResponseWriter, r *http.Request, who Caller
 			http.Error(w, "trace: bad JSON: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		t, err := traces.Start(r.Context(), who.Identity, req)
+		t, err := traces.Start(r.Context(), who.Identity, req, c.addrsOf(who.Identity)...)
 		if err != nil {
 			http.Error(w, err.Error(), traceStatus(err))
 			return

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -338,5 +339,43 @@ func TestControlTraces(t *testing.T) {
 		if code, _ := get(tc.token, tc.id); code != tc.want {
 			t.Errorf("GET %s as %q: got %d, want %d", tc.id, tc.token, code, tc.want)
 		}
+	}
+}
+
+// TestTraceGatewayHop: connections the owner's workstations open through
+// the gateway while the trace is open are its gateway hop (capped); a
+// colleague's are not, nor are connections after the trace closed.
+func TestTraceGatewayHop(t *testing.T) {
+	clk := &traceClock{now: time.Unix(5000, 0)}
+	tab := NewIntercepts(0, clk.Now)
+	mine, theirs := netip.MustParseAddr("100.64.0.2"), netip.MustParseAddr("100.64.0.3")
+	tr, err := tab.Traces().Start(t.Context(), alice, api.TraceStartRequest{WindowSeconds: 10}, mine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frontend := netip.MustParseAddrPort("10.96.0.20:80")
+	tab.Traces().Flow(theirs, netip.MustParseAddrPort("10.96.0.99:80"))
+	tab.Traces().Flow(mine, frontend)
+	got, err := tab.Traces().Get(alice, tr.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Gateway) != 1 || got.Gateway[0].Dst != frontend.String() {
+		t.Fatalf("gateway hop: got %+v, want one flow to %s", got.Gateway, frontend)
+	}
+	for range 2 * maxTraceFlows {
+		tab.Traces().Flow(mine, frontend)
+	}
+	if got, _ := tab.Traces().Get(alice, tr.ID); len(got.Gateway) != maxTraceFlows {
+		t.Errorf("after many flows: %d recorded, want the cap %d", len(got.Gateway), maxTraceFlows)
+	}
+	tr2, err := tab.Traces().Start(t.Context(), alice, api.TraceStartRequest{WindowSeconds: 1}, mine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(2 * time.Second)
+	tab.Traces().Flow(mine, frontend)
+	if got, _ := tab.Traces().Get(alice, tr2.ID); len(got.Gateway) != 0 {
+		t.Errorf("a flow after the trace closed was recorded: %+v", got.Gateway)
 	}
 }

@@ -71,6 +71,11 @@ type TraceResult struct {
 	Verdict   string `json:"verdict"`
 	Reason    string `json:"reason"`
 	Truncated bool   `json:"truncated,omitempty"` // the gateway kept only part of the hops
+	// Gateway lists the connections the gateway forwarded for this
+	// workstation while the trace was open (its own hop): where the
+	// request entered the cluster. Empty: the request did not go through
+	// the tunnel (or the gateway predates this).
+	Gateway []api.TraceFlow `json:"gateway,omitempty"`
 }
 
 // TraceStep is one participating Service on the request's path.
@@ -126,6 +131,7 @@ func Trace(ctx context.Context, cfg TraceConfig) (TraceResult, error) {
 	}
 	res.Chain, res.Verdict, res.Reason = Chain(got.Hops)
 	res.Truncated = got.Truncated
+	res.Gateway = got.Gateway
 	return res, nil
 }
 
@@ -243,8 +249,17 @@ func (r TraceResult) Render(w io.Writer, ns string) {
 		answer = "failed: " + r.Error
 	}
 	fmt.Fprintf(w, "trace %s: %s %s → %s\n", r.ID, r.Method, r.URL, answer)
-	if len(r.Chain) > 0 {
-		parts := make([]string, 0, len(r.Chain))
+	if len(r.Chain) > 0 || len(r.Gateway) > 0 {
+		parts := make([]string, 0, len(r.Chain)+1)
+		if len(r.Gateway) > 0 {
+			dsts := make([]string, 0, len(r.Gateway))
+			for _, f := range r.Gateway {
+				if !slices.Contains(dsts, f.Dst) {
+					dsts = append(dsts, f.Dst)
+				}
+			}
+			parts = append(parts, fmt.Sprintf("gateway ✓ (%s)", strings.Join(dsts, ", ")))
+		}
 		for _, s := range r.Chain {
 			name := s.Service
 			if s.Namespace != ns {

@@ -198,3 +198,17 @@ func TestTraceTransport(t *testing.T) {
 		t.Error("netstack without proxies: no error")
 	}
 }
+
+// TestTraceRenderGatewayHop: the gateway's forwarded connections start the
+// chain, each destination once.
+func TestTraceRenderGatewayHop(t *testing.T) {
+	at := time.Unix(100, 0)
+	r := TraceResult{ID: "bt-trace-1", Method: "GET", URL: "http://frontend/", Status: 200,
+		Gateway: []api.TraceFlow{{Dst: "10.96.0.20:80", At: at}, {Dst: "10.96.0.20:80", At: at}}}
+	r.Chain, r.Verdict, r.Reason = Chain([]api.TraceHop{{Namespace: "shop", Service: "frontend", Seen: 1, FirstSeen: at}})
+	var b bytes.Buffer
+	r.Render(&b, "shop")
+	if want := "gateway ✓ (10.96.0.20:80) → frontend ✓\n"; !strings.Contains(b.String(), want) {
+		t.Errorf("render:\n%s\nwant a line %q", b.String(), want)
+	}
+}

@@ -93,6 +93,9 @@ func TestTrace(t *testing.T) {
 		t.Fatalf("trace with every hop propagating: %v\nwant exit 0 and %q", err, allSee)
 	}
 	t.Logf("$ bridgetun trace %s   (attempt %d)\n%s", url, attempts, out)
+	if !strings.Contains(out, "gateway ✓ (10.") {
+		t.Errorf("trace: the gateway's own hop (the connection it forwarded to frontend's address) is missing:\n%s", out)
+	}
 
 	// A netstack session (no root, another user) sends the request through
 	// its HTTP proxy, with the proxy's credentials from the session.
@@ -143,12 +146,13 @@ func TestTrace(t *testing.T) {
 			Propagated bool
 			Reason     string
 		}
+		Gateway []struct{ Dst string }
 	}
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("trace --json: %v:\n%s", err, out)
 	}
 	if code != 1 || res.Verdict != "dropped" || res.Status != 200 || len(res.Chain) != 3 || res.Chain[2].Service != "stats" || res.Chain[2].Propagated ||
-		!res.Chain[0].Propagated || !res.Chain[1].Propagated || !strings.HasPrefix(res.ID, "bt-trace-") {
+		!res.Chain[0].Propagated || !res.Chain[1].Propagated || !strings.HasPrefix(res.ID, "bt-trace-") || len(res.Gateway) == 0 {
 		t.Errorf("trace --json with api dropping the header: exit %d, got %+v", code, res)
 	}
 }

@@ -53,6 +53,16 @@ type Trace struct {
 	Hops []TraceHop `json:"hops"`
 	// Truncated: more Services reported than the gateway keeps per trace.
 	Truncated bool `json:"truncated,omitempty"`
+	// Gateway is the gateway's own hop: the TCP connections the owner's
+	// workstations opened through it while the trace was open (the first
+	// few), so the chain starts where the request entered the cluster.
+	Gateway []TraceFlow `json:"gateway,omitempty"`
+}
+
+// TraceFlow is one connection the gateway forwarded during a trace.
+type TraceFlow struct {
+	Dst string    `json:"dst"` // the cluster address dialled, IP:port
+	At  time.Time `json:"at"`  // the gateway's clock
 }
 
 // TraceHop is what one Service's sidecars reported during a trace.

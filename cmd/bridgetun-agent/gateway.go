@@ -136,6 +136,7 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 	dns, domain := agent.ReadClusterDNS("/etc/resolv.conf")
 	dnsAddr, _ := netip.ParseAddr(dns) // invalid = no DNS on the tunnel address
 	holders := agent.NewHolders(reg)
+	intercepts := agent.NewIntercepts(0, nil)
 	gw, err := startGateway(agent.GatewayConfig{
 		ClusterDNS: dnsAddr,
 		PrivateKey: key, Addr: api.GatewayTunnelAddr,
@@ -146,7 +147,7 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 		// Loopback is denied by the stack already; the control and stream
 		// ports are named here too so no peer can reach them through us.
 		Deny: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-		Log:  log, Registerer: reg, Policy: policy, Holders: holders,
+		Log:  log, Registerer: reg, Policy: policy, Holders: holders, Traces: intercepts.Traces(),
 	}, inClusterStream)
 	if err != nil {
 		return err
@@ -158,7 +159,6 @@ func runInCluster(ctx context.Context, log *slog.Logger, reg *prometheus.Registr
 		return err
 	}
 	verify := newClusterAuth(restorer.client)
-	intercepts := agent.NewIntercepts(0, nil)
 	ctl := agent.NewControl(agent.ControlConfig{
 		Gateway: gw, GatewayKey: key, ClusterDNS: dns, ClusterDomain: domain,
 		Namespace: ns, Log: log, Registerer: reg, Intercepts: intercepts, Policy: policy,

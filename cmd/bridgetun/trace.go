@@ -34,7 +34,11 @@ routes, or the session's proxy in netstack mode), and prints the services the
 request reached in order: ✓ for one that got the value, ✗ for one that was
 called without the header, with the service that dropped it:
 
-  frontend ✓ → api ✓ → stats ✗ "api dropped it on its call to stats"
+  gateway ✓ (10.96.251.90:80) → frontend ✓ → api ✓ → stats ✗ "api dropped it on its call to stats"
+
+The gateway's hop names the cluster addresses your workstation connected to
+through it while the trace was open (it forwards TCP and does not read HTTP,
+so other connections of yours at that moment show there too).
 
 Only services with a bridgetun sidecar take part: those someone on the gateway
 intercepts in isolated mode, e.g. ` + "`bridgetun intercept api --port 8080 --isolate -- CMD`" + `
@@ -44,8 +48,7 @@ is not seen: a drop in it shows as ✗ at the next service that has one, blamed
 on the last one before it that has one. A service "called without the header"
 is one that got a request without it while the trace was open (a few
 seconds): other traffic to it at that moment can stand in for the trace's, so
-on a busy service read ✗ as likely, not certain. The gateway's own hop is not
-shown (it forwards TCP and does not read HTTP). It needs a session
+on a busy service read ✗ as likely, not certain. It needs a session
 (bridgetun up).
 
 Exit codes: 0 when every participating service saw the value (and the request
@@ -53,7 +56,8 @@ was answered); 1 when one was called without it, when the request failed, or
 when trace could not run (the reason on stderr); 2 when no participating
 service reported the request (nothing to judge). With --json it prints
 {id, method, url, status, error, chain: [{namespace, service, propagated, seen,
-without, reason, at}], verdict: propagated|dropped|inconclusive, reason}.`,
+without, reason, at}], gateway: [{dst, at}], verdict: propagated|dropped|inconclusive,
+reason}.`,
 		Example: `  bridgetun trace http://frontend/
   bridgetun trace http://api/orders -X POST --header 'Authorization=Bearer t0ken' --json | jq .chain`,
 		Args: cobra.ExactArgs(1),
