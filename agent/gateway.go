@@ -72,6 +72,7 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = obs.Component(log, "gateway")
+	var paths peerPaths
 	stack, err := netstack.NewGateway(netstack.GatewayConfig{
 		Addrs:      []netip.Addr{cfg.Addr},
 		MTU:        cfg.MTU,
@@ -81,6 +82,9 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 		Deny:       cfg.Deny,
 		Redirect:   dnsRedirect(cfg.Addr, cfg.ClusterDNS),
 		Allow:      policyHook(cfg.Policy, cfg.Holders, cfg.Traces),
+		// A stream workstation's round trip runs through the API server:
+		// its flows need windows that grow.
+		GrowBuffers: paths.onStream,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway stack: %w", err)
@@ -96,7 +100,7 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 	}
 	if cfg.StreamListener != nil {
 		bind.stream = tunnel.NewStreamServerBind(tunnel.StreamServerConfig{
-			Listener:   cfg.StreamListener,
+			Listener:   streamAccepts{Listener: cfg.StreamListener, onAccept: paths.invalidate},
 			Log:        log,
 			Registerer: cfg.Registerer,
 		})
@@ -115,6 +119,7 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway device: %w", err)
 	}
+	paths.use(dev.Status)
 	log.Info("gateway up", "addr", cfg.Addr, "public_key", cfg.PrivateKey.PublicKey().String(),
 		"udp", cfg.UseUDP, "stream", cfg.StreamListener != nil)
 	return &Gateway{dev: dev, stack: stack, listener: cfg.StreamListener}, nil

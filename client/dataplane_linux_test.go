@@ -62,6 +62,16 @@ func TestDataplane(t *testing.T) {
 				c := connect(t, topo.WS, cfg)
 				dial := dialerFor(topo.WS, c)
 				t.Run("http", func(t *testing.T) { checkHTTP(t, dial) })
+				t.Run("gateway buffers follow the transport", func(t *testing.T) {
+					// Stream workstations' flows may grow their buffers
+					// at the gateway, UDP ones keep them fixed.
+					before := growingFlows(t, topo)
+					checkHTTP(t, dial)
+					grew := growingFlows(t, topo) - before
+					if want := tr == client.TransportStream; (grew > 0) != want {
+						t.Errorf("%s: %v more gateway flows with growing buffers, want growing %v", tr, grew, want)
+					}
+				})
 				t.Run("transfer 64MiB", func(t *testing.T) { checkBlob(t, dial, nil) })
 				t.Run("udp echo", func(t *testing.T) { checkUDPEcho(t, dial) })
 				t.Run("icmp echo", func(t *testing.T) { checkPing(t, topo.WS, c) })
@@ -397,6 +407,27 @@ func counter(text, name, reason string) float64 {
 		sum += v
 	}
 	return sum
+}
+
+// growingFlows reads the gateway's count of TCP flows given growing buffers.
+func growingFlows(t *testing.T, topo *dptopo.Topology) float64 {
+	t.Helper()
+	const name = "bridgetun_gateway_tcp_flows_growing_buffers_total "
+	m, err := topo.GatewayMetrics(t.Context())
+	if err != nil {
+		t.Fatalf("gateway metrics: %v", err)
+	}
+	for _, l := range strings.Split(m, "\n") {
+		if v, ok := strings.CutPrefix(l, name); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("gateway metrics: %q: %v", l, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("gateway metrics lack %s", strings.TrimSpace(name))
+	return 0
 }
 
 func grep(text, sub string) string {

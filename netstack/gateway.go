@@ -54,6 +54,15 @@ type GatewayConfig struct {
 	// once. Redirected flows and DialContext are not asked. nil = allow
 	// everything the built-in denials allow.
 	Allow func(src, dst netip.AddrPort, proto string) (reason string, ok bool)
+	// GrowBuffers says whether a new TCP flow from the workstation at src
+	// may grow its buffers (receive moderation, send auto-tuning, up to
+	// maxBuffer) instead of keeping gatewayBuffer fixed. Growth is for
+	// workstations on the stream transport: their round trip runs through
+	// the API server and kubelet's buffers, long enough that a 1 MiB
+	// window caps a flow (bench-cluster, stream upload 0.37-0.47× of
+	// kubectl port-forward fixed, 0.55-0.58× growing; download alike); over UDP the round trip is short and fixed buffers keep
+	// many flows fair (gatewayBuffer). nil = none grows.
+	GrowBuffers func(src netip.Addr) bool
 
 	// pingHost replaces the host pinger (tests); nil = hostPing.
 	pingHost pingFunc
@@ -119,7 +128,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		return nil, fmt.Errorf("new gateway: %w", err)
 	}
 	g.m = m
-	s, err := newStack(g.ep, cfg.Addrs, stackOptions{promiscuous: true, acceptLoopback: true, fixedBuffers: true})
+	s, err := newStack(g.ep, cfg.Addrs, stackOptions{promiscuous: true, acceptLoopback: true})
 	if err != nil {
 		m.unregister(cfg.Registerer)
 		return nil, fmt.Errorf("new gateway: %w", err)
@@ -326,6 +335,13 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	}
 	r.Complete(false)
 	ep.SocketOptions().SetKeepAlive(true)
+	if g.cfg.GrowBuffers != nil && g.cfg.GrowBuffers(src.Addr()) {
+		g.m.tcpGrowing.Inc()
+	} else {
+		// Setting a size also turns its auto-tuning off for this flow.
+		ep.SocketOptions().SetReceiveBufferSize(gatewayBuffer, true)
+		ep.SocketOptions().SetSendBufferSize(gatewayBuffer, true)
+	}
 	in := gonet.NewTCPConn(&wq, ep)
 	if !g.track(in) {
 		out.Close()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -13,12 +14,14 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
@@ -499,38 +502,104 @@ func upperEcho(t *testing.T) net.PacketConn {
 	return pc
 }
 
-// TestGatewayFixedTCPBuffers pins the gateway's TCP buffers at
-// gatewayBuffer with no room to grow (stack.go says why), while a client
-// stack keeps growing to maxBuffer.
-func TestGatewayFixedTCPBuffers(t *testing.T) {
-	g, err := NewGateway(GatewayConfig{})
+// TestGatewayFlowBuffers: a flow from a workstation GrowBuffers does not
+// name keeps fixed gatewayBuffer-sized buffers (auto-tuning off; stack.go
+// says why), one it names keeps gVisor's growing ones, and both stacks
+// let buffers grow to maxBuffer.
+func TestGatewayFlowBuffers(t *testing.T) {
+	old := gatewayBuffer
+	gatewayBuffer = 256 << 10 // unlike gVisor's 1 MiB default, so a fixed flow shows
+	t.Cleanup(func() { gatewayBuffer = old })
+	echo := echoListener(t)
+	for _, grow := range []bool{false, true} {
+		t.Run(fmt.Sprintf("grow=%v", grow), func(t *testing.T) {
+			var asked []netip.Addr
+			var mu sync.Mutex
+			p := newTestPair(t, GatewayConfig{GrowBuffers: func(src netip.Addr) bool {
+				mu.Lock()
+				defer mu.Unlock()
+				asked = append(asked, src)
+				return grow
+			}})
+			p.dialer.route("192.0.2.20:80", echo)
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			c, err := p.client.DialContext(ctx, "tcp", "192.0.2.20:80")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// An echo through the relay: the handler has set the buffers
+			// before it relays.
+			if _, err := c.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+				t.Fatalf("echo: %v", err)
+			}
+			var found bool
+			for _, te := range p.gw.stack.RegisteredEndpoints() {
+				ep, ok := te.(tcpip.Endpoint)
+				if !ok {
+					continue
+				}
+				id := ep.Info().(*stack.TransportEndpointInfo).ID
+				if id.LocalPort != 80 || id.LocalAddress.String() != "192.0.2.20" {
+					continue
+				}
+				found = true
+				rcv, snd := ep.SocketOptions().GetReceiveBufferSize(), ep.SocketOptions().GetSendBufferSize()
+				fixed := rcv == gatewayBuffer && snd == gatewayBuffer
+				if fixed == grow {
+					t.Errorf("flow buffers: receive %d, send %d; want fixed at %d: %v", rcv, snd, gatewayBuffer, !grow)
+				}
+			}
+			if !found {
+				t.Fatal("the gateway has no endpoint for the flow to 192.0.2.20:80")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(asked) != 1 || asked[0] != clientV4 {
+				t.Errorf("GrowBuffers asked for %v, want once for the workstation %s", asked, clientV4)
+			}
+		})
+	}
+	for name, s := range map[string]*stack.Stack{"gateway": newTestPair(t, GatewayConfig{}).gw.stack} {
+		var rcv tcpip.TCPReceiveBufferSizeRangeOption
+		var snd tcpip.TCPSendBufferSizeRangeOption
+		if err := s.TransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.TransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
+			t.Fatal(err)
+		}
+		if rcv.Max != maxBuffer || snd.Max != maxBuffer {
+			t.Errorf("%s buffers: receive %+v, send %+v; want max %d", name, rcv, snd, maxBuffer)
+		}
+	}
+}
+
+// echoListener is a loopback TCP echo server for the test's lifetime; it
+// returns its address.
+func echoListener(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer g.Close()
-	var rcv tcpip.TCPReceiveBufferSizeRangeOption
-	var snd tcpip.TCPSendBufferSizeRangeOption
-	if err := g.stack.TransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.stack.TransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
-		t.Fatal(err)
-	}
-	if rcv.Default != gatewayBuffer || rcv.Max != gatewayBuffer || snd.Default != gatewayBuffer || snd.Max != gatewayBuffer {
-		t.Errorf("gateway buffers: receive %+v, send %+v; want default = max = %d", rcv, snd, gatewayBuffer)
-	}
-	s, err := newStack(newLinkEndpoint(defaultMTU), nil, stackOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { s.Close(); s.Wait() }()
-	if err := s.TransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.TransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
-		t.Fatal(err)
-	}
-	if rcv.Max != maxBuffer || snd.Max != maxBuffer {
-		t.Errorf("client buffers: receive %+v, send %+v; want max %d", rcv, snd, maxBuffer)
-	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	return ln.Addr().String()
 }

@@ -17,6 +17,7 @@ type metrics struct {
 	linkDropped prometheus.CounterFunc
 	tcpEvents   *eventsCollector
 	endpointErr prometheus.Counter
+	tcpGrowing  prometheus.Counter
 }
 
 // eventsCollector exports a few of gVisor's own TCP counters: the ones that
@@ -46,6 +47,10 @@ func newMetrics(reg prometheus.Registerer, dropped func() float64, tcpEvents fun
 		},
 		endpointErr: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bridgetun_gateway_tcp_accept_errors_total", Help: "Forwarded TCP flows whose handshake with the peer could not be completed after the destination answered.",
+		}),
+		tcpGrowing: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridgetun_gateway_tcp_flows_growing_buffers_total",
+			Help: "Forwarded TCP flows whose buffers may grow (workstations on the stream transport); the others keep fixed 1 MiB buffers.",
 		}),
 		flowsActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "bridgetun_gateway_flows_active", Help: "Flows from peers currently relayed, by protocol.",
@@ -102,5 +107,5 @@ func (m *metrics) unregister(reg prometheus.Registerer) {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.flowsActive, m.flowsTotal, m.dialErrors, m.refused, m.icmpEcho, m.linkDropped, m.tcpEvents, m.endpointErr}
+	return []prometheus.Collector{m.flowsActive, m.flowsTotal, m.dialErrors, m.refused, m.icmpEcho, m.linkDropped, m.tcpEvents, m.endpointErr, m.tcpGrowing}
 }

@@ -27,18 +27,19 @@ import (
 // worse at low RTT).
 const maxBuffer = 8 << 20
 
-// gatewayBuffer is the gateway's TCP receive and send buffer per flow,
-// fixed (gVisor's default initial size, not grown). wireguard-go queues
-// every packet in a 64 KiB buffer and its queues never drop, so nothing
-// tells a flow's congestion control that the gateway is behind: windows
-// that grow (moderation, send auto-tuning up to maxBuffer) fill those
-// queues instead, and the first flows to grow starve the rest. bench-scale,
-// one run each: 50 bulk uploads' per-workstation Jain 0.22-0.38 with
-// growth, 0.73-0.91 fixed at 1 MiB (caps of 2 and 4 MiB: 0.40, 0.39), one
-// peer's 2 downloads peak 107-117 MiB instead of 135-173, aggregate not
-// lower. The cost: one flow moves at most 1 MiB per round trip (170 Mbit/s
-// at 50 ms).
-const gatewayBuffer = 1 << 20
+// gatewayBuffer is the TCP receive and send buffer of a gateway flow that
+// may not grow (GatewayConfig.GrowBuffers): gVisor's default initial size,
+// fixed. wireguard-go queues every packet in a 64 KiB buffer and its
+// queues never drop, so nothing tells a flow's congestion control that the
+// gateway is behind: windows that grow (moderation, send auto-tuning up to
+// maxBuffer) fill those queues instead, and the first flows to grow starve
+// the rest. bench-scale, one run each: 50 bulk uploads' per-workstation
+// Jain 0.22-0.38 with growth, 0.73-0.91 fixed at 1 MiB (caps of 2 and 4
+// MiB: 0.40, 0.39), one peer's 2 downloads peak 107-117 MiB instead of
+// 135-173, aggregate not lower. The cost: one flow moves at most 1 MiB per
+// round trip (170 Mbit/s at 50 ms), which the stream transport's deep
+// round trip through the API server pays (see GrowBuffers).
+var gatewayBuffer int64 = 1 << 20 // a variable so tests can tell it from gVisor's default
 
 // stackOptions says how newStack sets up the NIC.
 type stackOptions struct {
@@ -49,14 +50,11 @@ type stackOptions struct {
 	// layer instead of being dropped as martians, so the gateway's deny list
 	// can refuse them with an RST (prompt for the peer, and counted).
 	acceptLoopback bool
-	// fixedBuffers sets every TCP receive and send buffer to gatewayBuffer
-	// instead of letting them grow to maxBuffer (the gateway).
-	fixedBuffers bool
 }
 
 // newStack builds a gVisor stack with one NIC on ep, the given local
 // addresses, default routes for both families, SACK on and raised
-// receive- and send-buffer ceilings (or fixed buffers, opts.fixedBuffers).
+// receive- and send-buffer ceilings.
 func newStack(ep *linkEndpoint, addrs []netip.Addr, opts stackOptions) (*stack.Stack, error) {
 	s := stack.New(stack.Options{
 		NetworkProtocols: []stack.NetworkProtocolFactory{
@@ -96,13 +94,8 @@ func newStack(ep *linkEndpoint, addrs []netip.Addr, opts stackOptions) (*stack.S
 	if err := s.TransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
 		return fail(fmt.Errorf("read tcp send buffer range: %s", err))
 	}
-	if opts.fixedBuffers {
-		rcv.Default, rcv.Max = gatewayBuffer, gatewayBuffer
-		snd.Default, snd.Max = gatewayBuffer, gatewayBuffer
-	} else {
-		rcv.Max = max(rcv.Max, maxBuffer)
-		snd.Max = max(snd.Max, maxBuffer)
-	}
+	rcv.Max = max(rcv.Max, maxBuffer)
+	snd.Max = max(snd.Max, maxBuffer)
 	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
 		return fail(fmt.Errorf("set tcp receive buffer range %+v: %s", rcv, err))
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -389,6 +390,16 @@ func (b *StreamServerBind) leaveGroupLocked(sc *serverConn) {
 	}
 }
 
+// streamEndpointPrefix starts every stream endpoint's name, which is what
+// a device's status reports as a peer's endpoint while it is on the stream.
+const streamEndpointPrefix = "stream:"
+
+// IsStreamEndpoint says whether a peer endpoint from Device.Status is an
+// accepted stream (the peer is on the stream transport) rather than UDP.
+func IsStreamEndpoint(endpoint string) bool {
+	return strings.HasPrefix(endpoint, streamEndpointPrefix)
+}
+
 // serverEndpoint names one accepted stream.
 type serverEndpoint struct {
 	id   uint64
@@ -397,7 +408,7 @@ type serverEndpoint struct {
 }
 
 func newServerEndpoint(id uint64, remote net.Addr) *serverEndpoint {
-	ep := &serverEndpoint{id: id, name: fmt.Sprintf("stream:%d/%s", id, remote)}
+	ep := &serverEndpoint{id: id, name: fmt.Sprintf("%s%d/%s", streamEndpointPrefix, id, remote)}
 	if ap, err := netip.ParseAddrPort(remote.String()); err == nil {
 		ep.ip = ap.Addr()
 	}
