@@ -54,16 +54,19 @@ var (
 )
 
 type result struct {
-	Path         string             `json:"path"`
-	UpMBps       float64            `json:"up_MBps"`
-	DownMBps     float64            `json:"down_MBps"`
-	RR1          benchutil.Rate     `json:"rr_1"`
-	RR20         benchutil.Rate     `json:"rr_20"`
-	ClientCPUGB  float64            `json:"client_cpu_s_per_GB"`
-	ClusterCPUGB float64            `json:"cluster_cpu_s_per_GB"`
-	Errors       int                `json:"errors"`
-	VsPF         map[string]float64 `json:"ratio_vs_pf,omitempty"`
-	VsDirect     map[string]float64 `json:"ratio_vs_direct,omitempty"`
+	Path         string         `json:"path"`
+	UpMBps       float64        `json:"up_MBps"`
+	DownMBps     float64        `json:"down_MBps"`
+	RR1          benchutil.Rate `json:"rr_1"`
+	RR20         benchutil.Rate `json:"rr_20"`
+	ClientCPUGB  float64        `json:"client_cpu_s_per_GB"`
+	ClusterCPUGB float64        `json:"cluster_cpu_s_per_GB"`
+	// ClusterCPUByProc splits ClusterCPUGB by process name, so the cost of
+	// the API server chain and of the gateway can be told apart.
+	ClusterCPUByProc map[string]float64 `json:"cluster_cpu_s_per_GB_by_process"`
+	Errors           int                `json:"errors"`
+	VsPF             map[string]float64 `json:"ratio_vs_pf,omitempty"`
+	VsDirect         map[string]float64 `json:"ratio_vs_direct,omitempty"`
 }
 
 func main() {
@@ -164,8 +167,17 @@ func main() {
 func measure(ctx context.Context, name string, dial benchutil.DialFunc, clientPIDs []int, sink, httpAddr string) result {
 	log.Printf("measuring %s", name)
 	r := result{Path: name}
-	clusterPIDs := benchutil.PIDsNamed("kube-apiserver", "kubelet", "containerd", "bridgetun-agent")
+	clusterProcs := []string{"kube-apiserver", "kubelet", "containerd", "bridgetun-agent"}
+	byProc := map[string][]int{}
+	for _, n := range clusterProcs {
+		byProc[n] = benchutil.PIDsNamed(n)
+	}
+	clusterPIDs := benchutil.PIDsNamed(clusterProcs...)
 	c0, k0 := benchutil.CPUSeconds(clientPIDs...), benchutil.CPUSeconds(clusterPIDs...)
+	p0 := map[string]float64{}
+	for n, pids := range byProc {
+		p0[n] = benchutil.CPUSeconds(pids...)
+	}
 	var moved int64
 	var ups, downs []float64
 	for range *reps {
@@ -185,6 +197,10 @@ func measure(ctx context.Context, name string, dial benchutil.DialFunc, clientPI
 	if gb := float64(moved) / 1e9; gb > 0 {
 		r.ClientCPUGB = (benchutil.CPUSeconds(clientPIDs...) - c0) / gb
 		r.ClusterCPUGB = (benchutil.CPUSeconds(clusterPIDs...) - k0) / gb
+		r.ClusterCPUByProc = map[string]float64{}
+		for n, pids := range byProc {
+			r.ClusterCPUByProc[n] = (benchutil.CPUSeconds(pids...) - p0[n]) / gb
+		}
 	}
 	r.UpMBps, r.DownMBps = benchutil.Median(ups), benchutil.Median(downs)
 	r.RR1 = benchutil.RequestRate(dial, "http://"+httpAddr, 1, *rrFor)
@@ -238,6 +254,17 @@ func report(results []result) {
 			r.ClientCPUGB, r.ClusterCPUGB, r.Errors)
 	}
 	fmt.Println("(× = ratio to kubectl port-forward from the same run; rates are requests/s, ms the p50)")
+	fmt.Println("cluster cpu by process, s/GB:")
+	for _, r := range results {
+		if r.ClusterCPUByProc == nil {
+			continue
+		}
+		fmt.Printf("  %-22s", r.Path)
+		for _, n := range []string{"kube-apiserver", "kubelet", "containerd", "bridgetun-agent"} {
+			fmt.Printf(" %s %.2f", n, r.ClusterCPUByProc[n])
+		}
+		fmt.Println()
+	}
 	check := func(path, what string, got, target float64) {
 		verdict := "✓"
 		if got < target {
