@@ -30,6 +30,10 @@ type DeviceConfig struct {
 	Config     Config
 	Log        *slog.Logger          // nil discards
 	Registerer prometheus.Registerer // nil = no metrics
+	// MaxInbound bounds the data packets received and not yet written to
+	// the TUN (inboundLimit says why); 0 = unbounded. For a device with one
+	// peer: the wait holds up every peer's receiving alike.
+	MaxInbound int
 }
 
 // Device is a running wireguard-go device with bridgetun's configuration,
@@ -77,8 +81,12 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	}
 	log := obs.Component(discardLogger(cfg.Log), "tunnel")
 	d := &Device{bind: cfg.Bind, log: log, m: m}
-	d.wg = device.NewDevice(cfg.TUN, &metricsBind{Bind: cfg.Bind, m: m},
-		newWGLogger(obs.Component(log, "wireguard"), m))
+	td, mb := cfg.TUN, &metricsBind{Bind: cfg.Bind, m: m}
+	if cfg.MaxInbound > 0 {
+		mb.limit = newInboundLimit(cfg.MaxInbound)
+		td = limitedTUN{Device: td, limit: mb.limit}
+	}
+	d.wg = device.NewDevice(td, mb, newWGLogger(obs.Component(log, "wireguard"), m))
 	uapi, err := d.uapi(cfg.Config)
 	if err == nil {
 		err = d.wg.IpcSet(uapi)

@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
+	"sync"
 
 	"github.com/bridgetun/bridgetun/internal/promreg"
 
@@ -114,7 +116,11 @@ func validMessage(b []byte) bool {
 // same rx/tx counters and drop malformed datagrams the same way.
 type metricsBind struct {
 	conn.Bind
-	m *metrics
+	m     *metrics
+	limit *inboundLimit // nil = unbounded
+
+	mu     sync.Mutex
+	closed chan struct{} // of the current Open, closed by Close
 }
 
 var _ conn.Bind = (*metricsBind)(nil)
@@ -124,17 +130,38 @@ func (b *metricsBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	closed := make(chan struct{})
+	b.mu.Lock()
+	b.closed = closed
+	b.mu.Unlock()
 	wrapped := make([]conn.ReceiveFunc, len(fns))
 	for i, fn := range fns {
-		wrapped[i] = b.receive(fn)
+		wrapped[i] = b.receive(fn, closed)
 	}
 	return wrapped, actual, nil
 }
 
-func (b *metricsBind) receive(fn conn.ReceiveFunc) conn.ReceiveFunc {
+// Close wakes receivers waiting on the inbound limit, then closes the bind.
+func (b *metricsBind) Close() error {
+	b.mu.Lock()
+	if b.closed != nil {
+		close(b.closed)
+		b.closed = nil
+	}
+	b.mu.Unlock()
+	return b.Bind.Close()
+}
+
+func (b *metricsBind) receive(fn conn.ReceiveFunc, closed <-chan struct{}) conn.ReceiveFunc {
 	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		// Wait before reading, so the kernel keeps what we cannot hold.
+		// (bufs cannot be shortened instead: StdNetBind reads into all
+		// IdealBatchSize of its message slots whatever len(bufs) is.)
+		if b.limit != nil && !b.limit.wait(closed) {
+			return 0, net.ErrClosed
+		}
 		n, err := fn(bufs, sizes, eps)
-		var pkts, bytes, bad int
+		var pkts, bytes, bad, data int
 		for i := range n {
 			if sizes[i] == 0 {
 				continue
@@ -146,6 +173,12 @@ func (b *metricsBind) receive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 			}
 			pkts++
 			bytes += sizes[i]
+			if isData(bufs[i][:sizes[i]]) {
+				data++
+			}
+		}
+		if b.limit != nil {
+			b.limit.received(data)
 		}
 		b.m.rxPackets.Add(float64(pkts))
 		b.m.rxBytes.Add(float64(bytes))
