@@ -19,6 +19,9 @@ import (
 // socket (`wg show NAME` finds NAME.sock there).
 const UAPIDir = "/var/run/wireguard"
 
+// uapiListen is ipc.UAPIListen, a variable so a test can count Closes.
+var uapiListen = func(name string, f *os.File) (net.Listener, error) { return ipc.UAPIListen(name, f) }
+
 // ServeUAPI serves the device's WireGuard control socket, UAPIDir/NAME.sock
 // (root only: created with umask 077), so `wg show NAME` prints the peer,
 // endpoint, latest handshake and transfer as for any WireGuard interface.
@@ -29,11 +32,15 @@ func (d *Device) ServeUAPI(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("wireguard control socket %s: %w", filepath.Join(UAPIDir, name+".sock"), err)
 	}
-	ln, err := ipc.UAPIListen(name, f)
+	ln, err := uapiListen(name, f)
 	if err != nil {
 		f.Close()
 		return fmt.Errorf("wireguard control socket for %s: %w", name, err)
 	}
+	// wireguard-go's listener closes its inotify descriptor by number on
+	// every Close: a second Close closes whatever file reused that number
+	// (it was the DNS crash marker `down` reads next: "bad file descriptor").
+	closeLn := sync.OnceFunc(func() { ln.Close() })
 	path := filepath.Join(UAPIDir, name+".sock")
 	var (
 		mu    sync.Mutex
@@ -47,7 +54,7 @@ func (d *Device) ServeUAPI(ctx context.Context, name string) error {
 			c.Close()
 		}
 	}
-	stop := context.AfterFunc(ctx, func() { ln.Close(); closeAll() })
+	stop := context.AfterFunc(ctx, func() { closeLn(); closeAll() })
 	defer stop()
 	for {
 		c, aerr := ln.Accept()
@@ -67,7 +74,7 @@ func (d *Device) ServeUAPI(ctx context.Context, name string) error {
 			mu.Unlock()
 		}()
 	}
-	ln.Close()
+	closeLn()
 	closeAll()
 	wg.Wait()
 	_ = os.Remove(path)

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,3 +86,49 @@ func testServeUAPI(t *testing.T, transport string) {
 		t.Errorf("socket %s left behind: %v", sock, err)
 	}
 }
+
+// TestServeUAPIClosesListenerOnce: however ServeUAPI ends, it closes the
+// control socket's listener exactly once. wireguard-go's listener closes
+// its inotify descriptor by number on every Close, so a second Close shut
+// an unrelated file that had reused the number (a DNS restore's crash
+// marker, read in the same moment: "bad file descriptor", seen in CI).
+func TestServeUAPIClosesListenerOnce(t *testing.T) {
+	testkit.RequireRoot(t)
+	checkGoroutines(t)
+	ck := mustKey(t)
+	cip := netip.MustParseAddr("100.64.0.2")
+	tn := newTestNet(t, "udp", map[Key]netip.Addr{ck.PublicKey(): cip})
+	client := tn.addClient(ck, cip)
+
+	var closes atomic.Int32
+	orig := uapiListen
+	uapiListen = func(name string, f *os.File) (net.Listener, error) {
+		ln, err := orig(name, f)
+		if err != nil {
+			return nil, err
+		}
+		return countCloses{Listener: ln, n: &closes}, nil
+	}
+	t.Cleanup(func() { uapiListen = orig })
+
+	name := "btuapionce0"
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- client.dev.ServeUAPI(ctx, name) }()
+	sock := filepath.Join(UAPIDir, name+".sock")
+	testkit.WaitFor(t, 5*time.Second, "the control socket", func() bool { _, err := os.Stat(sock); return err == nil })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("ServeUAPI: %v", err)
+	}
+	if n := closes.Load(); n != 1 {
+		t.Errorf("the listener was closed %d times, want once", n)
+	}
+}
+
+type countCloses struct {
+	net.Listener
+	n *atomic.Int32
+}
+
+func (c countCloses) Close() error { c.n.Add(1); return c.Listener.Close() }
