@@ -98,7 +98,14 @@ type SwitchBind struct {
 	// pending is when the first packet that wants an answer went out over
 	// UDP after the gateway was last heard there; 0 = none outstanding.
 	pending atomic.Int64
-	udpRx   atomic.Int64 // the gateway last heard over UDP; 0 = never
+	// asked is set while the monitor's handshake for a pending packet is
+	// out: then only its response clears pending. Data the gateway sends
+	// after FailAfter/2 of silence proves only gateway→workstation: in a
+	// one-way outage it is the gateway's TCP retransmitting (backing off
+	// 0.2, 0.4, 0.8, 1.6 s …), and clearing on it kept the session on dead
+	// UDP until a gap reached FailAfter (e2e: 4.6 s instead of ~2).
+	asked atomic.Bool
+	udpRx atomic.Int64 // the gateway last heard over UDP; 0 = never
 	// probing routes handshake initiations over UDP while on the stream;
 	// probeSent says one went, with sender index probeIndex; probeVia is
 	// the path its response came back on (-1: none yet).
@@ -316,7 +323,7 @@ func (b *SwitchBind) receive(path int32, fn conn.ReceiveFunc, batch int) conn.Re
 		}
 		if heard {
 			b.udpRx.Store(b.now())
-			if b.active.Load() == pathUDP {
+			if b.active.Load() == pathUDP && (answered || !b.asked.Load()) {
 				b.pending.Store(0)
 			}
 		}

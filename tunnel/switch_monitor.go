@@ -27,7 +27,8 @@ type pathDevice interface {
 //
 // On UDP: once something that wants an answer has gone unanswered for
 // FailAfter/2, a handshake asks the gateway to answer (a quiet moment after
-// a one-way packet is not an outage); at FailAfter the bind moves to the
+// a one-way packet is not an outage), and from then on only its response
+// counts as an answer (SwitchBind.asked); at FailAfter the bind moves to the
 // stream, resends the initiation UDP lost, if any, and sends a keepalive so
 // the gateway roams to the stream at once. A UDP path quiet for IdleCheck
 // is checked with a handshake too.
@@ -46,7 +47,6 @@ func (b *SwitchBind) monitor(ctx context.Context, d pathDevice) {
 	tick := time.NewTicker(min(max(c.FailAfter/8, 10*time.Millisecond), 250*time.Millisecond))
 	defer tick.Stop()
 	var (
-		asked        bool  // on UDP: the handshake for the outstanding packet went out
 		lastIdle     int64 // on UDP: the last idle check
 		backoff      = c.ProbeEvery
 		nextProbe    int64 // on the stream: when to probe
@@ -66,7 +66,7 @@ func (b *SwitchBind) monitor(ctx context.Context, d pathDevice) {
 			p := b.pending.Load()
 			switch {
 			case p == 0:
-				asked = false
+				b.asked.Store(false)
 				if now-max(b.udpRx.Load(), lastIdle) >= dur(c.IdleCheck) {
 					lastIdle = now
 					d.handshake()
@@ -86,10 +86,10 @@ func (b *SwitchBind) monitor(ctx context.Context, d pathDevice) {
 				} else {
 					backoff = c.ProbeEvery
 				}
-				asked = false
+				b.asked.Store(false)
 				nextProbe = now + dur(backoff)
-			case now-p >= dur(c.FailAfter/2) && !asked:
-				asked = true
+			case now-p >= dur(c.FailAfter/2) && !b.asked.Load():
+				b.asked.Store(true)
 				d.handshake()
 			}
 			continue

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -226,6 +227,41 @@ func TestSwitchUDPToStreamAndBack(t *testing.T) {
 	if n, err := testutil.GatherAndCount(sn.client.reg, "bridgetun_tunnel_transport_switches_total"); err != nil || n != 2 {
 		t.Errorf("gathered switches series: got %d, %v; want 2 (to=udp, to=stream)", n, err)
 	}
+}
+
+// TestSwitchOneWayOutageGatewayStillSending: UDP from the workstation is
+// lost while the gateway keeps sending over UDP now and then (its TCP
+// retransmitting into the outage). Hearing the gateway proves only its
+// direction: once the monitor has asked with a handshake (after FailAfter/2
+// of silence), only a response counts, so gateway packets at gaps between
+// FailAfter/2 and FailAfter no longer keep the session on dead UDP.
+func TestSwitchOneWayOutageGatewayStillSending(t *testing.T) {
+	checkGoroutines(t)
+	sn := newSwitchNet(t, false)
+	ping(t, sn.client, sn.server, 3*time.Second)
+	ping(t, sn.server, sn.client, 3*time.Second)
+	sn.gate.drop.Store(true) // workstation → gateway only
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // the gateway's packets, paced (not synchronisation)
+		defer wg.Done()
+		tick := time.NewTicker(fastSwitch.FailAfter * 3 / 4)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				_ = tryPing(sn.server, sn.client, 10*time.Millisecond) // heard by the client; its reply is lost
+			}
+		}
+	}()
+	took := waitActive(t, sn, TransportStream, 3*time.Second, func() { _ = tryPing(sn.client, sn.server, 50*time.Millisecond) })
+	close(stop)
+	wg.Wait()
+	t.Logf("moved to the stream %s after UDP out stopped, the gateway sending every %s", took.Round(10*time.Millisecond), fastSwitch.FailAfter*3/4)
+	ping(t, sn.client, sn.server, 2*time.Second)
 }
 
 // TestSwitchDeadUDPAtStart: with UDP dead from the start the first
