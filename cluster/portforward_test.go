@@ -123,38 +123,10 @@ func (k *fakeKubelet) forward(errS, data httpstream.Stream, port int) {
 	<-done
 }
 
-// echoServer accepts TCP connections on loopback and echoes them.
-func echoServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 func TestPortForwardDialer(t *testing.T) {
 	for _, ws := range []bool{true, false} {
 		t.Run(fmt.Sprintf("websocket=%v", ws), func(t *testing.T) {
-			k := &fakeKubelet{websocket: ws, targets: map[int]string{ControlPort: echoServer(t)}}
+			k := &fakeKubelet{websocket: ws, targets: map[int]string{ControlPort: testkit.EchoServer(t)}}
 			srv := httptest.NewServer(k)
 			defer srv.Close()
 			cfg := &rest.Config{Host: srv.URL}

@@ -509,7 +509,7 @@ func TestGatewayFlowBuffers(t *testing.T) {
 	old := gatewayBuffer
 	gatewayBuffer = 256 << 10 // unlike gVisor's 1 MiB default, so a fixed flow shows
 	t.Cleanup(func() { gatewayBuffer = old })
-	echo := echoListener(t)
+	echo := testkit.EchoServer(t)
 	for _, grow := range []bool{false, true} {
 		t.Run(fmt.Sprintf("grow=%v", grow), func(t *testing.T) {
 			var asked []netip.Addr
@@ -575,29 +575,4 @@ func TestGatewayFlowBuffers(t *testing.T) {
 	if rcv.Max != maxBuffer || snd.Max != maxBuffer {
 		t.Errorf("gateway stack buffers: receive %+v, send %+v; want max %d (room to grow)", rcv, snd, maxBuffer)
 	}
-}
-
-// echoListener is a loopback TCP echo server for the test's lifetime; it
-// returns its address.
-func echoListener(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	return ln.Addr().String()
 }

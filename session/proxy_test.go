@@ -8,11 +8,11 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	xproxy "golang.org/x/net/proxy"
 )
 
@@ -55,7 +55,7 @@ func TestProxyCredentialsFrom(t *testing.T) {
 //	test client ──► SOCKS5 127.0.0.1:0 (socks/pw1) ─┐
 //	test client ──► HTTP   127.0.0.1:0 (web/pw2)  ──┴─ Dial 10.96.0.21:7 ──► loopback echo
 func TestProxyAuth(t *testing.T) {
-	echo := echoListener(t)
+	echo := testkit.EchoServer(t)
 	p, err := startProxy(proxyConfig{
 		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			if addr != "10.96.0.21:7" {
@@ -179,29 +179,6 @@ func TestRunEnvCarriesProxyCredentials(t *testing.T) {
 	if env := strings.Join(RunEnv(st), "\n"); !strings.Contains(env, "ALL_PROXY=socks5h://127.0.0.1:1080\n") || strings.Contains(env, "@") {
 		t.Errorf("RunEnv without credentials:\n%s", env)
 	}
-}
-
-// echoListener serves a TCP echo on loopback until the test ends.
-func echoListener(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return netip.MustParseAddrPort(ln.Addr().String()).String()
 }
 
 // echoOnce proves c reaches the echo.

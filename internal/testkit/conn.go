@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"testing"
 	"time"
 )
@@ -68,4 +69,34 @@ func ExpectIdleTimeout(tb testing.TB, addr, path string) *http.Response {
 	}
 	WaitClosed(tb, c, 10*time.Second)
 	return resp
+}
+
+// EchoServer serves a TCP echo on loopback until the test ends, when it
+// closes the listener and waits for its connections' goroutines; it
+// returns the address.
+func EchoServer(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	tb.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }
