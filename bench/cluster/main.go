@@ -53,6 +53,9 @@ var (
 	out        = flag.String("o", "bench/results/cluster.json", "JSON results")
 )
 
+// clusterProcs carry the port-forward and the tunnel on the cluster side.
+var clusterProcs = []string{"kube-apiserver", "kubelet", "containerd", "bridgetun-agent"}
+
 type result struct {
 	Path         string         `json:"path"`
 	UpMBps       float64        `json:"up_MBps"`
@@ -167,17 +170,13 @@ func main() {
 func measure(ctx context.Context, name string, dial benchutil.DialFunc, clientPIDs []int, sink, httpAddr string) result {
 	log.Printf("measuring %s", name)
 	r := result{Path: name}
-	clusterProcs := []string{"kube-apiserver", "kubelet", "containerd", "bridgetun-agent"}
-	byProc := map[string][]int{}
+	pids := map[string][]int{}
+	cpu0 := map[string]float64{}
 	for _, n := range clusterProcs {
-		byProc[n] = benchutil.PIDsNamed(n)
+		pids[n] = benchutil.PIDsNamed(n)
+		cpu0[n] = benchutil.CPUSeconds(pids[n]...)
 	}
-	clusterPIDs := benchutil.PIDsNamed(clusterProcs...)
-	c0, k0 := benchutil.CPUSeconds(clientPIDs...), benchutil.CPUSeconds(clusterPIDs...)
-	p0 := map[string]float64{}
-	for n, pids := range byProc {
-		p0[n] = benchutil.CPUSeconds(pids...)
-	}
+	c0 := benchutil.CPUSeconds(clientPIDs...)
 	var moved int64
 	var ups, downs []float64
 	for range *reps {
@@ -196,10 +195,10 @@ func measure(ctx context.Context, name string, dial benchutil.DialFunc, clientPI
 	}
 	if gb := float64(moved) / 1e9; gb > 0 {
 		r.ClientCPUGB = (benchutil.CPUSeconds(clientPIDs...) - c0) / gb
-		r.ClusterCPUGB = (benchutil.CPUSeconds(clusterPIDs...) - k0) / gb
 		r.ClusterCPUByProc = map[string]float64{}
-		for n, pids := range byProc {
-			r.ClusterCPUByProc[n] = (benchutil.CPUSeconds(pids...) - p0[n]) / gb
+		for _, n := range clusterProcs {
+			r.ClusterCPUByProc[n] = (benchutil.CPUSeconds(pids[n]...) - cpu0[n]) / gb
+			r.ClusterCPUGB += r.ClusterCPUByProc[n]
 		}
 	}
 	r.UpMBps, r.DownMBps = benchutil.Median(ups), benchutil.Median(downs)
@@ -260,7 +259,7 @@ func report(results []result) {
 			continue
 		}
 		fmt.Printf("  %-22s", r.Path)
-		for _, n := range []string{"kube-apiserver", "kubelet", "containerd", "bridgetun-agent"} {
+		for _, n := range clusterProcs {
 			fmt.Printf(" %s %.2f", n, r.ClusterCPUByProc[n])
 		}
 		fmt.Println()
