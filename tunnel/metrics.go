@@ -173,7 +173,7 @@ func (b *metricsBind) receive(fn conn.ReceiveFunc, closed <-chan struct{}) conn.
 			}
 			pkts++
 			bytes += sizes[i]
-			if isData(bufs[i][:sizes[i]]) {
+			if b.limit != nil && isData(bufs[i][:sizes[i]]) {
 				data++
 			}
 		}
