@@ -37,11 +37,7 @@ func testServeUAPI(t *testing.T, transport string) {
 	ping(t, client, tn.server, 3*time.Second)
 
 	name := "btuapitest0"
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- client.dev.ServeUAPI(ctx, name) }()
-	sock := filepath.Join(UAPIDir, name+".sock")
-	testkit.WaitFor(t, 5*time.Second, "the control socket", func() bool { _, err := os.Stat(sock); return err == nil })
+	sock, stop := serveUAPI(t, client.dev, name)
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm()&0o077 != 0 {
 		t.Errorf("socket %s: mode %v (%v), want root only", sock, fi.Mode(), err)
 	}
@@ -73,14 +69,8 @@ func testServeUAPI(t *testing.T, transport string) {
 		t.Log("wg not installed: checked the UAPI protocol only")
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("ServeUAPI after cancel: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("ServeUAPI did not return after ctx ended")
+	if err := stop(); err != nil {
+		t.Errorf("ServeUAPI after cancel: %v", err)
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("socket %s left behind: %v", sock, err)
@@ -112,17 +102,34 @@ func TestServeUAPIClosesListenerOnce(t *testing.T) {
 	t.Cleanup(func() { uapiListen = orig })
 
 	name := "btuapionce0"
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- client.dev.ServeUAPI(ctx, name) }()
-	sock := filepath.Join(UAPIDir, name+".sock")
-	testkit.WaitFor(t, 5*time.Second, "the control socket", func() bool { _, err := os.Stat(sock); return err == nil })
-	cancel()
-	if err := <-done; err != nil {
+	_, stop := serveUAPI(t, client.dev, name)
+	if err := stop(); err != nil {
 		t.Fatalf("ServeUAPI: %v", err)
 	}
 	if n := closes.Load(); n != 1 {
 		t.Errorf("the listener was closed %d times, want once", n)
+	}
+}
+
+// serveUAPI runs dev.ServeUAPI(name) until stop, which ends its context
+// and returns its error (failing the test if it does not return within 5 s);
+// it returns once the socket exists.
+func serveUAPI(t *testing.T, dev *Device, name string) (sock string, stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- dev.ServeUAPI(ctx, name) }()
+	sock = filepath.Join(UAPIDir, name+".sock")
+	testkit.WaitFor(t, 5*time.Second, "the control socket", func() bool { _, err := os.Stat(sock); return err == nil })
+	return sock, func() error {
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(5 * time.Second):
+			t.Fatal("ServeUAPI did not return after ctx ended")
+			return nil
+		}
 	}
 }
 
