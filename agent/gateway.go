@@ -115,6 +115,9 @@ func NewGateway(cfg GatewayConfig) (_ *Gateway, err error) {
 		},
 		Log:        log,
 		Registerer: cfg.Registerer,
+		// Held packets are most of a gateway's memory (bench-scale); its
+		// netstack copies what it is given.
+		CompactBuffers: tunnel.CompactBoth,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway device: %w", err)

@@ -181,6 +181,9 @@ func Start(cfg Config) (_ *Client, err error) {
 		Log:        log,
 		Registerer: cfg.Registerer,
 		MaxInbound: maxInbound,
+		// The kernel TUN's GRO coalesces into the spare room of received
+		// packets' buffers; a netstack copies them.
+		CompactBuffers: map[Mode]tunnel.Compaction{ModeTUN: tunnel.CompactOutbound, ModeNetstack: tunnel.CompactBoth}[cfg.Mode],
 	})
 	if err != nil {
 		return nil, err

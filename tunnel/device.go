@@ -34,7 +34,23 @@ type DeviceConfig struct {
 	// the TUN (inboundLimit says why); 0 = unbounded. For a device with one
 	// peer: the wait holds up every peer's receiving alike.
 	MaxInbound int
+	// CompactBuffers has wireguard-go copy each queued packet that fits
+	// 2 KiB out of its 64 KiB read buffer (our fork, third_party/
+	// wireguard-go/BRIDGETUN.md), so what a device holds costs what the
+	// packets weigh. Outbound (read from the TUN) always; inbound only when
+	// the TUN copies what it is given (a netstack link endpoint): the Linux
+	// TUN's GRO coalesces into the spare capacity of the first buffer.
+	CompactBuffers Compaction
 }
+
+// Compaction says which of a device's packet queues use compact buffers.
+type Compaction int
+
+const (
+	CompactNone     Compaction = iota // wireguard-go's 64 KiB per packet
+	CompactOutbound                   // packets read from the TUN
+	CompactBoth                       // and packets received from peers
+)
 
 // Device is a running wireguard-go device with bridgetun's configuration,
 // logging and metrics around it.
@@ -87,6 +103,7 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 		td = limitedTUN{Device: td, limit: mb.limit}
 	}
 	d.wg = device.NewDevice(td, mb, newWGLogger(obs.Component(log, "wireguard"), m))
+	d.wg.SetCompactBuffers(cfg.CompactBuffers >= CompactOutbound, cfg.CompactBuffers == CompactBoth)
 	uapi, err := d.uapi(cfg.Config)
 	if err == nil {
 		err = d.wg.IpcSet(uapi)
