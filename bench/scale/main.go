@@ -47,6 +47,7 @@ var (
 	dur     = flag.Duration("duration", 5*time.Second, "length of each measured phase")
 	heap    = flag.String("heap-profile", "", "write the gateway's heap profile (allocs) here when it exits, and live-heap and goroutine snapshots late in each phase to PATH.N and PATH.N.goroutines")
 	memLim  = flag.String("gateway-gomemlimit", "", "GOMEMLIMIT of the gateway process (e.g. 96MiB; \"\" = Go's default)")
+	gogc    = flag.String("gateway-gogc", "", "GOGC of the gateway process (e.g. 50; \"\" = the gateway's default)")
 	out     = flag.String("out", "bench/results/scale.json", "JSON results")
 	child   = flag.Bool("client-child", false, "internal: run one TUN client that downloads in bulk and report its RSS (the parent starts it inside the workstation namespace)")
 	childGW = flag.String("gateway-key", "", "internal: the gateway's public key (client child)")
@@ -131,6 +132,9 @@ func main() {
 	}
 	if *memLim != "" {
 		topo.GatewayEnv = append(topo.GatewayEnv, "GOMEMLIMIT="+*memLim)
+	}
+	if *gogc != "" {
+		topo.GatewayEnv = append(topo.GatewayEnv, "GOGC="+*gogc)
 	}
 	if err := topo.StartGateway(ctx, 1420); err != nil {
 		log.Fatal(err)
