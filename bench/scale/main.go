@@ -454,6 +454,7 @@ func clientChild(topo *dptopo.Topology) (rss, hwm, gbps float64) {
 // runClientChild is the child: a TUN client downloading from the source
 // server for -duration, then its own RSS as JSON on stdout.
 func runClientChild() {
+	client.TuneGC() // as `bridgetun up` does
 	key, err := tunnel.ParseKey(os.Getenv("BRIDGETUN_BENCH_KEY"))
 	if err != nil {
 		log.Fatalf("client child: key: %v", err)

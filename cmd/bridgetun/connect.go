@@ -74,6 +74,7 @@ Config file (JSON):
 					return err
 				}
 			}
+			client.TuneGC()
 			start := time.Now()
 			c, err := client.Start(cfg)
 			if err != nil {

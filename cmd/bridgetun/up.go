@@ -203,6 +203,7 @@ stdout gets the connected session's status as ` + "`bridgetun status --json`" + 
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "metrics on http://%s/metrics\n", bound)
 			}
+			client.TuneGC()
 			return session.Run(ctx, cfg)
 		},
 	}
