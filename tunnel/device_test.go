@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -43,6 +44,7 @@ type node struct {
 type testNet struct {
 	t         *testing.T
 	transport string
+	compact   Compaction // both ends
 	server    *node
 	ln        *trackingListener // stream only
 	addr      string            // where clients connect
@@ -90,14 +92,20 @@ func (l *trackingListener) closeAll() int {
 // newTestNet starts the server device with the given client keys as peers.
 func newTestNet(t *testing.T, transport string, clients map[Key]netip.Addr) *testNet {
 	t.Helper()
-	tn := &testNet{t: t, transport: transport}
+	return newTestNetCompact(t, transport, clients, CompactNone)
+}
+
+// newTestNetCompact is newTestNet with compact buffers on both ends.
+func newTestNetCompact(t *testing.T, transport string, clients map[Key]netip.Addr, compact Compaction) *testNet {
+	t.Helper()
+	tn := &testNet{t: t, transport: transport, compact: compact}
 	n := &node{key: mustKey(t), tun: tuntest.NewChannelTUN(), reg: prometheus.NewRegistry(), ip: serverIP}
 	var peers []PeerConfig
 	for k, ip := range clients {
 		peers = append(peers, PeerConfig{PublicKey: k, AllowedIPs: hostPrefix(ip)})
 	}
 	log := testkit.Logger(t).With("node", "server")
-	cfg := DeviceConfig{TUN: n.tun.TUN(), Log: log, Registerer: n.reg, Config: Config{PrivateKey: n.key, Peers: peers}}
+	cfg := DeviceConfig{TUN: n.tun.TUN(), Log: log, Registerer: n.reg, Config: Config{PrivateKey: n.key, Peers: peers}, CompactBuffers: compact}
 	switch transport {
 	case "udp":
 		cfg.Bind = NewUDPBind()
@@ -151,7 +159,7 @@ func (tn *testNet) addClient(k Key, ip netip.Addr) *node {
 	n := &node{key: k, tun: tuntest.NewChannelTUN(), reg: prometheus.NewRegistry(), ip: ip}
 	log := testkit.Logger(t).With("node", ip.String())
 	peer := PeerConfig{PublicKey: tn.server.key.PublicKey(), AllowedIPs: hostPrefix(serverIP), Endpoint: tn.addr}
-	cfg := DeviceConfig{TUN: n.tun.TUN(), Log: log, Registerer: n.reg, Config: Config{PrivateKey: k, Peers: []PeerConfig{peer}}}
+	cfg := DeviceConfig{TUN: n.tun.TUN(), Log: log, Registerer: n.reg, Config: Config{PrivateKey: k, Peers: []PeerConfig{peer}}, CompactBuffers: tn.compact}
 	switch tn.transport {
 	case "udp":
 		cfg.Bind = NewUDPBind()
@@ -433,4 +441,59 @@ func TestDeviceCloseIdempotent(t *testing.T) {
 			t.Fatalf("close #%d: %v", i+1, err)
 		}
 	}
+}
+
+// TestCompactRoundTrip runs packets on both sides of the 2 KiB line through
+// devices with compact buffers, over each transport: our binds, metrics and
+// inbound limit must carry packets in small buffers as well as large ones.
+func TestCompactRoundTrip(t *testing.T) {
+	for _, transport := range transports {
+		t.Run(transport, func(t *testing.T) {
+			checkGoroutines(t)
+			ck := mustKey(t)
+			cip := netip.MustParseAddr("100.64.0.2")
+			tn := newTestNetCompact(t, transport, map[Key]netip.Addr{ck.PublicKey(): cip}, CompactBoth)
+			c := tn.addClient(ck, cip)
+			for _, n := range []*node{tn.server, c} {
+				if out, in := n.dev.wg.CompactBuffers(); !out || !in {
+					t.Fatalf("%s: compact buffers outbound %v inbound %v, want both on", n.ip, out, in)
+				}
+			}
+			ping(t, c, tn.server, 3*time.Second)
+			ping(t, tn.server, c, 10*time.Second)
+			for _, size := range []int{1400, 1990, 3000} {
+				for _, dir := range [][2]*node{{c, tn.server}, {tn.server, c}} {
+					pkt := paddedPacket(dir[1].ip, dir[0].ip, size)
+					dir[0].tun.Outbound <- pkt
+					select {
+					case got := <-dir[1].tun.Inbound:
+						if !bytes.Equal(got, pkt) {
+							t.Fatalf("%d-byte packet %s -> %s changed in transit", size, dir[0].ip, dir[1].ip)
+						}
+					case <-time.After(5 * time.Second):
+						t.Fatalf("%d-byte packet %s -> %s did not arrive", size, dir[0].ip, dir[1].ip)
+					}
+				}
+			}
+		})
+	}
+}
+
+// paddedPacket is an IPv4 echo request of size bytes with a valid header.
+func paddedPacket(dst, src netip.Addr, size int) []byte {
+	p, _ := pingPacket(dst, src)
+	for i := len(p); i < size; i++ {
+		p = append(p, byte(i))
+	}
+	binary.BigEndian.PutUint16(p[2:], uint16(size))
+	p[10], p[11] = 0, 0
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(p[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	binary.BigEndian.PutUint16(p[10:], ^uint16(sum))
+	return p
 }

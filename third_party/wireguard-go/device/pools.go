@@ -129,6 +129,11 @@ func (device *Device) SetCompactBuffers(outbound, inbound bool) {
 	device.compactInbound.Store(inbound)
 }
 
+// CompactBuffers reports what SetCompactBuffers set.
+func (device *Device) CompactBuffers() (outbound, inbound bool) {
+	return device.compactOutbound.Load(), device.compactInbound.Load()
+}
+
 func (device *Device) getSmallMessageBuffer() *[smallMessageSize]byte {
 	return device.pool.smallMessageBuffers.Get().(*[smallMessageSize]byte)
 }
