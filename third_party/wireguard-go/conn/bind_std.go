@@ -379,12 +379,11 @@ func (s *StdNetBind) Send(bufs [][]byte, endpoint Endpoint) error {
 		retried bool
 		err     error
 	)
-	var scratchArr [4]*[coalesceScratchSize]byte
-	scratch := scratchArr[:0]
-	defer func() { putCoalesceScratch(scratch) }()
+	scratch := scratchListPool.Get().(*[]*[coalesceScratchSize]byte)
+	defer putCoalesceScratch(scratch)
 retry:
 	if offload {
-		n := coalesceMessages(ua, endpoint.(*StdNetEndpoint), bufs, *msgs, setGSOSize, &scratch)
+		n := coalesceMessages(ua, endpoint.(*StdNetEndpoint), bufs, *msgs, setGSOSize, scratch)
 		err = s.send(conn, br, (*msgs)[:n])
 		if err != nil && offload && errShouldDisableUDPGSO(err) {
 			offload = false
@@ -457,13 +456,24 @@ type setGSOFunc func(control *[]byte, gsoSize uint16)
 // appended to *scratch for the caller to put back after sending.
 const coalesceScratchSize = 1 << 16 // > maxIPv6PayloadLen
 
-var coalesceScratchPool = sync.Pool{New: func() any { return new([coalesceScratchSize]byte) }}
+var (
+	coalesceScratchPool = sync.Pool{New: func() any { return new([coalesceScratchSize]byte) }}
+	// scratchListPool holds the lists a Send collects its scratch buffers in
+	// (a list of its own would be a heap allocation per Send).
+	scratchListPool = sync.Pool{New: func() any {
+		l := make([]*[coalesceScratchSize]byte, 0, 4)
+		return &l
+	}}
+)
 
-func putCoalesceScratch(scratch []*[coalesceScratchSize]byte) {
-	for i, sb := range scratch {
+// putCoalesceScratch puts the buffers in *scratch back, then the list.
+func putCoalesceScratch(scratch *[]*[coalesceScratchSize]byte) {
+	for i, sb := range *scratch {
 		coalesceScratchPool.Put(sb)
-		scratch[i] = nil
+		(*scratch)[i] = nil
 	}
+	*scratch = (*scratch)[:0]
+	scratchListPool.Put(scratch)
 }
 
 func coalesceMessages(addr *net.UDPAddr, ep *StdNetEndpoint, bufs [][]byte, msgs []ipv6.Message, setGSO setGSOFunc, scratch *[]*[coalesceScratchSize]byte) int {

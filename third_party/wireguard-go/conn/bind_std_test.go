@@ -282,5 +282,5 @@ func Test_coalesceMessagesScratch(t *testing.T) {
 	if !bytes.Equal(first, bytes.Repeat([]byte{1}, 100)) {
 		t.Errorf("the first datagram's own buffer changed")
 	}
-	putCoalesceScratch(scratch)
+	putCoalesceScratch(&scratch)
 }
