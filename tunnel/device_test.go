@@ -192,6 +192,12 @@ func pingPacket(dst, src netip.Addr) ([]byte, uint16) {
 	p := tuntest.Ping(dst, src)
 	id := uint16(pingSeq.Add(1))
 	binary.BigEndian.PutUint16(p[4:], id)
+	setIPv4HeaderChecksum(p)
+	return p, id
+}
+
+// setIPv4HeaderChecksum recomputes the checksum of p's 20-byte IPv4 header.
+func setIPv4HeaderChecksum(p []byte) {
 	p[10], p[11] = 0, 0
 	var sum uint32
 	for i := 0; i < 20; i += 2 {
@@ -201,7 +207,6 @@ func pingPacket(dst, src netip.Addr) ([]byte, uint16) {
 		sum = sum>>16 + sum&0xffff
 	}
 	binary.BigEndian.PutUint16(p[10:], ^uint16(sum))
-	return p, id
 }
 
 // ping sends IPv4 packets from one TUN until one arrives at the other TUN,
@@ -486,14 +491,6 @@ func paddedPacket(dst, src netip.Addr, size int) []byte {
 		p = append(p, byte(i))
 	}
 	binary.BigEndian.PutUint16(p[2:], uint16(size))
-	p[10], p[11] = 0, 0
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(p[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	binary.BigEndian.PutUint16(p[10:], ^uint16(sum))
+	setIPv4HeaderChecksum(p)
 	return p
 }
