@@ -28,10 +28,12 @@ build:
 # root; with CI set (.ci/run sets it) a root-only test fails instead of skipping.
 # The patched wireguard-go (third_party/wireguard-go/BRIDGETUN.md) is tested
 # with the patch's packages, built against our module's dependencies.
+# Upstream disables TestWaitPool (the bounded pool, which it and we
+# leave unused), so it is not run.
 WIREGUARD_PATCHED = golang.zx2c4.com/wireguard/device golang.zx2c4.com/wireguard/conn
 
 test: deps
-	$(GOTEST) -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v /e2e) $(WIREGUARD_PATCHED)
+	$(GOTEST) -race -count=1 -timeout 30m -skip '^TestWaitPool$$' $$($(GO) list ./... | grep -v /e2e) $(WIREGUARD_PATCHED)
 
 # Every parser's fuzz target, a short run each (FUZZTIME) on top of its
 # committed corpus (testdata/fuzz/FuzzXxx): `-fuzz` takes one package and
