@@ -11,10 +11,8 @@ func TestTuneGC(t *testing.T) {
 	t.Cleanup(func() { debug.SetGCPercent(orig) })
 
 	t.Run("default", func(t *testing.T) {
-		if v, ok := os.LookupEnv("GOGC"); ok {
-			os.Unsetenv("GOGC")
-			t.Cleanup(func() { os.Setenv("GOGC", v) })
-		}
+		t.Setenv("GOGC", "") // restored after the test
+		os.Unsetenv("GOGC")
 		debug.SetGCPercent(100)
 		TuneGC()
 		if got := debug.SetGCPercent(100); got != clientGCPercent {

@@ -60,8 +60,9 @@ type GatewayConfig struct {
 	// workstations on the stream transport: their round trip runs through
 	// the API server and kubelet's buffers, long enough that a 1 MiB
 	// window caps a flow (bench-cluster, stream upload 0.37-0.47× of
-	// kubectl port-forward fixed, 0.55-0.58× growing; download alike); over UDP the round trip is short and fixed buffers keep
-	// many flows fair (gatewayBuffer). nil = none grows.
+	// kubectl port-forward fixed, 0.55-0.58× growing; download alike).
+	// Over UDP the round trip is short and fixed buffers keep many flows
+	// fair (gatewayBuffer). nil = none grows.
 	GrowBuffers func(src netip.Addr) bool
 
 	// pingHost replaces the host pinger (tests); nil = hostPing.

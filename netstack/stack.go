@@ -29,16 +29,17 @@ const maxBuffer = 8 << 20
 
 // gatewayBuffer is the TCP receive and send buffer of a gateway flow that
 // may not grow (GatewayConfig.GrowBuffers): gVisor's default initial size,
-// fixed. wireguard-go queues every packet in a 64 KiB buffer and its
-// queues never drop, so nothing tells a flow's congestion control that the
-// gateway is behind: windows that grow (moderation, send auto-tuning up to
-// maxBuffer) fill those queues instead, and the first flows to grow starve
-// the rest. bench-scale, one run each: 50 bulk uploads' per-workstation
-// Jain 0.22-0.38 with growth, 0.73-0.91 fixed at 1 MiB (caps of 2 and 4
-// MiB: 0.40, 0.39), one peer's 2 downloads peak 107-117 MiB instead of
-// 135-173, aggregate not lower. The cost: one flow moves at most 1 MiB per
-// round trip (170 Mbit/s at 50 ms), which the stream transport's deep
-// round trip through the API server pays (see GrowBuffers).
+// fixed. wireguard-go's queues never drop, so nothing tells a flow's
+// congestion control that the gateway is behind: windows that grow
+// (moderation, send auto-tuning up to maxBuffer) fill those queues
+// instead, and the first flows to grow starve the rest. bench-scale, one
+// run each: 50 bulk uploads' per-workstation Jain 0.22-0.38 with growth,
+// 0.73-0.91 fixed at 1 MiB (caps of 2 and 4 MiB: 0.40, 0.39), one peer's 2
+// downloads peak 107-117 MiB instead of 135-173 (before compact
+// wireguard-go buffers), aggregate not lower. The cost: one flow moves at
+// most 1 MiB per round trip (170 Mbit/s at 50 ms), which the stream
+// transport's deep round trip through the API server pays (see
+// GrowBuffers).
 var gatewayBuffer int64 = 1 << 20 // a variable so tests can tell it from gVisor's default
 
 // stackOptions says how newStack sets up the NIC.
