@@ -83,6 +83,7 @@ type Client struct {
 	devMu     sync.Mutex
 	dev       *tunnel.Device
 	sw        *tunnel.SwitchBind // auto transport
+	stream    *tunnel.StreamBind // stream and auto transports
 	transport Transport
 	kernelTUN *tunnel.TUN // TUN mode
 	stack     Stack       // netstack mode
@@ -148,10 +149,11 @@ func Start(cfg Config) (_ *Client, err error) {
 		peer.Endpoint = cfg.GatewayEndpoint
 	case TransportStream:
 		// The stream bind supplies its own endpoint: there is one gateway at the other end.
-		bind = tunnel.NewStreamBind(tunnel.StreamBindConfig{
+		c.stream = tunnel.NewStreamBind(tunnel.StreamBindConfig{
 			Dial: cfg.StreamDial, Log: log, Registerer: cfg.Registerer,
 			OnReconnect: func() { c.announce(peer.PublicKey, peer.PersistentKeepalive, log) },
 		})
+		bind = c.stream
 	case TransportAuto:
 		var udp conn.Bind
 		if cfg.BindUDP != nil {
@@ -170,6 +172,7 @@ func Start(cfg Config) (_ *Client, err error) {
 		if c.sw, err = tunnel.NewSwitchBind(tunnel.SwitchBindConfig{UDP: udp, Stream: stream, Log: log, Registerer: cfg.Registerer}); err != nil {
 			return nil, err
 		}
+		c.stream = stream
 		bind = c.sw
 		peer.Endpoint = cfg.GatewayEndpoint
 	}
@@ -249,6 +252,15 @@ func (c *Client) Rehandshake() error {
 		return err
 	}
 	return dev.AddPeer(c.gateway) // a fresh peer with persistent keepalive sends at once
+}
+
+// RedialStream drops the stream transport's connections so that they dial
+// again now (to the gateway's current pod); without a stream it does
+// nothing.
+func (c *Client) RedialStream(reason string) {
+	if c.stream != nil {
+		c.stream.Redial(reason)
+	}
 }
 
 // SetGatewayKey points the tunnel at a gateway with another key (the

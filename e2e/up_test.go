@@ -60,6 +60,11 @@ func newWorkstation(t *testing.T, c *Cluster, name string, asUser bool) *worksta
 			for _, f := range []string{"logs/up.out", "logs/bridgetun.log"} {
 				if b, err := os.ReadFile(filepath.Join(dir, f)); err == nil {
 					t.Logf("--- %s workstation %s (tail):\n%s", name, f, tailLines(string(b), 60))
+					// The whole log outlives the state dir, beside the cluster's logs.
+					keep := filepath.Join(StateDir, "logs", "ws-"+name+"-"+strings.ReplaceAll(t.Name(), "/", "_")+"-"+filepath.Base(f))
+					if err := os.WriteFile(keep, b, 0o644); err == nil {
+						t.Logf("--- whole log: %s", keep)
+					}
 				}
 			}
 		}

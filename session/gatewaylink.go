@@ -82,6 +82,9 @@ type gatewayLink struct {
 	// rehandshake re-keys the tunnel after registering with a replacement
 	// pod; nil until the tunnel exists (its first handshake is ahead).
 	rehandshake func()
+	// redialStream drops stream connections that still reach a replaced
+	// pod; nil without a stream transport.
+	redialStream func(reason string)
 }
 
 func newGatewayLink(cfg linkConfig) *gatewayLink {
@@ -189,6 +192,9 @@ func (l *gatewayLink) register(ctx context.Context, switched bool) error {
 			// restarted container, same pod) has no session either.
 			if (admitted || switched) && !(switched && l.streaming()) {
 				l.rekey()
+			}
+			if switched {
+				l.leaveReplacedPod()
 			}
 			return nil
 		}
@@ -439,6 +445,28 @@ func (l *gatewayLink) rekey() {
 	if rekey != nil {
 		rekey()
 	}
+}
+
+// leaveReplacedPod moves a stream that still reaches another pod than the
+// one just registered with: a replaced pod's stream can outlive the switch
+// (a force-deleted pod's container runs on for a while, or its
+// port-forward hangs without an end), and the re-key waits for the stream
+// to reach the new pod (StreamDial).
+func (l *gatewayLink) leaveReplacedPod() {
+	l.mu.Lock()
+	from, to, redial := l.streamPod, l.pod, l.redialStream
+	l.mu.Unlock()
+	if from == "" || from == to || redial == nil {
+		return
+	}
+	redial(fmt.Sprintf("gateway pod %s was replaced by %s", from, to))
+}
+
+// OnStreamStale sets what drops stream connections that reach a replaced pod.
+func (l *gatewayLink) OnStreamStale(redial func(reason string)) {
+	l.mu.Lock()
+	l.redialStream = redial
+	l.mu.Unlock()
 }
 
 // OnReplaced sets what re-keys the tunnel after a pod replacement.

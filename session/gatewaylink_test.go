@@ -268,3 +268,49 @@ func TestLinkWakeRegistersAgain(t *testing.T) {
 	testkit.WaitFor(t, 10*time.Second, "a registration after the wake", func() bool { return registersAt(g, "gw-1") >= 2 })
 	testkit.WaitFor(t, 10*time.Second, "a rehandshake", func() bool { mu.Lock(); defer mu.Unlock(); return rekeys >= 1 })
 }
+
+// TestLinkWatchMovesStaleStream: the pod watch switches to a replacement
+// pod while the stream still reaches the old one (a force-deleted pod's
+// container runs on, or its port-forward hangs): the link drops that
+// stream, naming both pods, and the re-key waits for the redial to reach
+// the new pod.
+func TestLinkWatchMovesStaleStream(t *testing.T) {
+	g := newFakeGateway(t)
+	cs := gatewayCluster("app", "gw-1")
+	l := testLink(t, g, linkConfig{Client: cs, Heartbeat: time.Hour})
+	ctx := t.Context()
+	if err := l.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, err := l.StreamDial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close() // stays "open": nothing ends it but the link
+	var mu sync.Mutex
+	var rekeys int
+	var redials []string
+	l.OnReplaced(func() { mu.Lock(); rekeys++; mu.Unlock() })
+	l.OnStreamStale(func(reason string) { mu.Lock(); redials = append(redials, reason); mu.Unlock() })
+	runLink(t, l)
+	testkit.WaitFor(t, 10*time.Second, "the pod watch's first look", func() bool { return registersAt(g, "gw-1") >= 2 })
+	deleteGatewayPod(cs, "app", "gw-1")
+	addGatewayPod(cs, "app", "gw-2")
+	testkit.WaitFor(t, 10*time.Second, "the stale stream dropped", func() bool { mu.Lock(); defer mu.Unlock(); return len(redials) >= 1 })
+	mu.Lock()
+	if want := "gateway pod gw-1 was replaced by gw-2"; redials[0] != want || rekeys != 0 {
+		t.Errorf("after the switch: redials %q, rekeys %d; want [%q], 0 (the re-key waits for the new stream)", redials, rekeys, want)
+	}
+	mu.Unlock()
+	// The bind dials again: the stream reaches gw-2, and that re-keys.
+	c2, err := l.StreamDial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if rekeys != 1 || len(redials) != 1 {
+		t.Errorf("after the redial: rekeys %d, redials %d; want 1, 1", rekeys, len(redials))
+	}
+}

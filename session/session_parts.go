@@ -48,6 +48,7 @@ func (s *Session) startTunnel(ctx context.Context, conn *cluster.Conn, key tunne
 			s.cfg.Log.Warn("rehandshake with the new gateway pod", "err", err)
 		}
 	})
+	s.link.OnStreamStale(c.RedialStream)
 	s.ic.cfg.Listen = s.inboundListener
 	s.ic.cfg.Inbound = c // the tunnel lets in only the intercepts' ports (and replies)
 	// A renewal that finds this workstation forgotten (a sleep past the

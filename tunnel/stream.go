@@ -180,6 +180,22 @@ func (b *StreamBind) Close() error {
 	return nil
 }
 
+// Redial drops every live stream so that each slot dials again at once. The
+// session calls it when the gateway pod changed under a stream that still
+// reaches the old one: a stream to a dying pod may stay open for a while
+// (or hang without an end), and nothing would otherwise move it.
+func (b *StreamBind) Redial(reason string) {
+	b.mu.Lock()
+	slots := b.slots
+	b.mu.Unlock()
+	for _, s := range slots {
+		if sc := s.current(); sc != nil {
+			b.log.Info("dropping the stream to dial again", "remote", sc.c.RemoteAddr().String(), "reason", reason)
+			sc.fail(errors.New(reason))
+		}
+	}
+}
+
 // SetMark is a no-op: the stream's own socket is the dialler's business.
 func (b *StreamBind) SetMark(uint32) error { return nil }
 

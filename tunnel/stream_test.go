@@ -1,12 +1,14 @@
 package tunnel
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/bridgetun/bridgetun/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.zx2c4.com/wireguard/conn"
@@ -65,5 +67,79 @@ func TestStreamBindDownAndReopen(t *testing.T) {
 	}
 	if n, err := testutil.GatherAndCount(reg); err != nil || n == 0 {
 		t.Errorf("gather: got %d metrics, %v; want some, no error", n, err)
+	}
+}
+
+// TestStreamBindRedial: Redial drops the live stream (its far end sees it
+// close) and the bind dials again at once; frames go over the new stream.
+// Real loopback TCP connections stand in for port-forwards.
+func TestStreamBindRedial(t *testing.T) {
+	checkGoroutines(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	b := NewStreamBind(StreamBindConfig{
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", ln.Addr().String())
+		},
+		MinBackoff: time.Millisecond, MaxBackoff: 4 * time.Millisecond,
+	})
+	if _, _, err := b.Open(0); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	first := <-accepted
+	defer first.Close()
+	inUse := func() bool {
+		b.mu.Lock()
+		s := b.slots[0]
+		b.mu.Unlock()
+		return s.current() != nil
+	}
+	testkit.WaitFor(t, 10*time.Second, "the first stream in use", inUse)
+	b.Redial("the pod was replaced")
+	// The old stream ends for its far end...
+	if err := first.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	var ne net.Error
+	if _, err := first.Read(make([]byte, 1)); err == nil || errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("old stream: read got %v, want it closed by Redial", err)
+	}
+	// ...and a new one is dialled, which carries what is sent next.
+	var second net.Conn
+	select {
+	case second = <-accepted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no new stream dialled after Redial")
+	}
+	defer second.Close()
+	pkt := make([]byte, 32)
+	pkt[0] = msgTransport
+	pkt[31] = 0x5a
+	if err := second.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the new stream in use", inUse)
+	if err := b.Send([][]byte{pkt}, clientEndpoint{}); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 100)
+	n, err := ReadFrame(bufio.NewReader(second), buf)
+	if err != nil || n != len(pkt) || buf[31] != 0x5a {
+		t.Fatalf("frame on the new stream: got %x, %v; want %x", buf[:n], err, pkt)
 	}
 }
