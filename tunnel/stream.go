@@ -36,6 +36,13 @@ const (
 	// accepts and immediately drops is not hammered.
 	stableAfter   = time.Second
 	streamBufSize = 64 << 10
+	// defaultUnansweredAfter is how long a handshake initiation sent on
+	// the streams may go without a response or cookie reply before they
+	// are dropped and dialled again: wireguard-go retries every 5 s, so
+	// this is three tries. A live gateway that knows this workstation
+	// answers within milliseconds; silence means the stream no longer
+	// reaches it (a hung port-forward, an old pod).
+	defaultUnansweredAfter = 15 * time.Second
 )
 
 // DialFunc opens a new stream to the other side.
@@ -62,6 +69,9 @@ type StreamBindConfig struct {
 	// detection the rest. More than one needs a gateway that groups them
 	// (a hello frame names the group).
 	Streams int
+	// UnansweredAfter is how long a sent handshake initiation may stay
+	// unanswered before the streams are redialled; 0 = 15 s.
+	UnansweredAfter time.Duration
 }
 
 // DefaultStreams is how many port-forwards a stream tunnel uses unless
@@ -92,6 +102,10 @@ type StreamBind struct {
 	mu    sync.Mutex
 	slots []*clientSession // one per stream; nil while closed
 	next  atomic.Uint32    // round-robin position for Send
+	// unansweredSince is when the oldest handshake initiation still without
+	// a response went out on a stream (UnixNano; 0 = none). The response
+	// may come back on any of a group's streams, so it is the bind's.
+	unansweredSince atomic.Int64
 }
 
 var (
@@ -109,6 +123,9 @@ func NewStreamBind(cfg StreamBindConfig) *StreamBind {
 		cfg.MaxBackoff = 5 * time.Second
 	}
 	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.MinBackoff)
+	if cfg.UnansweredAfter <= 0 {
+		cfg.UnansweredAfter = defaultUnansweredAfter
+	}
 	if cfg.Streams <= 0 {
 		cfg.Streams = streamsFromEnv()
 	}
@@ -228,6 +245,10 @@ func (b *StreamBind) Send(bufs [][]byte, _ conn.Endpoint) error {
 		b.m.dropped.WithLabelValues(dropStreamDown).Add(float64(len(bufs)))
 		return nil
 	}
+	if hasMessage(bufs, msgInitiation, msgInitiationSize) {
+		// Marked before the write: the answer may be read before it returns.
+		b.unansweredSince.CompareAndSwap(0, time.Now().UnixNano())
+	}
 	if err := sc.writeBatch(bufs); err != nil {
 		b.m.dropped.WithLabelValues(dropStreamDown).Add(float64(len(bufs)))
 		if s.ctx.Err() == nil {
@@ -236,6 +257,25 @@ func (b *StreamBind) Send(bufs [][]byte, _ conn.Endpoint) error {
 		sc.fail(err)
 	}
 	return nil
+}
+
+// hasMessage reports whether bufs hold a handshake message of type typ and
+// its fixed size (the size alone rules out almost every data packet).
+func hasMessage(bufs [][]byte, typ byte, size int) bool {
+	for _, p := range bufs {
+		if len(p) == size && p[0] == typ {
+			return true
+		}
+	}
+	return false
+}
+
+// handshakeUnanswered reports, once per silence, whether an initiation has
+// gone unanswered for UnansweredAfter; it clears the mark it reports.
+func (b *StreamBind) handshakeUnanswered(now time.Time) bool {
+	since := b.unansweredSince.Load()
+	return since != 0 && now.Sub(time.Unix(0, since)) >= b.cfg.UnansweredAfter &&
+		b.unansweredSince.CompareAndSwap(since, 0)
 }
 
 // pick returns the next live stream round-robin (and its slot), or the
@@ -326,6 +366,10 @@ func (s *clientSession) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint)
 		if n > 0 {
 			for i := range n {
 				eps[i] = clientEndpoint{}
+				if p := bufs[i][:sizes[i]]; len(p) == msgResponseSize && p[0] == msgResponse ||
+					len(p) == msgCookieReplySize && p[0] == msgCookieReply {
+					s.b.unansweredSince.Store(0) // the gateway is there and answers
+				}
 			}
 			return n, nil
 		}
@@ -380,6 +424,7 @@ func (s *clientSession) dialLoop() {
 		}
 		if p := s.takeInitiation(); p != nil {
 			opening = append(opening, p)
+			s.b.unansweredSince.CompareAndSwap(0, time.Now().UnixNano())
 		}
 		if len(opening) > 0 {
 			if err := sc.writeBatch(opening); err != nil {
@@ -390,10 +435,7 @@ func (s *clientSession) dialLoop() {
 		if redial && s.b.cfg.OnReconnect != nil {
 			go s.b.cfg.OnReconnect()
 		}
-		select {
-		case <-sc.dead:
-		case <-s.ctx.Done():
-			sc.fail(net.ErrClosed)
+		if !s.watch(sc) {
 			return
 		}
 		if time.Since(start) >= stableAfter {
@@ -408,6 +450,27 @@ func (s *clientSession) dialLoop() {
 }
 
 func nextBackoff(cur, max time.Duration) time.Duration { return min(2*cur, max) }
+
+// watch waits for sc to die, dropping it (and the group's other streams)
+// when a handshake initiation goes unanswered; it reports false when the
+// session closed instead.
+func (s *clientSession) watch(sc *streamConn) bool {
+	tick := time.NewTicker(max(s.b.cfg.UnansweredAfter/5, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-sc.dead:
+			return true
+		case <-s.ctx.Done():
+			sc.fail(net.ErrClosed)
+			return false
+		case now := <-tick.C:
+			if s.b.handshakeUnanswered(now) {
+				s.b.Redial(fmt.Sprintf("no answer to the handshake for %s", s.b.cfg.UnansweredAfter))
+			}
+		}
+	}
+}
 
 // sleep waits d or until the session closes, reporting whether to go on.
 func (s *clientSession) sleep(d time.Duration) bool {

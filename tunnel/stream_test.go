@@ -143,3 +143,92 @@ func TestStreamBindRedial(t *testing.T) {
 		t.Fatalf("frame on the new stream: got %x, %v; want %x", buf[:n], err, pkt)
 	}
 }
+
+// TestStreamBindUnansweredHandshake: an initiation that the far end never
+// answers (a stream that no longer reaches a live gateway) gets the stream
+// dropped and dialled again; a response read back clears the mark, so a
+// gateway that answers is left alone.
+func TestStreamBindUnansweredHandshake(t *testing.T) {
+	checkGoroutines(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	b := NewStreamBind(StreamBindConfig{
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", ln.Addr().String())
+		},
+		MinBackoff: time.Millisecond, MaxBackoff: 4 * time.Millisecond, UnansweredAfter: 100 * time.Millisecond,
+	})
+	fns, _, err := b.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	inUse := func() bool {
+		b.mu.Lock()
+		s := b.slots[0]
+		b.mu.Unlock()
+		return s.current() != nil
+	}
+	init := make([]byte, msgInitiationSize)
+	init[0] = msgInitiation
+
+	// Answered: the far end writes a response back; receive reads it.
+	first := <-accepted
+	defer first.Close()
+	testkit.WaitFor(t, 10*time.Second, "the first stream in use", inUse)
+	if err := b.Send([][]byte{init}, clientEndpoint{}); err != nil {
+		t.Fatal(err)
+	}
+	if b.unansweredSince.Load() == 0 {
+		t.Fatal("no unanswered mark after sending an initiation")
+	}
+	resp := make([]byte, msgResponseSize)
+	resp[0] = msgResponse
+	if err := WriteFrame(first, resp); err != nil {
+		t.Fatal(err)
+	}
+	bufs, sizes, eps := [][]byte{make([]byte, 2048)}, make([]int, 1), make([]conn.Endpoint, 1)
+	if n, err := fns[0](bufs, sizes, eps); err != nil || n != 1 || sizes[0] != msgResponseSize {
+		t.Fatalf("receive the response: n %d, size %d, %v", n, sizes[0], err)
+	}
+	if got := b.unansweredSince.Load(); got != 0 {
+		t.Fatalf("after the response: unanswered mark %d, want 0", got)
+	}
+
+	// Unanswered: the same far end stays silent; the stream is redialled.
+	if err := b.Send([][]byte{init}, clientEndpoint{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	var ne net.Error
+	for {
+		if _, err := first.Read(make([]byte, 512)); err != nil {
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatal("the silent stream was not dropped")
+			}
+			break
+		}
+	}
+	select {
+	case c := <-accepted:
+		c.Close()
+	case <-time.After(10 * time.Second):
+		t.Fatal("no new stream dialled after the unanswered handshake")
+	}
+}
