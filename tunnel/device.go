@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -104,6 +105,7 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	}
 	d.wg = device.NewDevice(td, mb, newWGLogger(obs.Component(log, "wireguard"), m))
 	d.wg.SetCompactBuffers(cfg.CompactBuffers >= CompactOutbound, cfg.CompactBuffers == CompactBoth)
+	d.wg.SetInlineLonePackets(inlineLoneFromEnv())
 	uapi, err := d.uapi(cfg.Config)
 	if err == nil {
 		err = d.wg.IpcSet(uapi)
@@ -125,6 +127,14 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	}
 	log.Info("device up", "public_key", cfg.Config.PrivateKey.PublicKey().String(), "peers", len(cfg.Config.Peers))
 	return d, nil
+}
+
+// inlineLoneFromEnv says whether wireguard-go handles a lone packet in the
+// goroutine that read it (our fork, third_party/wireguard-go/BRIDGETUN.md):
+// on unless BRIDGETUN_WG_INLINE=0, a benchmark knob for measuring the
+// difference in one run.
+func inlineLoneFromEnv() bool {
+	return os.Getenv("BRIDGETUN_WG_INLINE") != "0"
 }
 
 func (d *Device) uapi(c Config) (string, error) {

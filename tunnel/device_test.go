@@ -484,6 +484,41 @@ func TestCompactRoundTrip(t *testing.T) {
 	}
 }
 
+// TestInlineLoneRoundTrip carries request/response pings over each
+// transport through devices with inline lone packets (the default; our
+// fork): the lone packets must take the inline path both ways through our
+// binds, metrics and inbound limit, and BRIDGETUN_WG_INLINE=0 turns it off.
+func TestInlineLoneRoundTrip(t *testing.T) {
+	for _, transport := range transports {
+		for _, env := range []string{"", "0"} {
+			t.Run(transport+"/BRIDGETUN_WG_INLINE="+env, func(t *testing.T) {
+				t.Setenv("BRIDGETUN_WG_INLINE", env)
+				checkGoroutines(t)
+				ck := mustKey(t)
+				cip := netip.MustParseAddr("100.64.0.2")
+				tn := newTestNet(t, transport, map[Key]netip.Addr{ck.PublicKey(): cip})
+				c := tn.addClient(ck, cip)
+				for range 5 {
+					ping(t, c, tn.server, 10*time.Second)
+					ping(t, tn.server, c, 10*time.Second)
+				}
+				for _, n := range []*node{tn.server, c} {
+					on, sent, received := n.dev.wg.InlineLonePackets()
+					if want := env == ""; on != want {
+						t.Fatalf("%s: inline lone packets %v, want %v", n.ip, on, want)
+					}
+					if on && (sent == 0 || received == 0) {
+						t.Errorf("%s: %d packets sent and %d received inline, want both > 0", n.ip, sent, received)
+					}
+					if !on && sent+received != 0 {
+						t.Errorf("%s: %d packets sent and %d received inline with it off", n.ip, sent, received)
+					}
+				}
+			})
+		}
+	}
+}
+
 // paddedPacket is an IPv4 echo request of size bytes with a valid header.
 func paddedPacket(dst, src netip.Addr, size int) []byte {
 	p, _ := pingPacket(dst, src)

@@ -67,6 +67,11 @@ type Device struct {
 	compactOutbound atomic.Bool
 	compactInbound  atomic.Bool
 
+	// bridgetun: inline lone packets (inline.go)
+	inlineLone     atomic.Bool
+	inlineSent     atomic.Uint64
+	inlineReceived atomic.Uint64
+
 	allowedips    AllowedIPs
 	indexTable    IndexTable
 	cookieChecker CookieChecker

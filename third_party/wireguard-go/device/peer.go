@@ -53,6 +53,8 @@ type Peer struct {
 		inbound  *autodrainingInboundQueue            // sequential ordering of tun writing
 	}
 
+	inline peerInline // bridgetun: inline lone packets (inline.go)
+
 	cookieGenerator             CookieGenerator
 	trieEntries                 list.List
 	persistentKeepaliveInterval atomic.Uint32
@@ -201,6 +203,7 @@ func (peer *Peer) Start() {
 
 	device.flushInboundQueue(peer.queue.inbound)
 	device.flushOutboundQueue(peer.queue.outbound)
+	peer.resetInline()
 
 	// Use the device batch size, not the bind batch size, as the device size is
 	// the size of the batch pools.

@@ -359,6 +359,13 @@ top:
 
 	for {
 		var elemsContainerOOO *QueueOutboundElementsContainer
+		// bridgetun: with inline lone packets on, nonces are taken and
+		// containers dispatched in one critical section, so a packet sent
+		// inline never overtakes one queued before it (inline.go).
+		ordered := peer.device.inlineLone.Load()
+		if ordered {
+			peer.inline.sendOrder.Lock()
+		}
 		select {
 		case elemsContainer := <-peer.queue.staged:
 			i := 0
@@ -388,13 +395,15 @@ top:
 
 			if len(elemsContainer.elems) == 0 {
 				peer.device.PutOutboundElementsContainer(elemsContainer)
+				if ordered {
+					peer.inline.sendOrder.Unlock()
+				}
 				goto top
 			}
 
 			// add to parallel and sequential queue
 			if peer.isRunning.Load() {
-				peer.queue.outbound.c <- elemsContainer
-				peer.device.queue.encryption.c <- elemsContainer
+				peer.dispatchOutbound(elemsContainer, ordered)
 			} else {
 				for _, elem := range elemsContainer.elems {
 					peer.device.putBuffer(elem.buffer)
@@ -402,11 +411,17 @@ top:
 				}
 				peer.device.PutOutboundElementsContainer(elemsContainer)
 			}
+			if ordered {
+				peer.inline.sendOrder.Unlock()
+			}
 
 			if elemsContainerOOO != nil {
 				goto top
 			}
 		default:
+			if ordered {
+				peer.inline.sendOrder.Unlock()
+			}
 			return
 		}
 	}
@@ -456,33 +471,39 @@ func (device *Device) RoutineEncryption(id int) {
 
 	for elemsContainer := range device.queue.encryption.c {
 		for _, elem := range elemsContainer.elems {
-			// populate header fields
-			header := elem.buffer[:MessageTransportHeaderSize]
-
-			fieldType := header[0:4]
-			fieldReceiver := header[4:8]
-			fieldNonce := header[8:16]
-
-			binary.LittleEndian.PutUint32(fieldType, MessageTransportType)
-			binary.LittleEndian.PutUint32(fieldReceiver, elem.keypair.remoteIndex)
-			binary.LittleEndian.PutUint64(fieldNonce, elem.nonce)
-
-			// pad content to multiple of 16
-			paddingSize := calculatePaddingSize(len(elem.packet), int(device.tun.mtu.Load()))
-			elem.packet = append(elem.packet, paddingZeros[:paddingSize]...)
-
-			// encrypt content and release to consumer
-
-			binary.LittleEndian.PutUint64(nonce[4:], elem.nonce)
-			elem.packet = elem.keypair.send.Seal(
-				header,
-				nonce[:],
-				elem.packet,
-				nil,
-			)
+			device.seal(elem, &nonce, &paddingZeros)
 		}
 		elemsContainer.Unlock()
 	}
+}
+
+// seal writes elem's transport header, pads its packet and encrypts it in
+// place (bridgetun: shared by the encryption workers and the inline path).
+func (device *Device) seal(elem *QueueOutboundElement, nonce *[chacha20poly1305.NonceSize]byte, paddingZeros *[PaddingMultiple]byte) {
+	// populate header fields
+	header := elem.buffer[:MessageTransportHeaderSize]
+
+	fieldType := header[0:4]
+	fieldReceiver := header[4:8]
+	fieldNonce := header[8:16]
+
+	binary.LittleEndian.PutUint32(fieldType, MessageTransportType)
+	binary.LittleEndian.PutUint32(fieldReceiver, elem.keypair.remoteIndex)
+	binary.LittleEndian.PutUint64(fieldNonce, elem.nonce)
+
+	// pad content to multiple of 16
+	paddingSize := calculatePaddingSize(len(elem.packet), int(device.tun.mtu.Load()))
+	elem.packet = append(elem.packet, paddingZeros[:paddingSize]...)
+
+	// encrypt content and release to consumer
+
+	binary.LittleEndian.PutUint64(nonce[4:], elem.nonce)
+	elem.packet = elem.keypair.send.Seal(
+		header,
+		nonce[:],
+		elem.packet,
+		nil,
+	)
 }
 
 func (peer *Peer) RoutineSequentialSender(maxBatchSize int) {
@@ -513,41 +534,54 @@ func (peer *Peer) RoutineSequentialSender(maxBatchSize int) {
 				device.PutOutboundElement(elem)
 			}
 			device.PutOutboundElementsContainer(elemsContainer)
+			peer.inline.outboundQueued.Add(-1)
 			continue
 		}
-		dataSent := false
 		elemsContainer.Lock()
-		for _, elem := range elemsContainer.elems {
-			if len(elem.packet) != MessageKeepaliveSize {
-				dataSent = true
-			}
-			bufs = append(bufs, elem.packet)
+		sent := peer.sendSealed(elemsContainer, bufs)
+		peer.inline.outboundQueued.Add(-1)
+		if sent {
+			peer.keepKeyFreshSending()
 		}
-
-		peer.timersAnyAuthenticatedPacketTraversal()
-		peer.timersAnyAuthenticatedPacketSent()
-
-		err := peer.SendBuffers(bufs)
-		if dataSent {
-			peer.timersDataSent()
-		}
-		for _, elem := range elemsContainer.elems {
-			device.putBuffer(elem.buffer)
-			device.PutOutboundElement(elem)
-		}
-		device.PutOutboundElementsContainer(elemsContainer)
-		if err != nil {
-			var errGSO conn.ErrUDPGSODisabled
-			if errors.As(err, &errGSO) {
-				device.log.Verbosef(err.Error())
-				err = errGSO.RetryErr
-			}
-		}
-		if err != nil {
-			device.log.Errorf("%v - Failed to send data packets: %v", peer, err)
-			continue
-		}
-
-		peer.keepKeyFreshSending()
 	}
+}
+
+// sendSealed sends a container of encrypted elements, updates the timers
+// and frees the container; it reports whether the send succeeded
+// (bridgetun: shared by the sequential sender and the inline path).
+func (peer *Peer) sendSealed(elemsContainer *QueueOutboundElementsContainer, bufs [][]byte) bool {
+	device := peer.device
+	bufs = bufs[:0]
+	dataSent := false
+	for _, elem := range elemsContainer.elems {
+		if len(elem.packet) != MessageKeepaliveSize {
+			dataSent = true
+		}
+		bufs = append(bufs, elem.packet)
+	}
+
+	peer.timersAnyAuthenticatedPacketTraversal()
+	peer.timersAnyAuthenticatedPacketSent()
+
+	err := peer.SendBuffers(bufs)
+	if dataSent {
+		peer.timersDataSent()
+	}
+	for _, elem := range elemsContainer.elems {
+		device.putBuffer(elem.buffer)
+		device.PutOutboundElement(elem)
+	}
+	device.PutOutboundElementsContainer(elemsContainer)
+	if err != nil {
+		var errGSO conn.ErrUDPGSODisabled
+		if errors.As(err, &errGSO) {
+			device.log.Verbosef(err.Error())
+			err = errGSO.RetryErr
+		}
+	}
+	if err != nil {
+		device.log.Errorf("%v - Failed to send data packets: %v", peer, err)
+		return false
+	}
+	return true
 }
