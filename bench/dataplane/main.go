@@ -59,6 +59,7 @@ var (
 	out    = flag.String("o", "bench/results/dataplane.json", "JSON results file")
 	prof   = flag.String("profile", "", "write CPU profiles of each tunnel path here: client-PATH.pprof (this process) and gateway-PATH.pprof (the agent), and the client's allocations as client-PATH.allocs.pprof; read with go tool pprof -top")
 	only   = flag.String("paths", "", "comma-separated tunnel paths to run (P1,P2,P3,P3b; empty = all); P0 always runs")
+	gwEnv  = flag.String("gateway-env", "", "extra environment of the gateway process, comma-separated K=V (e.g. GOMAXPROCS=1), to measure a runtime setting against the default in one run")
 	dirs   = flag.String("measure", "up,down,up4,rr", "comma-separated measurements per path: up, down (1 flow, -reps runs), up4 (4 flows), rr (latency); profile one direction by naming only it")
 )
 
@@ -120,12 +121,16 @@ func main() {
 			continue
 		}
 		stopProfile := func() {}
+		topo.GatewayEnv = nil
+		if *gwEnv != "" {
+			topo.GatewayEnv = strings.Split(*gwEnv, ",")
+		}
 		if *prof != "" {
 			gw, err := filepath.Abs(filepath.Join(*prof, "gateway-"+p.name+".pprof"))
 			if err != nil {
 				log.Fatal(err)
 			}
-			topo.GatewayEnv = []string{"BRIDGETUN_CPUPROFILE=" + gw}
+			topo.GatewayEnv = append(topo.GatewayEnv, "BRIDGETUN_CPUPROFILE="+gw)
 			stopProfile = startCPUProfile(filepath.Join(*prof, "client-"+p.name+".pprof"))
 			runtime.MemProfileRate = 64 << 10
 			stopCPU := stopProfile

@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 
 	"github.com/spf13/cobra"
 
@@ -22,10 +23,17 @@ const cpuProfileEnv = "BRIDGETUN_CPUPROFILE"
 // what it still held (inuse_space). bench/scale sets it.
 const heapProfileEnv = "BRIDGETUN_HEAPPROFILE"
 
+// traceEnv names a file for an execution trace of the whole run, written
+// when the agent exits normally: goroutine wake-ups and scheduler latency
+// on the packet path (go tool trace -pprof=sched).
+const traceEnv = "BRIDGETUN_TRACE"
+
 func main() {
 	stop := startCPUProfile(os.Getenv(cpuProfileEnv))
+	stopTrace := startTrace(os.Getenv(traceEnv))
 	snapshotHeapOnSignal(os.Getenv(heapProfileEnv))
 	err := newRootCmd().Execute()
+	stopTrace()
 	stop()
 	writeHeapProfile(os.Getenv(heapProfileEnv))
 	if err != nil {
@@ -48,6 +56,22 @@ func startCPUProfile(path string) (stop func()) {
 		return func() {}
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }
+}
+
+// startTrace traces into path ("" = off) until the returned stop.
+func startTrace(path string) (stop func()) {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = trace.Start(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bridgetun-agent: %s=%s: %v\n", traceEnv, path, err)
+		return func() {}
+	}
+	return func() { trace.Stop(); f.Close() }
 }
 
 // writeHeapProfile writes the heap profile to path ("" = off).
