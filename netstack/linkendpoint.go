@@ -53,8 +53,6 @@ type linkEndpoint struct {
 
 	dropped atomic.Uint64 // outbound packets dropped (queue full past linkQueueWait, or too big)
 
-	acks *ackHold // delays pure ACKs so replies carry them (ackhold.go); nil = off
-
 	readMu  sync.Mutex          // held by Read
 	pending *stack.PacketBuffer // taken from outbound but left for the next Read; guarded by readMu
 	scratch []byte              // a GSO segment being split; guarded by readMu
@@ -73,7 +71,6 @@ func newLinkEndpoint(mtu int) *linkEndpoint {
 		events:   make(chan tun.Event, 1),
 		closed:   make(chan struct{}),
 	}
-	e.acks = newAckHold(e.enqueue)
 	e.events <- tun.EventUp
 	return e
 }
@@ -236,9 +233,6 @@ func (e *linkEndpoint) Close() {
 	e.once.Do(func() {
 		close(e.closed)
 		close(e.events)
-		if e.acks != nil {
-			e.acks.close()
-		}
 		e.readMu.Lock() // Read returns once closed is closed
 		if e.pending != nil {
 			e.pending.DecRef()
@@ -309,11 +303,7 @@ func (e *linkEndpoint) enqueue(pkt *stack.PacketBuffer) tcpip.Error {
 func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
-		write := e.enqueue
-		if e.acks != nil {
-			write = e.acks.write
-		}
-		if err := write(pkt); err != nil {
+		if err := e.enqueue(pkt); err != nil {
 			if n == 0 {
 				return 0, err
 			}
