@@ -18,9 +18,12 @@ import (
 // peer's sequential receiver. Under load that buys parallel crypto; for a
 // lone packet with nothing queued ahead of it (a request, its reply, an
 // ACK) it only adds two goroutine wake-ups per side, 5–20 µs each on an
-// idle core. With inline lone packets on, a batch of one packet for a
-// peer whose queue in that direction is empty is sealed and sent (or
-// opened and written to the TUN) by the goroutine that read it.
+// idle core. With inline lone packets on, a read or receive that yields
+// one packet, for a peer whose queue in that direction is empty, is sealed
+// and sent (or opened and written to the TUN) by the goroutine that read
+// it. A batch with packets for several peers keeps the workers: done
+// inline, one goroutine would do serially what the workers do in
+// parallel, and every peer in the batch would wait for the others.
 //
 // Order is kept: a per-peer mutex covers both the check that nothing is
 // queued and the hand-off of what is, and the sequential routines count
@@ -58,7 +61,7 @@ func (device *Device) InlineLonePackets() (on bool, sent, received uint64) {
 // encryption workers and the sequential sender. ordered says the caller
 // holds peer.inline.sendOrder.
 func (peer *Peer) dispatchOutbound(elemsContainer *QueueOutboundElementsContainer, ordered bool) {
-	if ordered && len(elemsContainer.elems) == 1 && peer.inline.outboundQueued.Load() == 0 {
+	if ordered && elemsContainer.loneRead && len(elemsContainer.elems) == 1 && peer.inline.outboundQueued.Load() == 0 {
 		in := &peer.inline
 		peer.device.seal(elemsContainer.elems[0], &in.sealNonce, &in.sealPadding)
 		if in.sendBufs == nil {
@@ -76,9 +79,10 @@ func (peer *Peer) dispatchOutbound(elemsContainer *QueueOutboundElementsContaine
 }
 
 // dispatchInbound opens and delivers a container of received elements
-// inline when it is a lone packet with nothing queued ahead of it, else
-// hands it to the decryption workers and the sequential receiver.
-func (peer *Peer) dispatchInbound(elemsContainer *QueueInboundElementsContainer) {
+// inline when it is a lone packet with nothing queued ahead of it and the
+// only container of its receive (lone), else hands it to the decryption
+// workers and the sequential receiver.
+func (peer *Peer) dispatchInbound(elemsContainer *QueueInboundElementsContainer, lone bool) {
 	if !peer.device.inlineLone.Load() {
 		peer.inline.inboundQueued.Add(1)
 		peer.queue.inbound.c <- elemsContainer
@@ -88,7 +92,7 @@ func (peer *Peer) dispatchInbound(elemsContainer *QueueInboundElementsContainer)
 	in := &peer.inline
 	in.receiveOrder.Lock()
 	defer in.receiveOrder.Unlock()
-	if len(elemsContainer.elems) == 1 && in.inboundQueued.Load() == 0 {
+	if lone && len(elemsContainer.elems) == 1 && in.inboundQueued.Load() == 0 {
 		elemsContainer.elems[0].open(&in.openNonce)
 		if in.receiveBufs == nil {
 			in.receiveBufs = make([][]byte, 0, 1)

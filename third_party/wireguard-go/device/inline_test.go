@@ -6,7 +6,10 @@
 package device
 
 import (
+	"bytes"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"os"
@@ -121,13 +124,19 @@ func TestInlineLonePackets(t *testing.T) {
 		t.Run(fmt.Sprintf("inline=%v", inline), func(t *testing.T) {
 			pair, batches := genInlinePair(t, inline)
 			// transit reads from ChannelTUN.Outbound; feed those reads in.
+			stop := make(chan struct{})
+			t.Cleanup(func() { close(stop) })
 			for i := range pair {
 				go func() {
 					for {
 						select {
 						case pkt := <-pair[i].tun.Outbound:
-							batches[i] <- [][]byte{pkt}
-						case <-t.Context().Done():
+							select {
+							case batches[i] <- [][]byte{pkt}:
+							case <-stop:
+								return
+							}
+						case <-stop:
 							return
 						}
 					}
@@ -150,6 +159,35 @@ func TestInlineLonePackets(t *testing.T) {
 				}
 				if !inline && (sent != 0 || received != 0) {
 					t.Errorf("device %d: %d packets sent and %d received inline with inline off", i, sent, received)
+				}
+			}
+
+			if inline {
+				// A read with packets for two peers keeps the workers:
+				// inline, one goroutine would serialize both peers' work.
+				var ghost NoisePrivateKey
+				if _, err := rand.Read(ghost[:]); err != nil {
+					t.Fatal(err)
+				}
+				ghostPub := ghost.publicKey()
+				if err := pair[0].dev.IpcSet(uapiCfg("public_key", hex.EncodeToString(ghostPub[:]), "allowed_ip", "1.0.0.3/32")); err != nil {
+					t.Fatal(err)
+				}
+				ghostPeer := bigPingReverse(bigPing(&pair[0], &pair[1], 200), &pair[0], &pair[1])
+				copy(ghostPeer[16:20], []byte{1, 0, 0, 3})
+				_, before, _ := pair[0].dev.InlineLonePackets()
+				pkt := numberedPing(&pair[0], &pair[1], 7777)
+				batches[0] <- [][]byte{pkt, ghostPeer} // no endpoint for the ghost: staged, never sent
+				select {
+				case got := <-pair[1].tun.Inbound:
+					if !bytes.Equal(got, pkt) {
+						t.Fatal("two-peer batch: packet changed in transit")
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatal("two-peer batch: packet did not transit")
+				}
+				if _, after, _ := pair[0].dev.InlineLonePackets(); after != before {
+					t.Errorf("a read with packets for two peers sent %d inline, want 0", after-before)
 				}
 			}
 

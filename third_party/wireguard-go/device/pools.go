@@ -86,6 +86,7 @@ func (device *Device) PutInboundElementsContainer(c *QueueInboundElementsContain
 func (device *Device) GetOutboundElementsContainer() *QueueOutboundElementsContainer {
 	c := device.pool.outboundElementsContainer.Get().(*QueueOutboundElementsContainer)
 	c.Mutex = sync.Mutex{}
+	c.loneRead = false
 	return c
 }
 

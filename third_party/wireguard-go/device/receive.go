@@ -229,9 +229,10 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 			default:
 			}
 		}
+		loneReceive := len(elemsByPeer) == 1 // bridgetun: inline.go
 		for peer, elemsContainer := range elemsByPeer {
 			if peer.isRunning.Load() {
-				peer.dispatchInbound(elemsContainer)
+				peer.dispatchInbound(elemsContainer, loneReceive)
 			} else {
 				for _, elem := range elemsContainer.elems {
 					device.putBuffer(elem.buffer)

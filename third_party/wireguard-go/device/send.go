@@ -55,6 +55,9 @@ type QueueOutboundElement struct {
 type QueueOutboundElementsContainer struct {
 	sync.Mutex
 	elems []*QueueOutboundElement
+	// bridgetun: the only container of its TUN read (one peer's packets),
+	// so sending it inline holds up no other peer (inline.go).
+	loneRead bool
 }
 
 func (device *Device) NewOutboundElement() *QueueOutboundElement {
@@ -293,8 +296,10 @@ func (device *Device) RoutineReadFromTUN() {
 			bufs[i] = elems[i].buffer[:]
 		}
 
+		loneRead := len(elemsByPeer) == 1
 		for peer, elemsForPeer := range elemsByPeer {
 			if peer.isRunning.Load() {
+				elemsForPeer.loneRead = loneRead
 				peer.StagePackets(elemsForPeer)
 				peer.SendStagedPackets()
 			} else {
