@@ -105,7 +105,16 @@ func (b *SwitchBind) monitor(ctx context.Context, d pathDevice) {
 				b.switchTo(pathUDP, why)
 				b.udpRx.Store(now)
 				lastIdle, onUDPSince = now, now
-				d.keepalive()
+				if via == pathUDP {
+					// Both ways proven: have the gateway roam to UDP now.
+					d.keepalive()
+				}
+				// Answered over the stream, the way back over UDP is
+				// unproven: the gateway keeps sending on the stream until
+				// our next packet over UDP, which wants an answer over UDP
+				// (or the bind moves back at FailAfter). A keepalive now
+				// would move the gateway's own sends to UDP with nothing
+				// of ours to notice if they are lost.
 			case now >= probeExpires && !b.probeSent.Load():
 				// wireguard-go had sent a handshake within 5 s and kept
 				// this one back: try again soon, it is not UDP's fault.
