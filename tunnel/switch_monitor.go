@@ -37,9 +37,10 @@ type pathDevice interface {
 // fail) the next handshake goes over UDP. Its response arriving over UDP
 // proves both directions, and the bind moves back. A response over the
 // stream (the gateway roams per packet, and stream data may have come in
-// after the probe) proves UDP out only: the bind moves back as well, and
-// if UDP back fails it returns to the stream at FailAfter, probing less
-// often from then on. A probe left unanswered
+// after the probe) proves UDP out only: the bind moves back as well but
+// sends no keepalive, so the gateway stays on the stream until our next
+// packet over UDP, which wants its answer over UDP; if UDP back fails the
+// bind returns to the stream at FailAfter, probing less often from then on. A probe left unanswered
 // for ProbeTimeout ends with a keepalive over the stream, so a gateway that
 // heard the probe but cannot answer over UDP roams back.
 func (b *SwitchBind) monitor(ctx context.Context, d pathDevice) {

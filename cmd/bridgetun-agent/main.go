@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -44,34 +45,29 @@ func main() {
 
 // startCPUProfile profiles into path ("" = off) until the returned stop.
 func startCPUProfile(path string) (stop func()) {
-	if path == "" {
-		return func() {}
-	}
-	f, err := os.Create(path)
-	if err == nil {
-		err = pprof.StartCPUProfile(f)
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "bridgetun-agent: %s=%s: %v\n", cpuProfileEnv, path, err)
-		return func() {}
-	}
-	return func() { pprof.StopCPUProfile(); f.Close() }
+	return startRecording(cpuProfileEnv, path, pprof.StartCPUProfile, pprof.StopCPUProfile)
 }
 
 // startTrace traces into path ("" = off) until the returned stop.
 func startTrace(path string) (stop func()) {
+	return startRecording(traceEnv, path, trace.Start, trace.Stop)
+}
+
+// startRecording runs start on a new file at path (named by env, for the
+// error) until the returned stop; "" or a failure records nothing.
+func startRecording(env, path string, start func(io.Writer) error, end func()) (stop func()) {
 	if path == "" {
 		return func() {}
 	}
 	f, err := os.Create(path)
 	if err == nil {
-		err = trace.Start(f)
+		err = start(f)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "bridgetun-agent: %s=%s: %v\n", traceEnv, path, err)
+		fmt.Fprintf(os.Stderr, "bridgetun-agent: %s=%s: %v\n", env, path, err)
 		return func() {}
 	}
-	return func() { trace.Stop(); f.Close() }
+	return func() { end(); f.Close() }
 }
 
 // writeHeapProfile writes the heap profile to path ("" = off).

@@ -83,23 +83,19 @@ func (peer *Peer) dispatchOutbound(elemsContainer *QueueOutboundElementsContaine
 // only container of its receive (lone), else hands it to the decryption
 // workers and the sequential receiver.
 func (peer *Peer) dispatchInbound(elemsContainer *QueueInboundElementsContainer, lone bool) {
-	if !peer.device.inlineLone.Load() {
-		peer.inline.inboundQueued.Add(1)
-		peer.queue.inbound.c <- elemsContainer
-		peer.device.queue.decryption.c <- elemsContainer
-		return
-	}
 	in := &peer.inline
-	in.receiveOrder.Lock()
-	defer in.receiveOrder.Unlock()
-	if lone && len(elemsContainer.elems) == 1 && in.inboundQueued.Load() == 0 {
-		elemsContainer.elems[0].open(&in.openNonce)
-		if in.receiveBufs == nil {
-			in.receiveBufs = make([][]byte, 0, 1)
+	if peer.device.inlineLone.Load() {
+		in.receiveOrder.Lock()
+		defer in.receiveOrder.Unlock()
+		if lone && len(elemsContainer.elems) == 1 && in.inboundQueued.Load() == 0 {
+			elemsContainer.elems[0].open(&in.openNonce)
+			if in.receiveBufs == nil {
+				in.receiveBufs = make([][]byte, 0, 1)
+			}
+			peer.device.inlineReceived.Add(1)
+			peer.deliverOpened(elemsContainer, in.receiveBufs)
+			return
 		}
-		peer.device.inlineReceived.Add(1)
-		peer.deliverOpened(elemsContainer, in.receiveBufs)
-		return
 	}
 	in.inboundQueued.Add(1)
 	peer.queue.inbound.c <- elemsContainer
